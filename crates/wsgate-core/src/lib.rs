@@ -1,0 +1,20 @@
+//! wsgate-core: the gateway's policy with no I/O and no clock of its own.
+//!
+//! Every decision (is this upgrade allowed, which credential counts, is this
+//! token valid at `now`, what happens to a session at `now`) is a pure
+//! function of its inputs, so the security rules are tested in microseconds
+//! without sockets or sleeps.
+#![forbid(unsafe_code)]
+
+pub mod credential;
+pub mod origin;
+pub mod reason;
+pub mod session;
+pub mod verify;
+
+pub use credential::{Credential, Transport};
+pub use reason::Reason;
+
+/// Wall-clock time as milliseconds since the Unix epoch. The core never
+/// reads a clock: callers pass `now`.
+pub type UnixMillis = i64;

@@ -1,0 +1,596 @@
+//! Token verification: pinned algorithms per key, then claims at an explicit `now`.
+//!
+//! The signature and key handling are jsonwebtoken's (aws-lc-rs backend).
+//! This module decides which key a token may be checked against (never
+//! trusting the token's `alg` alone) and applies the claim rules with a
+//! caller-supplied clock, so every edge is testable without sleeping.
+
+use crate::reason::Reason;
+use crate::UnixMillis;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::str::FromStr;
+
+/// A verification key with its pinned algorithm.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Claim rules applied after the signature checks out.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimRules {
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When non-empty, `aud` must contain one of these.
+    pub audience: Vec<String>,
+    /// Clock tolerance on exp / nbf / iat.
+    pub leeway_ms: i64,
+    /// Tokens whose `aud` contains this are refused here (tickets never
+    /// pass as session tokens).
+    pub forbidden_audience: Option<String>,
+}
+
+/// Verifies tokens against a fixed set of keys and rules.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    keys: Vec<VerifyKey>,
+    rules: ClaimRules,
+}
+
+/// A token that verified at some `now`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub sub: String,
+    /// `exp` in milliseconds since the epoch.
+    pub exp_ms: UnixMillis,
+    pub iat_ms: Option<UnixMillis>,
+    pub jti: Option<String>,
+    pub sid: Option<String>,
+    pub alg: Algorithm,
+    /// Every claim, as verified.
+    pub claims: Map<String, Value>,
+}
+
+impl Verified {
+    /// `exp` in whole seconds, as clients see it in `auth_ok`.
+    pub fn exp_secs(&self) -> i64 {
+        self.exp_ms.div_euclid(1000)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+    #[serde(default)]
+    b64: Option<Value>,
+}
+
+/// Parses an algorithm name as configured or as found in a token header.
+/// `none` and anything not supported are `None`.
+pub fn parse_alg(s: &str) -> Option<Algorithm> {
+    // jsonwebtoken knows no "none"; be explicit anyway so it can never slip in.
+    if s.eq_ignore_ascii_case("none") {
+        return None;
+    }
+    Algorithm::from_str(s).ok()
+}
+
+/// Canonical name of an algorithm.
+pub fn alg_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "unsupported",
+    }
+}
+
+/// A JSON number claim as milliseconds. Strings and other types are refused
+/// (no "exp": "9999999999" type confusion).
+fn numeric_ms(v: &Value) -> Result<i64, Reason> {
+    let secs = v
+        .as_f64()
+        .filter(|f| f.is_finite())
+        .ok_or(Reason::MalformedToken)?;
+    // Saturate far-future and far-past values instead of overflowing.
+    Ok((secs * 1000.0).clamp(i64::MIN as f64 / 2.0, i64::MAX as f64 / 2.0) as i64)
+}
+
+fn opt_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, Reason> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Reason::MalformedToken),
+    }
+}
+
+impl Verifier {
+    pub fn new(keys: Vec<VerifyKey>, rules: ClaimRules) -> Self {
+        Verifier { keys, rules }
+    }
+
+    pub fn rules(&self) -> &ClaimRules {
+        &self.rules
+    }
+
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Verifies signature and claims at `now`.
+    pub fn verify(&self, token: &str, now: UnixMillis) -> Result<Verified, Reason> {
+        let (alg, claims) = self.verify_signature(token)?;
+        self.check_claims(alg, claims, now)
+    }
+
+    /// Checks structure, header, key choice and signature; returns the payload.
+    fn verify_signature(&self, token: &str) -> Result<(Algorithm, Map<String, Value>), Reason> {
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            // JWE (5 parts), unsecured or truncated tokens.
+            return Err(Reason::MalformedToken);
+        };
+        let header_bytes = URL_SAFE_NO_PAD
+            .decode(h64)
+            .map_err(|_| Reason::MalformedToken)?;
+        let header: RawHeader =
+            serde_json::from_slice(&header_bytes).map_err(|_| Reason::MalformedToken)?;
+        match &header.crit {
+            None => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            // We understand no JWS extension; RFC 7515 4.1.11 says reject.
+            Some(_) => return Err(Reason::MalformedToken),
+        }
+        if header.b64.is_some() {
+            return Err(Reason::MalformedToken);
+        }
+        let alg = parse_alg(&header.alg).ok_or(Reason::AlgorithmNotAllowed)?;
+
+        // Key choice: a kid selects keys with that kid (or, if none has it,
+        // keys configured without a kid); no kid means every key.
+        let by_kid: Vec<&VerifyKey> = match &header.kid {
+            Some(kid) => {
+                let exact: Vec<_> = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid.as_str()))
+                    .collect();
+                if exact.is_empty() {
+                    self.keys.iter().filter(|k| k.kid.is_none()).collect()
+                } else {
+                    exact
+                }
+            }
+            None => self.keys.iter().collect(),
+        };
+        if by_kid.is_empty() {
+            return Err(Reason::UnknownKey);
+        }
+        let mut candidates = by_kid.into_iter().filter(|k| k.alg == alg).peekable();
+        if candidates.peek().is_none() {
+            return Err(Reason::AlgorithmNotAllowed);
+        }
+        let message_len = h64.len() + 1 + p64.len();
+        let message = &token.as_bytes()[..message_len];
+        let mut verified = false;
+        for k in candidates {
+            match jsonwebtoken::crypto::verify(s64, message, &k.key, alg) {
+                Ok(true) => {
+                    verified = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) => match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::Base64(_) => {
+                        return Err(Reason::MalformedToken)
+                    }
+                    // Wrong-length signatures and similar: not a valid signature.
+                    _ => {}
+                },
+            }
+        }
+        if !verified {
+            return Err(Reason::BadSignature);
+        }
+        let payload = URL_SAFE_NO_PAD
+            .decode(p64)
+            .map_err(|_| Reason::MalformedToken)?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&payload).map_err(|_| Reason::MalformedToken)?;
+        Ok((alg, claims))
+    }
+
+    fn check_claims(
+        &self,
+        alg: Algorithm,
+        claims: Map<String, Value>,
+        now: UnixMillis,
+    ) -> Result<Verified, Reason> {
+        let leeway = self.rules.leeway_ms;
+        let exp_ms = numeric_ms(claims.get("exp").ok_or(Reason::MissingClaim)?)?;
+        // Valid while now < exp + leeway (RFC 7519: "on or after" exp is expired).
+        if now >= exp_ms.saturating_add(leeway) {
+            return Err(Reason::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            if now.saturating_add(leeway) < numeric_ms(nbf)? {
+                return Err(Reason::NotYetValid);
+            }
+        }
+        let iat_ms = match claims.get("iat") {
+            Some(v) => {
+                let iat = numeric_ms(v)?;
+                if iat > now.saturating_add(leeway) {
+                    return Err(Reason::NotYetValid);
+                }
+                Some(iat)
+            }
+            None => None,
+        };
+        if let Some(iss) = &self.rules.issuer {
+            match claims.get("iss") {
+                None => return Err(Reason::MissingClaim),
+                Some(Value::String(s)) if s == iss => {}
+                Some(_) => return Err(Reason::BadIssuer),
+            }
+        }
+        let auds = audiences(&claims)?;
+        if !self.rules.audience.is_empty() {
+            if auds.is_none() {
+                return Err(Reason::MissingClaim);
+            }
+            if !auds
+                .iter()
+                .flatten()
+                .any(|a| self.rules.audience.iter().any(|want| want == a))
+            {
+                return Err(Reason::BadAudience);
+            }
+        }
+        if let Some(forbidden) = &self.rules.forbidden_audience {
+            if auds.iter().flatten().any(|a| a == forbidden) {
+                return Err(Reason::TicketRequired);
+            }
+        }
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            None | Some(Value::String(_)) => return Err(Reason::MissingClaim),
+            Some(_) => return Err(Reason::MalformedToken),
+        };
+        let jti = opt_string(&claims, "jti")?;
+        let sid = opt_string(&claims, "sid")?;
+        Ok(Verified {
+            sub,
+            exp_ms,
+            iat_ms,
+            jti,
+            sid,
+            alg,
+            claims,
+        })
+    }
+}
+
+/// `aud` as a list: a string or an array of strings.
+fn audiences(claims: &Map<String, Value>) -> Result<Option<Vec<&str>>, Reason> {
+    match claims.get("aud") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![s.as_str()])),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().ok_or(Reason::MalformedToken))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(Reason::MalformedToken),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn hs_key(kid: Option<&str>) -> VerifyKey {
+        VerifyKey {
+            kid: kid.map(str::to_string),
+            alg: Algorithm::HS256,
+            key: DecodingKey::from_secret(SECRET),
+        }
+    }
+
+    fn sign(header: &Header, claims: &Value, secret: &[u8]) -> String {
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(secret)).expect("sign")
+    }
+
+    fn hs(claims: Value) -> String {
+        sign(&Header::new(Algorithm::HS256), &claims, SECRET)
+    }
+
+    fn base() -> Value {
+        json!({"sub": "alice", "exp": NOW / 1000 + 60, "iat": NOW / 1000})
+    }
+
+    fn with(mut v: Value, k: &str, val: Value) -> Value {
+        v[k] = val;
+        v
+    }
+
+    fn without(mut v: Value, k: &str) -> Value {
+        v.as_object_mut().expect("object").remove(k);
+        v
+    }
+
+    fn verifier(rules: ClaimRules) -> Verifier {
+        Verifier::new(vec![hs_key(None)], rules)
+    }
+
+    fn leeway5() -> ClaimRules {
+        ClaimRules {
+            leeway_ms: 5_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_token() {
+        let v = verifier(leeway5()).verify(&hs(base()), NOW).expect("valid");
+        assert_eq!(v.sub, "alice");
+        assert_eq!(v.exp_ms, NOW + 60_000);
+        assert_eq!(v.alg, Algorithm::HS256);
+    }
+
+    #[test]
+    fn exp_edges_with_leeway() {
+        let v = verifier(leeway5());
+        let t = hs(with(base(), "exp", json!(NOW / 1000)));
+        assert!(v.verify(&t, NOW + 4_999).is_ok());
+        assert_eq!(v.verify(&t, NOW + 5_000), Err(Reason::Expired));
+        assert_eq!(v.verify(&t, NOW + 60_000), Err(Reason::Expired));
+    }
+
+    #[test]
+    fn nbf_and_iat_edges() {
+        let v = verifier(leeway5());
+        let t = hs(with(base(), "nbf", json!(NOW / 1000 + 5)));
+        assert!(v.verify(&t, NOW).is_ok());
+        assert_eq!(v.verify(&t, NOW - 1), Err(Reason::NotYetValid));
+        let t = hs(with(base(), "iat", json!(NOW / 1000 + 5)));
+        assert!(v.verify(&t, NOW).is_ok());
+        assert_eq!(v.verify(&t, NOW - 1), Err(Reason::NotYetValid));
+    }
+
+    #[test]
+    fn required_and_typed_claims() {
+        let v = verifier(leeway5());
+        assert_eq!(
+            v.verify(&hs(without(base(), "exp")), NOW),
+            Err(Reason::MissingClaim)
+        );
+        assert_eq!(
+            v.verify(&hs(without(base(), "sub")), NOW),
+            Err(Reason::MissingClaim)
+        );
+        assert_eq!(
+            v.verify(&hs(with(base(), "sub", json!(""))), NOW),
+            Err(Reason::MissingClaim)
+        );
+        // Type confusion: a string exp is not a date.
+        let s = hs(with(base(), "exp", json!(format!("{}", NOW / 1000 + 60))));
+        assert_eq!(v.verify(&s, NOW), Err(Reason::MalformedToken));
+        assert_eq!(
+            v.verify(&hs(with(base(), "nbf", json!("0"))), NOW),
+            Err(Reason::MalformedToken)
+        );
+        assert_eq!(
+            v.verify(&hs(with(base(), "sub", json!(1))), NOW),
+            Err(Reason::MalformedToken)
+        );
+        // Fractional and huge dates are handled without overflow.
+        assert!(v
+            .verify(&hs(with(base(), "exp", json!(1e300))), NOW)
+            .is_ok());
+        assert!(v
+            .verify(
+                &hs(with(base(), "exp", json!((NOW / 1000 + 1) as f64 + 0.5))),
+                NOW
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn issuer_and_audience() {
+        let v = verifier(ClaimRules {
+            issuer: Some("https://idp".into()),
+            audience: vec!["api".into(), "ws".into()],
+            ..leeway5()
+        });
+        let ok = with(
+            with(base(), "iss", json!("https://idp")),
+            "aud",
+            json!(["x", "ws"]),
+        );
+        assert!(v.verify(&hs(ok.clone()), NOW).is_ok());
+        assert!(v
+            .verify(&hs(with(ok.clone(), "aud", json!("api"))), NOW)
+            .is_ok());
+        assert_eq!(
+            v.verify(&hs(with(ok.clone(), "aud", json!("other"))), NOW),
+            Err(Reason::BadAudience)
+        );
+        assert_eq!(
+            v.verify(&hs(without(ok.clone(), "aud")), NOW),
+            Err(Reason::MissingClaim)
+        );
+        assert_eq!(
+            v.verify(&hs(with(ok.clone(), "iss", json!("https://evil"))), NOW),
+            Err(Reason::BadIssuer)
+        );
+        assert_eq!(
+            v.verify(&hs(without(ok.clone(), "iss")), NOW),
+            Err(Reason::MissingClaim)
+        );
+        assert_eq!(
+            v.verify(&hs(with(ok, "aud", json!(5))), NOW),
+            Err(Reason::MalformedToken)
+        );
+    }
+
+    #[test]
+    fn ticket_audience_is_refused_outside_tickets() {
+        let v = verifier(ClaimRules {
+            forbidden_audience: Some("wsgate-ticket".into()),
+            ..leeway5()
+        });
+        let t = hs(with(base(), "aud", json!("wsgate-ticket")));
+        assert_eq!(v.verify(&t, NOW), Err(Reason::TicketRequired));
+    }
+
+    #[test]
+    fn signature_and_algorithm() {
+        let v = verifier(leeway5());
+        let other = sign(
+            &Header::new(Algorithm::HS256),
+            &base(),
+            b"another-secret-another-secret-xx",
+        );
+        assert_eq!(v.verify(&other, NOW), Err(Reason::BadSignature));
+        // Same secret, algorithm not pinned for the key.
+        let t = sign(&Header::new(Algorithm::HS512), &base(), SECRET);
+        assert_eq!(v.verify(&t, NOW), Err(Reason::AlgorithmNotAllowed));
+        // alg: none, with and without a signature.
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let p = URL_SAFE_NO_PAD.encode(base().to_string());
+        assert_eq!(
+            v.verify(&format!("{h}.{p}."), NOW),
+            Err(Reason::AlgorithmNotAllowed)
+        );
+        let h2 = URL_SAFE_NO_PAD.encode(br#"{"alg":"NoNe"}"#);
+        assert_eq!(
+            v.verify(&format!("{h2}.{p}.abc"), NOW),
+            Err(Reason::AlgorithmNotAllowed)
+        );
+        // Tampered payload.
+        let good = hs(base());
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let evil = URL_SAFE_NO_PAD.encode(with(base(), "sub", json!("root")).to_string());
+        parts[1] = &evil;
+        assert_eq!(v.verify(&parts.join("."), NOW), Err(Reason::BadSignature));
+    }
+
+    #[test]
+    fn malformed_inputs() {
+        let v = verifier(leeway5());
+        for t in [
+            "",
+            "abc",
+            "a.b",
+            "a.b.c.d.e",
+            "!!!.???.###",
+            "eyJhbGciOiJIUzI1NiJ9.e30",
+            "bm90IGpzb24.e30.sig",
+        ] {
+            assert_eq!(v.verify(t, NOW), Err(Reason::MalformedToken), "{t}");
+        }
+        // Valid header, signature not base64.
+        let good = hs(base());
+        let (msg, _) = good.rsplit_once('.').expect("three parts");
+        assert_eq!(
+            v.verify(&format!("{msg}.***"), NOW),
+            Err(Reason::MalformedToken)
+        );
+        // Invalid UTF-8 inside base64 header.
+        let h = URL_SAFE_NO_PAD.encode([0xff, 0xfe, 0x22]);
+        assert_eq!(
+            v.verify(&format!("{h}.e30.c2ln"), NOW),
+            Err(Reason::MalformedToken)
+        );
+    }
+
+    #[test]
+    fn crit_is_rejected_unless_empty() {
+        let v = verifier(leeway5());
+        let mk = |crit: &str| {
+            let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","crit":{crit}}}"#));
+            let p = URL_SAFE_NO_PAD.encode(base().to_string());
+            let msg = format!("{h}.{p}");
+            let sig = jsonwebtoken::crypto::sign(
+                msg.as_bytes(),
+                &EncodingKey::from_secret(SECRET),
+                Algorithm::HS256,
+            )
+            .expect("sign");
+            format!("{msg}.{sig}")
+        };
+        assert_eq!(
+            v.verify(&mk(r#"["exp"]"#), NOW),
+            Err(Reason::MalformedToken)
+        );
+        assert_eq!(v.verify(&mk(r#""x""#), NOW), Err(Reason::MalformedToken));
+        assert!(v.verify(&mk("[]"), NOW).is_ok());
+    }
+
+    #[test]
+    fn kid_selection() {
+        let other_secret = b"ffffffffffffffffffffffffffffffff";
+        let v = Verifier::new(
+            vec![
+                hs_key(Some("a")),
+                VerifyKey {
+                    kid: Some("b".into()),
+                    alg: Algorithm::HS256,
+                    key: DecodingKey::from_secret(other_secret),
+                },
+            ],
+            leeway5(),
+        );
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("b".into());
+        assert!(v.verify(&sign(&h, &base(), other_secret), NOW).is_ok());
+        // kid b, signed with a's secret: kid pins the key.
+        assert_eq!(
+            v.verify(&sign(&h, &base(), SECRET), NOW),
+            Err(Reason::BadSignature)
+        );
+        h.kid = Some("zzz".into());
+        assert_eq!(
+            v.verify(&sign(&h, &base(), SECRET), NOW),
+            Err(Reason::UnknownKey)
+        );
+        // No kid: every key is tried.
+        assert!(v.verify(&hs(base()), NOW).is_ok());
+    }
+}
