@@ -1,1 +1,297 @@
-fn main() {}
+//! `wsgate serve | check | token` (SPEC 1).
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use wsgate::app::App;
+use wsgate::config::{Config, LogFormat};
+use wsgate::mint;
+
+#[derive(Parser)]
+#[command(name = "wsgate", version, about = "Authenticating WebSocket gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (dev mode without --config and without ./wsgate.toml).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config and print it with secrets redacted.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Mint a token for tests and scripts; prints it alone on stdout.
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. 30s, 15m, 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long)]
+        aud: Vec<String>,
+        #[arg(long)]
+        iss: Option<String>,
+        #[arg(long)]
+        kid: Option<String>,
+        /// Extra claim key=value (value parsed as JSON when it is JSON).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// Environment variable holding the HS secret (default WSGATE_JWT_SECRET).
+        #[arg(long, conflicts_with = "key_file")]
+        secret_env: Option<String>,
+        /// Private key PEM for RS/PS/ES/EdDSA.
+        #[arg(long, requires = "alg")]
+        key_file: Option<PathBuf>,
+        /// Algorithm (HS256 by default with a secret).
+        #[arg(long)]
+        alg: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { config } => serve(config),
+        Cmd::Check { config } => check(config),
+        Cmd::Token {
+            sub,
+            ttl,
+            aud,
+            iss,
+            kid,
+            claims,
+            secret_env,
+            key_file,
+            alg,
+        } => match token(sub, &ttl, aud, iss, kid, claims, secret_env, key_file, alg) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wsgate token: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+/// `--config`, else `./wsgate.toml` if present, else dev mode (serve only).
+fn config_path(arg: Option<PathBuf>) -> Option<PathBuf> {
+    arg.or_else(|| {
+        let p = Path::new("wsgate.toml");
+        p.exists().then(|| p.to_path_buf())
+    })
+}
+
+fn print_problems(problems: &[String]) {
+    for p in problems {
+        eprintln!("error: {p}");
+    }
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    let Some(path) = config_path(config) else {
+        eprintln!("error: no --config given and no wsgate.toml in the working directory");
+        return ExitCode::from(2);
+    };
+    let cfg = match Config::load(&path, &env_vars()) {
+        Ok(c) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = wsgate::backend::check_supported(cfg.backend.kind) {
+        print_problems(&[e]);
+        return ExitCode::from(1);
+    }
+    let redacted = cfg.redacted();
+    if let Err(problems) = App::new(cfg) {
+        print_problems(&problems);
+        return ExitCode::from(1);
+    }
+    print!("{redacted}");
+    ExitCode::SUCCESS
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let env = env_vars();
+    let loaded = match config_path(config) {
+        Some(path) => Config::load(&path, &env),
+        None => Config::dev(&env),
+    };
+    let mut cfg = match loaded {
+        Ok(c) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::from(1);
+        }
+    };
+    if cfg.dev_mode {
+        // The hub arrives in its own module; dev mode echoes until then.
+        cfg.backend.kind = wsgate::config::BackendKind::Echo;
+    }
+    wsgate::log::init(
+        &cfg.log.level,
+        match cfg.log.format {
+            LogFormat::Json => wsgate::log::Format::Json,
+            LogFormat::Human => wsgate::log::Format::Human,
+        },
+    );
+    if let Err(e) = wsgate::backend::check_supported(cfg.backend.kind) {
+        print_problems(&[e]);
+        return ExitCode::from(1);
+    }
+    for w in cfg.warnings() {
+        tracing::warn!(event = "config_warning", msg = w.as_str());
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let bound = match wsgate::server::bind(cfg.server.listen, cfg.admin.listen).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: cannot listen: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if cfg.dev_mode {
+            // Allow the page's own origin on the port actually bound.
+            if let Ok(addr) = bound.main_addr() {
+                for o in Config::dev_origins(addr) {
+                    if !cfg.origins.allow.contains(&o) {
+                        cfg.origins.allow.push(o);
+                    }
+                }
+            }
+        }
+        let app = match App::new(cfg) {
+            Ok(a) => a,
+            Err(problems) => {
+                print_problems(&problems);
+                return ExitCode::from(1);
+            }
+        };
+        let running = match wsgate::server::serve(app.clone(), bound) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot listen: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            event = "listening",
+            addr = %running.addr,
+            admin_addr = %running.admin_addr,
+            path = app.config.server.path.as_str(),
+            dev_mode = app.config.dev_mode,
+        );
+        if app.config.dev_mode {
+            banner(&app, running.addr);
+        }
+        wsgate::server::wait_for_shutdown(running).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Dev mode banner on stderr (stdout carries the JSON logs).
+fn banner(app: &App, addr: std::net::SocketAddr) {
+    let token = wsgate::dev::dev_token(app, "dev-user", &["user".to_string()]).unwrap_or_default();
+    eprintln!(
+        "\n  wsgate DEV MODE: not for production (random secret, loopback only)\n\n  \
+         demo page:  http://{addr}/\n  websocket:  ws://{addr}{path}\n  \
+         token (sub=dev-user, 1h):\n    {token}\n\n  try:  websocat -H 'Authorization: Bearer {token}' ws://{addr}{path}\n",
+        path = app.config.server.path
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn token(
+    sub: String,
+    ttl: &str,
+    aud: Vec<String>,
+    iss: Option<String>,
+    kid: Option<String>,
+    claims: Vec<String>,
+    secret_env: Option<String>,
+    key_file: Option<PathBuf>,
+    alg: Option<String>,
+) -> Result<String, String> {
+    let ttl = humantime::parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let (alg, key) = match key_file {
+        Some(path) => {
+            let alg = mint::alg(alg.as_deref().unwrap_or("RS256"))?;
+            let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            (alg, mint::encoding_key_from_pem(alg, &pem)?)
+        }
+        None => {
+            let alg = mint::alg(alg.as_deref().unwrap_or("HS256"))?;
+            if !matches!(
+                alg,
+                jsonwebtoken::Algorithm::HS256
+                    | jsonwebtoken::Algorithm::HS384
+                    | jsonwebtoken::Algorithm::HS512
+            ) {
+                return Err(format!("{alg:?} needs --key-file"));
+            }
+            let var = secret_env.unwrap_or_else(|| "WSGATE_JWT_SECRET".into());
+            let secret = std::env::var(&var)
+                .map_err(|_| format!("environment variable {var} is not set"))?;
+            if secret.len() < mint::min_secret_len(alg) {
+                return Err(format!(
+                    "the secret in {var} is shorter than {} bytes",
+                    mint::min_secret_len(alg)
+                ));
+            }
+            (
+                alg,
+                jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+        }
+    };
+    let now = wsgate::clock::now_ms() / 1000;
+    let mut map = Map::new();
+    for c in &claims {
+        let (k, v) = mint::claim_arg(c)?;
+        map.insert(k, v);
+    }
+    map.insert("sub".into(), Value::from(sub));
+    map.insert("iat".into(), Value::from(now));
+    map.insert("exp".into(), Value::from(now + ttl.as_secs() as i64));
+    map.entry("jti")
+        .or_insert_with(|| Value::from(mint::random_id(16)));
+    match aud.len() {
+        0 => {}
+        1 => {
+            map.insert("aud".into(), Value::from(aud[0].clone()));
+        }
+        _ => {
+            map.insert("aud".into(), Value::from(aud));
+        }
+    }
+    if let Some(iss) = iss {
+        map.insert("iss".into(), Value::from(iss));
+    }
+    mint::sign(alg, kid.as_deref(), &map, &key)
+}

@@ -1,0 +1,197 @@
+//! The gateway's shared state, built once from a validated [`Config`].
+
+use crate::config::{Config, KeySource};
+use jsonwebtoken::EncodingKey;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wsgate_core::credential::ExtractPolicy;
+use wsgate_core::origin::OriginPolicy;
+use wsgate_core::session::SessionPolicy;
+use wsgate_core::verify::{ClaimRules, Verifier, VerifyKey};
+use wsgate_core::Reason;
+
+/// Everything a connection needs, shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub origins: OriginPolicy,
+    pub extract: ExtractPolicy,
+    pub session_policy: SessionPolicy,
+    pub ws_config: WebSocketConfig,
+    pub registry: Registry,
+    pub draining: AtomicBool,
+    next_id: AtomicU64,
+    /// Dev mode only: the key that signs `/dev/login` tokens.
+    pub dev_signer: Option<EncodingKey>,
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl App {
+    /// Builds the state; fails on keys the gateway cannot load.
+    pub fn new(config: Config) -> Result<Arc<App>, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut keys = Vec::new();
+        for (i, k) in config.auth.keys.iter().enumerate() {
+            if matches!(k.source, KeySource::JwksUrl(_) | KeySource::JwksFile(_)) {
+                problems.push(format!(
+                    "auth.keys[{i}]: JWKS key sources are not supported by this build yet"
+                ));
+                continue;
+            }
+            let Some(alg) = k.alg else {
+                problems.push(format!("auth.keys[{i}].alg: required"));
+                continue;
+            };
+            match k.decoding_key() {
+                Ok(key) => keys.push(VerifyKey {
+                    kid: k.kid.clone(),
+                    alg,
+                    key,
+                }),
+                Err(e) => problems.push(format!("auth.keys[{i}]: {e}")),
+            }
+        }
+        let origins = match OriginPolicy::new(&config.origins.allow, config.origins.allow_missing) {
+            Ok(p) => p,
+            Err(bad) => {
+                problems.extend(bad.into_iter().map(|b| format!("origins.allow: {b}")));
+                OriginPolicy::default()
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let auth = &config.auth;
+        let rules = ClaimRules {
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway_ms: ms(auth.leeway),
+            forbidden_audience: Some(config.tickets.audience.clone()),
+        };
+        let extract = ExtractPolicy {
+            transports: auth.transports.clone(),
+            cookie_name: auth.cookie_name.clone(),
+            ticket_param: auth.ticket_param.clone(),
+            query_param: auth.query_param.clone(),
+            subprotocol: auth.subprotocol.clone(),
+            max_token_bytes: auth.max_token_bytes,
+        };
+        let session_policy = SessionPolicy {
+            leeway_ms: ms(auth.leeway),
+            expiry_warning_ms: ms(auth.expiry_warning),
+            max_session_ms: auth.max_session.map(ms),
+            refresh: auth.refresh,
+        };
+        let max_msg = config.limits.max_message_bytes;
+        // Small read buffers keep idle sockets cheap; writes go out eagerly and
+        // the write buffer is bounded so a stalled peer cannot grow it.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_write_buffer_size(max_msg.saturating_add(64 * 1024))
+            .max_message_size(Some(max_msg))
+            .max_frame_size(Some(max_msg));
+        let dev_signer = if config.dev_mode {
+            config.auth.keys.first().and_then(|k| match &k.source {
+                KeySource::Secret(s) => Some(EncodingKey::from_secret(s.expose())),
+                _ => None,
+            })
+        } else {
+            None
+        };
+        Ok(Arc::new(App {
+            verifier: Verifier::new(keys, rules),
+            origins,
+            extract,
+            session_policy,
+            ws_config,
+            registry: Registry::default(),
+            draining: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            dev_signer,
+            config,
+        }))
+    }
+
+    /// A connection id unique within this process.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Live connection counts, per node and per user (bounded by the caps).
+#[derive(Default)]
+pub struct Registry {
+    active: AtomicUsize,
+    per_user: Mutex<HashMap<String, u32>>,
+}
+
+/// A held connection slot; released on drop.
+pub struct Slot {
+    registry: Arc<App>,
+    sub: String,
+}
+
+impl Registry {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+impl App {
+    /// Takes a slot for `sub` under the per-user and global caps.
+    pub fn acquire_slot(self: &Arc<Self>, sub: &str) -> Result<Slot, Reason> {
+        let limits = &self.config.limits;
+        let reg = &self.registry;
+        let prev = reg.active.fetch_add(1, Ordering::AcqRel);
+        if prev >= limits.max_connections as usize {
+            reg.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Reason::TooManyConnections);
+        }
+        let mut users = match reg.per_user.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let n = users.entry(sub.to_owned()).or_insert(0);
+        if limits.connections_per_user > 0 && *n >= limits.connections_per_user {
+            if *n == 0 {
+                users.remove(sub);
+            }
+            drop(users);
+            reg.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Reason::TooManyConnections);
+        }
+        *n += 1;
+        Ok(Slot {
+            registry: self.clone(),
+            sub: sub.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let reg = &self.registry.registry;
+        let mut users = match reg.per_user.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(n) = users.get_mut(&self.sub) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                users.remove(&self.sub);
+            }
+        }
+        drop(users);
+        reg.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,216 @@
+//! The per-connection task: one select loop over client frames and the
+//! session's timers, driven by the pure [`Session`] state machine.
+
+use crate::app::{App, Slot};
+use crate::clock::{now_ms, until};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use wsgate_core::reason::close;
+use wsgate_core::session::{Action, Session};
+use wsgate_core::verify::Verified;
+use wsgate_core::Transport;
+
+/// Everything the upgrade decided about a new session.
+pub struct SessionStart {
+    pub id: u64,
+    pub ip: IpAddr,
+    pub origin: Option<String>,
+    pub transport: Transport,
+    pub verified: Verified,
+    pub slot: Slot,
+}
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+struct Control<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    token: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Why the session ended, for the close log line.
+struct Ended {
+    code: u16,
+    reason: &'static str,
+}
+
+/// Runs a session until it closes.
+pub async fn run<S>(app: Arc<App>, mut ws: WebSocketStream<S>, start: SessionStart)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let opened = Instant::now();
+    let mut session = Session::new(
+        app.session_policy,
+        start.verified.sub.clone(),
+        start.verified.exp_ms,
+        now_ms(),
+    );
+    let mut bytes_in: u64 = 0;
+    let mut bytes_out: u64 = 0;
+    let ended = loop {
+        let Some(wake) = session.next_wakeup() else {
+            break Ended {
+                code: close::EXPIRED,
+                reason: "token expired",
+            };
+        };
+        let timer = tokio::time::sleep(until(wake, now_ms()));
+        tokio::pin!(timer);
+        tokio::select! {
+            msg = ws.next() => {
+                let reply = match msg {
+                    None => break Ended { code: 1006, reason: "connection lost" },
+                    Some(Ok(Message::Close(frame))) => {
+                        // tungstenite answers the close; drive it out.
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                        let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                        break Ended { code, reason: "closed by client" };
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        bytes_in += t.len() as u64;
+                        match control(&app, &mut session, t.as_str()) {
+                            Some(reply) => Some(reply),
+                            None => Some(Message::Text(t)),
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        bytes_in += b.len() as u64;
+                        Some(Message::Binary(b))
+                    }
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => {
+                        let (code, reason) = error_close(&e);
+                        if code != 1006 {
+                            close_with(&mut ws, code, reason).await;
+                        }
+                        break Ended { code, reason };
+                    }
+                };
+                if let Some(m) = reply {
+                    let n = m.len() as u64;
+                    // A peer that does not read cannot hold the deadline back.
+                    tokio::select! {
+                        r = ws.send(m) => {
+                            if r.is_err() {
+                                break Ended { code: 1006, reason: "connection lost" };
+                            }
+                            bytes_out += n;
+                        }
+                        _ = &mut timer => {}
+                    }
+                }
+            }
+            _ = &mut timer => {
+                match session.on_tick(now_ms()) {
+                    Some(Action::Close { code, reason }) => {
+                        close_with(&mut ws, code, reason).await;
+                        break Ended { code, reason };
+                    }
+                    Some(other) => {
+                        if let Some(m) = action_message(&other) {
+                            bytes_out += m.len() as u64;
+                            let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    };
+    session.close();
+    tracing::info!(
+        event = "close",
+        id = start.id,
+        code = ended.code,
+        reason = ended.reason,
+        sub = start.verified.sub.as_str(),
+        transport = start.transport.as_str(),
+        ip = %start.ip,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        bytes_in,
+        bytes_out,
+    );
+    drop(start.slot);
+}
+
+/// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.
+fn control(app: &App, session: &mut Session, text: &str) -> Option<Message> {
+    // Cheap pre-check keeps JSON parsing off the relay path.
+    if !text.trim_start().starts_with('{') || !text.contains("\"auth\"") {
+        return None;
+    }
+    let c: Control<'_> = serde_json::from_str(text).ok()?;
+    if c.kind != "auth" {
+        return None;
+    }
+    let now = now_ms();
+    let result = match c.token.as_deref() {
+        None | Some("") => Err(wsgate_core::Reason::MissingToken),
+        Some(t) if t.len() > app.config.auth.max_token_bytes => {
+            Err(wsgate_core::Reason::TokenTooLarge)
+        }
+        Some(t) => app.verifier.verify(t, now),
+    };
+    let action = session.on_refresh(result.as_ref().map_err(|r| *r), now);
+    action_message(&action)
+}
+
+/// The JSON message an action sends, if any.
+fn action_message(a: &Action) -> Option<Message> {
+    let v = match a {
+        Action::SendExpiring { exp } => serde_json::json!({"type": "auth_expiring", "exp": exp}),
+        Action::SendAuthOk { sub, exp } => {
+            serde_json::json!({"type": "auth_ok", "sub": sub, "exp": exp})
+        }
+        Action::SendAuthFail { reason } => {
+            serde_json::json!({"type": "auth_fail", "reason": reason.code()})
+        }
+        Action::Close { .. } => return None,
+    };
+    Some(Message::Text(v.to_string().into()))
+}
+
+/// Maps a read error to the close code we answer with (1006: just drop).
+fn error_close(e: &WsError) -> (u16, &'static str) {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            (close::TOO_BIG, "message too big")
+        }
+        WsError::Capacity(_) => (close::TOO_BIG, "frame too big"),
+        WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid utf-8"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => (1006, "connection lost"),
+        WsError::Protocol(_) => (1002, "protocol error"),
+        _ => (1006, "connection lost"),
+    }
+}
+
+/// Sends a close frame and waits briefly for the peer's answer.
+async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &'static str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            // Read until the peer's close (or EOF) completes the handshake.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}

@@ -1,0 +1,16 @@
+//! wsgate: an authenticating WebSocket gateway.
+//!
+//! The policy lives in `wsgate-core`; this crate is the I/O and the wiring:
+//! configuration, listeners, the upgrade pipeline, the per-connection task
+//! and the backends.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod backend;
+pub mod clock;
+pub mod config;
+pub mod conn;
+pub mod dev;
+pub mod log;
+pub mod mint;
+pub mod server;

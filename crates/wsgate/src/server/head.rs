@@ -1,0 +1,157 @@
+//! Reads the first request head under a deadline and a size cap before
+//! hyper sees the connection, so slow or oversized heads are refused with
+//! our own status and body, and the bytes read are replayed to hyper.
+
+use bytes::{Buf, BytesMut};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// How reading the first head ended.
+#[derive(Debug)]
+pub enum Head {
+    /// A complete head (and maybe more) is in the buffer.
+    Complete(BytesMut),
+    /// The head exceeded the cap.
+    TooLarge,
+    /// The deadline passed first.
+    TimedOut,
+    /// The peer closed or failed before sending a head.
+    Closed,
+}
+
+/// Position just past `\r\n\r\n`, scanning from `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    buf[start..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| start + p + 4)
+}
+
+/// Reads until the end of the head, `max` bytes of head, or `timeout`.
+pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, max: usize, timeout: Duration) -> Head {
+    let mut buf = BytesMut::with_capacity(2048);
+    let fut = async {
+        loop {
+            let scanned = buf.len();
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Head::Closed,
+                Ok(_) => {}
+            }
+            match head_end(&buf, scanned) {
+                Some(end) if end > max => return Head::TooLarge,
+                Some(_) => return Head::Complete(std::mem::take(&mut buf)),
+                None if buf.len() > max => return Head::TooLarge,
+                None => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(h) => h,
+        Err(_) => Head::TimedOut,
+    }
+}
+
+/// A stream that first yields `prefix`, then reads from `inner`.
+pub struct Rewind<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: BytesMut, inner: S) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Give the memory back: idle sockets should not keep it.
+                self.prefix = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn finds_end_across_reads() {
+        let b = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest";
+        assert_eq!(head_end(b, 0), Some(27));
+        assert_eq!(head_end(b, 25), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n", 0), None);
+    }
+
+    #[tokio::test]
+    async fn complete_large_and_slow() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(matches!(
+            read_head(&mut b, 1024, Duration::from_secs(1)).await,
+            Head::Complete(_)
+        ));
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
+        a.write_all(big.as_bytes()).await.expect("write");
+        assert!(matches!(
+            read_head(&mut b, 1024, Duration::from_secs(1)).await,
+            Head::TooLarge
+        ));
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+        assert!(matches!(
+            read_head(&mut b, 1024, Duration::from_millis(50)).await,
+            Head::TimedOut
+        ));
+        drop(a);
+    }
+}

@@ -1,0 +1,238 @@
+//! Listeners: our own accept loop, the first head read under a deadline,
+//! then hyper for HTTP/1.1 and the upgrade.
+
+pub mod head;
+pub mod respond;
+pub mod upgrade;
+
+use crate::app::App;
+use head::{read_head, Head, Rewind};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use respond::Body;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use wsgate_core::Reason;
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Main,
+    Admin,
+}
+
+/// A started gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops accepting new connections on both listeners.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Bound but not yet serving listeners (the actual ports are known here,
+/// which dev mode needs for its Origin allow-list).
+pub struct Bound {
+    main: TcpListener,
+    admin: TcpListener,
+}
+
+impl Bound {
+    pub fn main_addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.local_addr()
+    }
+}
+
+/// Binds both listeners.
+pub async fn bind(main: SocketAddr, admin: SocketAddr) -> std::io::Result<Bound> {
+    Ok(Bound {
+        main: TcpListener::bind(main).await?,
+        admin: TcpListener::bind(admin).await?,
+    })
+}
+
+/// Starts accepting on bound listeners.
+pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
+    let addr = bound.main.local_addr()?;
+    let admin_addr = bound.admin.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(accept_loop(
+        app.clone(),
+        bound.main,
+        Listener::Main,
+        stopped.clone(),
+    ));
+    tokio::spawn(accept_loop(
+        app.clone(),
+        bound.admin,
+        Listener::Admin,
+        stopped,
+    ));
+    Ok(Running {
+        addr,
+        admin_addr,
+        app,
+        stop,
+    })
+}
+
+/// Binds both listeners and starts accepting.
+pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
+    let bound = bind(app.config.server.listen, app.config.admin.listen).await?;
+    serve(app, bound)
+}
+
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    which: Listener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_conn(app.clone(), stream, peer, which));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning;
+                // the pending connection stays in the backlog.
+                tracing::warn!(event = "accept_error", error = %e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_conn(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, which: Listener) {
+    let server = &app.config.server;
+    let timeout = server.handshake_timeout;
+    let max_head = server.max_header_bytes;
+    let buf = match read_head(&mut stream, max_head, timeout).await {
+        Head::Complete(buf) => buf,
+        Head::TooLarge => {
+            upgrade::log_early_rejection(peer.ip(), Reason::HeadersTooLarge);
+            let _ = tokio::time::timeout(timeout, async {
+                let _ = stream
+                    .write_all(&respond::reject_raw(Reason::HeadersTooLarge))
+                    .await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+            return;
+        }
+        // Slow or silent peers get nothing but a closed socket.
+        Head::TimedOut | Head::Closed => return,
+    };
+    let io = TokioIo::new(Rewind::new(buf, stream));
+    let app2 = app.clone();
+    let svc = service_fn(move |req| {
+        let app = app2.clone();
+        async move { Ok::<_, Infallible>(route(app, req, peer, which).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        // hyper's floor is 8 KiB; our own cap was enforced on the first head.
+        .max_buf_size(max_head.max(8192))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    let _ = conn.await;
+}
+
+async fn route(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    which: Listener,
+) -> Response<Body> {
+    let path = req.uri().path();
+    match (which, path) {
+        (_, "/healthz") => respond::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (_, "/readyz") => readyz(&app),
+        (Listener::Main, p) if p == app.config.server.path => {
+            upgrade::handle(app, req, peer.ip()).await
+        }
+        (Listener::Main, "/") if app.config.dev_mode => {
+            if req.method() == Method::GET {
+                crate::dev::page()
+            } else {
+                respond::method_not_allowed("GET")
+            }
+        }
+        (Listener::Main, "/dev/login") if app.config.dev_mode => {
+            if req.method() == Method::POST {
+                crate::dev::login(&app, req).await
+            } else {
+                respond::method_not_allowed("POST")
+            }
+        }
+        _ => respond::not_found(),
+    }
+}
+
+fn readyz(app: &App) -> Response<Body> {
+    if app.is_draining() {
+        respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "draining"}),
+        )
+    } else if !app.verifier.has_keys() {
+        respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "no_keys"}),
+        )
+    } else {
+        respond::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    }
+}
+
+/// Waits for SIGTERM/SIGINT, then stops accepting and gives live sessions a
+/// moment to finish. (Full drain with 1001 closes arrives with observability.)
+pub async fn wait_for_shutdown(running: Running) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    running
+        .app
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    running.stop_accepting();
+    tracing::info!(
+        event = "shutdown",
+        active = running.app.registry.active() as u64
+    );
+}

@@ -1,0 +1,259 @@
+//! The upgrade pipeline of SPEC 3. Each step passes or yields a [`Reason`];
+//! only when all pass is `101` written and the session task started.
+
+use super::respond::{reject, Body};
+use crate::app::{App, Slot};
+use crate::clock::now_ms;
+use crate::conn::{self, SessionStart};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::header::{
+    CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use wsgate_core::credential::{self, Transport};
+use wsgate_core::origin::OriginVerdict;
+use wsgate_core::verify::Verified;
+use wsgate_core::Reason;
+
+/// What the log line of one attempt says (SPEC 7). Never a token.
+#[derive(Default)]
+pub struct Attempt {
+    pub ip: Option<IpAddr>,
+    pub origin: Option<String>,
+    pub transport: Option<Transport>,
+    pub sub: Option<String>,
+    /// A credential was presented (for `error="invalid_token"`).
+    pub presented: bool,
+}
+
+/// Origins are attacker-chosen text; keep log lines bounded.
+const MAX_LOGGED_ORIGIN: usize = 256;
+
+/// A request that passed every check.
+struct Accepted {
+    verified: Verified,
+    transport: Transport,
+    protocol: Option<String>,
+    slot: Slot,
+    key: HeaderValue,
+}
+
+/// Handles `GET <server.path>`: decides, logs, answers `101` or a rejection.
+pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Response<Body> {
+    let started = Instant::now();
+    let mut attempt = Attempt {
+        ip: Some(ip),
+        ..Default::default()
+    };
+    let decision = decide(&app, &req, &mut attempt);
+    let latency_us = started.elapsed().as_micros() as u64;
+    match decision {
+        Err(reason) => {
+            log_attempt(&attempt, Err(reason), latency_us);
+            reject(reason, attempt.presented)
+        }
+        Ok(acc) => {
+            log_attempt(&attempt, Ok(()), latency_us);
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let mut resp = Response::new(Body::default());
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+            if let Ok(v) = HeaderValue::from_str(&derive_accept_key(acc.key.as_bytes())) {
+                h.insert(SEC_WEBSOCKET_ACCEPT, v);
+            }
+            if let Some(p) = acc
+                .protocol
+                .as_deref()
+                .and_then(|p| HeaderValue::from_str(p).ok())
+            {
+                h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+            }
+            let start = SessionStart {
+                id: app.next_id(),
+                ip,
+                origin: attempt.origin.take(),
+                transport: acc.transport,
+                verified: acc.verified,
+                slot: acc.slot,
+            };
+            tokio::spawn(async move {
+                // The upgrade fails only if the peer left before 101 was read.
+                if let Ok(upgraded) = on_upgrade.await {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(app.ws_config),
+                    )
+                    .await;
+                    conn::run(app, ws, start).await;
+                }
+            });
+            resp
+        }
+    }
+}
+
+fn log_attempt(a: &Attempt, result: Result<(), Reason>, latency_us: u64) {
+    let ip = a.ip.map(|i| i.to_string());
+    let (result, reason, status) = match result {
+        Ok(()) => ("accepted", None, 101),
+        Err(r) => ("rejected", Some(r.code()), r.status().as_u16()),
+    };
+    tracing::info!(
+        event = "handshake",
+        result,
+        reason,
+        status,
+        ip = ip.as_deref(),
+        origin = a.origin.as_deref(),
+        transport = a.transport.map(|t| t.as_str()),
+        sub = a.sub.as_deref(),
+        latency_us,
+    );
+}
+
+/// Logs a refusal made before hyper parsed the request (oversized head).
+pub fn log_early_rejection(ip: IpAddr, reason: Reason) {
+    let attempt = Attempt {
+        ip: Some(ip),
+        ..Default::default()
+    };
+    log_attempt(&attempt, Err(reason), 0);
+}
+
+/// True when a comma-separated header contains `token` (case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// RFC 6455 4.2.1: returns the client's key when the request is an upgrade.
+fn well_formed(req: &Request<Incoming>) -> Result<HeaderValue, Reason> {
+    if req.method() != Method::GET || req.version() < Version::HTTP_11 {
+        return Err(Reason::BadUpgrade);
+    }
+    let h = req.headers();
+    if !h.contains_key(http::header::HOST)
+        || !header_has_token(h, UPGRADE, "websocket")
+        || !header_has_token(h, CONNECTION, "upgrade")
+    {
+        return Err(Reason::BadUpgrade);
+    }
+    let mut keys = h.get_all(SEC_WEBSOCKET_KEY).iter();
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(Reason::BadUpgrade);
+    };
+    match STANDARD.decode(key.as_bytes()) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(Reason::BadUpgrade),
+    }
+    let mut versions = h.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        (None, _) => return Err(Reason::BadUpgrade),
+        _ => return Err(Reason::UnsupportedVersion),
+    }
+    // Protocol lists must at least be text.
+    credential::offered_protocols(h)?;
+    Ok(key.clone())
+}
+
+fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
+    let mut it = h.get_all(ORIGIN).iter();
+    match (it.next(), it.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v.to_str().map(Some).map_err(|_| Reason::OriginNotAllowed),
+        // Two Origin headers: no browser sends that.
+        _ => Err(Reason::OriginNotAllowed),
+    }
+}
+
+fn decide(app: &Arc<App>, req: &Request<Incoming>, a: &mut Attempt) -> Result<Accepted, Reason> {
+    let headers = req.headers();
+    // Log what the Origin claimed even when the request is refused.
+    if let Some(o) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
+        a.origin = Some(o.chars().take(MAX_LOGGED_ORIGIN).collect());
+    }
+    let key = well_formed(req)?;
+    if app.is_draining() {
+        return Err(Reason::Draining);
+    }
+    let origin = origin_header(headers)?;
+    let verdict = app.origins.check(origin);
+    if verdict == OriginVerdict::Denied {
+        return Err(Reason::OriginNotAllowed);
+    }
+    let query = req.uri().query();
+    let cred = credential::extract(&app.extract, headers, query).map_err(|e| {
+        a.transport = e.transport;
+        a.presented = true;
+        e.reason
+    })?;
+    let Some(cred) = cred else {
+        return Err(Reason::MissingToken);
+    };
+    a.transport = Some(cred.transport);
+    a.presented = true;
+    // The browser attaches cookies to cross-site upgrades on its own: only
+    // a page on an allowed Origin may use them.
+    if cred.transport == Transport::Cookie && verdict != OriginVerdict::Allowed {
+        return Err(Reason::OriginNotAllowed);
+    }
+    if cred.transport == Transport::Ticket {
+        // Single-use tickets need the shared store; until it exists no
+        // ticket can be redeemed safely, so the param is refused.
+        return Err(Reason::TicketRequired);
+    }
+    let verified = app.verifier.verify(&cred.token, now_ms())?;
+    a.sub = Some(verified.sub.clone());
+    if cred.transport == Transport::Cookie && app.config.auth.cookie_csrf {
+        let sent = credential::query_value(query, "csrf");
+        let want = verified.claims.get("csrf").and_then(|v| v.as_str());
+        match (sent, want) {
+            (Some(s), Some(w)) if !w.is_empty() && bool::from(s.as_bytes().ct_eq(w.as_bytes())) => {
+            }
+            _ => return Err(Reason::CsrfFailed),
+        }
+    }
+    let slot = app.acquire_slot(&verified.sub)?;
+    let protocol = choose_protocol(app, headers, cred.transport);
+    Ok(Accepted {
+        verified,
+        transport: cred.transport,
+        protocol,
+        slot,
+        key,
+    })
+}
+
+/// The one subprotocol echoed in `101`: an application protocol the
+/// backend accepts, else the sentinel when the token came that way.
+fn choose_protocol(app: &App, headers: &HeaderMap, transport: Transport) -> Option<String> {
+    let offered = credential::offered_protocols(headers).ok()?;
+    let split = credential::split_offered(&offered, &app.config.auth.subprotocol);
+    let accepted = crate::backend::accepted_protocols(app);
+    if let Some(p) = split
+        .application
+        .iter()
+        .find(|p| accepted.iter().any(|a| a == *p))
+    {
+        return Some((*p).to_owned());
+    }
+    (transport == Transport::Subprotocol).then(|| app.config.auth.subprotocol.clone())
+}

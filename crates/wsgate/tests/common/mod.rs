@@ -1,0 +1,332 @@
+//! Test harness: starts the real `wsgate` binary on 127.0.0.1:0 and talks
+//! to it with a real WebSocket client.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+pub fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The config most tests start from: every transport, a test origin.
+pub fn base_config(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+handshake_timeout = "1s"
+max_header_bytes = 16384
+[admin]
+listen = "127.0.0.1:0"
+[auth]
+transports = ["bearer", "subprotocol", "ticket", "cookie", "query"]
+leeway = "1s"
+expiry_warning = "1s"
+[[auth.keys]]
+alg = "HS256"
+secret_env = "TEST_JWT_SECRET"
+[origins]
+allow = ["http://app.test", "https://*.example.test"]
+allow_missing = true
+[backend]
+kind = "echo"
+[log]
+level = "info"
+{extra}
+"#
+    )
+}
+
+impl Gateway {
+    pub fn start(config: &str) -> Gateway {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wsgate.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        cmd.arg("serve").arg("--config").arg(&path);
+        Self::spawn(cmd, dir, env)
+    }
+
+    /// Dev mode: no config, in an empty directory.
+    pub fn start_dev(env: &[(&str, &str)]) -> (Gateway, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        cmd.arg("serve").current_dir(dir.path());
+        let gw = Self::spawn(cmd, dir, env);
+        (gw, String::new())
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Gateway {
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TEST_JWT_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn wsgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("\"event\":\"listening\"") {
+                    let _ = tx.send(line.clone());
+                }
+                l2.lock().expect("logs").push(line);
+            }
+        });
+        let l3 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l3.lock().expect("logs").push(format!("stderr: {line}"));
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gateway did not start: {:?}", logs.lock().expect("logs"));
+            }
+        };
+        let v: Value = serde_json::from_str(&line).expect("listening line is JSON");
+        let addr = v["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("socket addr");
+        let admin = v["admin_addr"]
+            .as_str()
+            .expect("admin_addr")
+            .parse()
+            .expect("admin addr");
+        Gateway {
+            child,
+            addr,
+            admin,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    /// JSON log lines with `event` == `ev`, waiting briefly for them to appear.
+    pub fn events(&self, ev: &str, at_least: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found: Vec<Value> = self
+                .logs()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["event"] == ev)
+                .collect();
+            if found.len() >= at_least || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&h, claims, key).expect("sign")
+}
+
+pub fn hs(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        None,
+        claims,
+    )
+}
+
+pub fn claims(sub: &str, ttl: i64) -> Value {
+    json!({"sub": sub, "iat": now(), "exp": now() + ttl, "jti": format!("j-{sub}-{ttl}")})
+}
+
+pub fn token(sub: &str) -> String {
+    hs(&claims(sub, 3600))
+}
+
+/// Outcome of an upgrade attempt.
+#[allow(clippy::large_enum_variant)] // test-only, short-lived
+pub enum Upgrade {
+    Open(WebSocketStream<MaybeTlsStream<TcpStream>>, HeaderMap),
+    Refused {
+        status: u16,
+        headers: HeaderMap,
+        body: Value,
+    },
+}
+
+impl Upgrade {
+    pub fn open(self) -> (WebSocketStream<MaybeTlsStream<TcpStream>>, HeaderMap) {
+        match self {
+            Upgrade::Open(ws, h) => (ws, h),
+            Upgrade::Refused { status, body, .. } => panic!("refused {status}: {body}"),
+        }
+    }
+
+    /// Asserts a refusal with `status` and reason `code`; returns headers.
+    pub fn refused(self, status: u16, code: &str) -> HeaderMap {
+        match self {
+            Upgrade::Open(..) => panic!("expected {status} {code}, got 101"),
+            Upgrade::Refused {
+                status: s,
+                headers,
+                body,
+            } => {
+                assert_eq!(
+                    (s, body["error"].as_str()),
+                    (status, Some(code)),
+                    "body: {body}"
+                );
+                assert!(body["message"].is_string());
+                assert_eq!(
+                    headers.get("connection").map(|v| v.to_str().unwrap_or("")),
+                    Some("close")
+                );
+                headers
+            }
+        }
+    }
+}
+
+/// Opens `url` with extra headers.
+pub async fn upgrade(url: &str, headers: &[(&str, &str)]) -> Upgrade {
+    let mut req = url.into_client_request().expect("request");
+    for (k, v) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => Upgrade::Open(ws, resp.headers().clone()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            Upgrade::Refused {
+                status,
+                headers,
+                body,
+            }
+        }
+        Err(e) => panic!("upgrade failed: {e}"),
+    }
+}
+
+pub async fn bearer(url: &str, token: &str) -> Upgrade {
+    upgrade(url, &[("authorization", &format!("Bearer {token}"))]).await
+}
+
+/// Sends a text message and returns the next text message.
+pub async fn echo(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>, text: &str) -> String {
+    ws.send(Message::Text(text.into())).await.expect("send");
+    next_text(ws).await
+}
+
+pub async fn next_text(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Waits for a close frame; returns (code, reason).
+pub async fn close_code(
+    ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
+    within: Duration,
+) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return (u16::from(f.code), f.reason.to_string())
+            }
+            Ok(Some(Ok(Message::Close(None)))) => return (1005, String::new()),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The upgrade pipeline over real sockets: every transport and every
+//! rejection that applies before tickets and the store.
+
+mod common;
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn bearer_connects_and_echoes() {
+    let gw = Gateway::start(&base_config(""));
+    let (mut ws, headers) = bearer(&gw.url(), &token("alice")).await.open();
+    assert!(headers.get("sec-websocket-protocol").is_none());
+    assert_eq!(echo(&mut ws, "hello").await, "hello");
+    ws.close(None).await.expect("close");
+    let ev = gw.events("handshake", 1);
+    assert_eq!(ev[0]["result"], "accepted");
+    assert_eq!(ev[0]["transport"], "bearer");
+    assert_eq!(ev[0]["sub"], "alice");
+    assert_eq!(ev[0]["status"], 101);
+    for k in ["ts", "level", "reason", "ip", "origin", "latency_us"] {
+        assert!(
+            ev[0].get(k).is_some() || k == "reason" || k == "origin",
+            "{k} in {}",
+            ev[0]
+        );
+    }
+    let closes = gw.events("close", 1);
+    assert_eq!(closes[0]["sub"], "alice");
+    assert_eq!(closes[0]["bytes_in"], 5);
+    assert_eq!(closes[0]["bytes_out"], 5);
+}
+
+#[tokio::test]
+async fn subprotocol_echoes_sentinel_never_token() {
+    let gw = Gateway::start(&base_config(""));
+    let t = token("bob");
+    let proto = format!("jwt, {t}");
+    let (mut ws, headers) = upgrade(&gw.url(), &[("sec-websocket-protocol", &proto)])
+        .await
+        .open();
+    assert_eq!(
+        headers.get("sec-websocket-protocol").expect("protocol"),
+        "jwt"
+    );
+    assert_eq!(echo(&mut ws, "x").await, "x");
+    // With an application protocol the backend does not know, still the sentinel.
+    let proto = format!("chat.v1, jwt, {t}");
+    let (_ws, headers) = upgrade(&gw.url(), &[("sec-websocket-protocol", &proto)])
+        .await
+        .open();
+    assert_eq!(
+        headers.get("sec-websocket-protocol").expect("protocol"),
+        "jwt"
+    );
+}
+
+#[tokio::test]
+async fn cookie_needs_allowed_origin() {
+    let gw = Gateway::start(&base_config(""));
+    let cookie = format!("other=1; session={}", token("carol"));
+    let (mut ws, _) = upgrade(
+        &gw.url(),
+        &[("cookie", &cookie), ("origin", "http://app.test")],
+    )
+    .await
+    .open();
+    assert_eq!(echo(&mut ws, "c").await, "c");
+    // Wildcard origin.
+    upgrade(
+        &gw.url(),
+        &[("cookie", &cookie), ("origin", "https://a.example.test")],
+    )
+    .await
+    .open();
+    // Cross-site hijacking: the browser attaches the cookie from evil.test.
+    upgrade(
+        &gw.url(),
+        &[("cookie", &cookie), ("origin", "http://evil.test")],
+    )
+    .await
+    .refused(403, "origin_not_allowed");
+    // No Origin at all: allow_missing never covers the cookie.
+    upgrade(&gw.url(), &[("cookie", &cookie)])
+        .await
+        .refused(403, "origin_not_allowed");
+    upgrade(&gw.url(), &[("cookie", &cookie), ("origin", "null")])
+        .await
+        .refused(403, "origin_not_allowed");
+}
+
+#[tokio::test]
+async fn cookie_csrf_check() {
+    let gw = Gateway::start(
+        &base_config("").replace("leeway = \"1s\"", "leeway = \"1s\"\ncookie_csrf = true"),
+    );
+    let mut c = claims("dave", 3600);
+    c["csrf"] = json!("csrf-value-123");
+    let cookie = format!("session={}", hs(&c));
+    let o = ("origin", "http://app.test");
+    upgrade(
+        &format!("{}?csrf=csrf-value-123", gw.url()),
+        &[("cookie", &cookie), o],
+    )
+    .await
+    .open();
+    upgrade(
+        &format!("{}?csrf=wrong", gw.url()),
+        &[("cookie", &cookie), o],
+    )
+    .await
+    .refused(403, "csrf_failed");
+    upgrade(&gw.url(), &[("cookie", &cookie), o])
+        .await
+        .refused(403, "csrf_failed");
+    // A token without a csrf claim can never pass.
+    let cookie2 = format!("session={}", token("dave"));
+    upgrade(&format!("{}?csrf=", gw.url()), &[("cookie", &cookie2), o])
+        .await
+        .refused(403, "csrf_failed");
+}
+
+#[tokio::test]
+async fn query_transport_is_opt_in_and_never_logged() {
+    let t = token("erin");
+    let gw = Gateway::start(&base_config(""));
+    let (mut ws, _) = upgrade(&format!("{}?token={t}", gw.url()), &[])
+        .await
+        .open();
+    assert_eq!(echo(&mut ws, "q").await, "q");
+    // Startup warned about it.
+    assert!(gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("config_warning") && l.contains("query")));
+    // Not enabled by default.
+    let off = Gateway::start(&base_config("").replace(", \"query\"]", "]"));
+    upgrade(&format!("{}?token={t}", off.url()), &[])
+        .await
+        .refused(401, "missing_token");
+    for gw in [&gw, &off] {
+        let sig = t.rsplit('.').next().expect("sig");
+        assert!(
+            !gw.logs().iter().any(|l| l.contains(sig)),
+            "token leaked into logs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn precedence_explicit_beats_cookie() {
+    let gw = Gateway::start(&base_config(""));
+    // A bad bearer token next to a good cookie: the explicit one is judged.
+    let cookie = format!("session={}", token("frank"));
+    upgrade(
+        &gw.url(),
+        &[
+            ("authorization", "Bearer not.a.jwt"),
+            ("cookie", &cookie),
+            ("origin", "http://app.test"),
+        ],
+    )
+    .await
+    .refused(401, "malformed_token");
+    let ev = gw.events("handshake", 1);
+    assert_eq!(ev[0]["transport"], "bearer");
+}
+
+#[tokio::test]
+async fn ticket_param_without_tickets() {
+    let gw = Gateway::start(&base_config(""));
+    upgrade(&format!("{}?ticket={}", gw.url(), token("g")), &[])
+        .await
+        .refused(401, "ticket_required");
+}
+
+#[tokio::test]
+async fn token_rejections() {
+    let gw = Gateway::start(&base_config(""));
+    let url = gw.url();
+    let www = |h: &tokio_tungstenite::tungstenite::http::HeaderMap| {
+        h.get("www-authenticate")
+            .expect("www-authenticate")
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    };
+    let h = upgrade(&url, &[]).await.refused(401, "missing_token");
+    assert_eq!(www(&h), r#"Bearer realm="wsgate""#);
+    let h = bearer(&url, "garbage")
+        .await
+        .refused(401, "malformed_token");
+    assert_eq!(www(&h), r#"Bearer realm="wsgate", error="invalid_token""#);
+    let other = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"another-secret-another-secret-another"),
+        None,
+        &claims("a", 60),
+    );
+    bearer(&url, &other).await.refused(401, "bad_signature");
+    let hs512 = sign(
+        Algorithm::HS512,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        None,
+        &claims("a", 60),
+    );
+    bearer(&url, &hs512)
+        .await
+        .refused(401, "algorithm_not_allowed");
+    bearer(&url, &hs(&claims("a", -30)))
+        .await
+        .refused(401, "expired");
+    let mut c = claims("a", 60);
+    c["nbf"] = json!(now() + 120);
+    bearer(&url, &hs(&c)).await.refused(401, "not_yet_valid");
+    let mut c = claims("a", 60);
+    c.as_object_mut().expect("obj").remove("exp");
+    bearer(&url, &hs(&c)).await.refused(401, "missing_claim");
+    let big = "a".repeat(9000);
+    bearer(&url, &big).await.refused(400, "token_too_large");
+    // alg none.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none"}"#),
+        b64.encode(claims("root", 60).to_string())
+    );
+    bearer(&url, &none)
+        .await
+        .refused(401, "algorithm_not_allowed");
+    // Invalid base64 and invalid UTF-8 inside a token.
+    bearer(&url, "@@@.###.$$$")
+        .await
+        .refused(401, "malformed_token");
+    let bad_utf8 = format!(
+        "{}.{}.sig",
+        b64.encode([0xffu8, 0xfe]),
+        b64.encode([0xc3u8, 0x28])
+    );
+    bearer(&url, &bad_utf8)
+        .await
+        .refused(401, "malformed_token");
+    // No response ever echoes the token.
+    let t = hs(&claims("a", -30));
+    if let Upgrade::Refused { body, headers, .. } = bearer(&url, &t).await {
+        assert!(!body.to_string().contains(&t));
+        assert!(!format!("{headers:?}").contains(&t[t.len() - 20..]));
+    }
+}
+
+#[tokio::test]
+async fn issuer_and_audience() {
+    let gw = Gateway::start(&base_config("").replace(
+        "leeway = \"1s\"",
+        "leeway = \"1s\"\nissuer = \"https://idp.test\"\naudience = [\"api\"]",
+    ));
+    let mut c = claims("a", 60);
+    c["iss"] = json!("https://idp.test");
+    c["aud"] = json!(["other", "api"]);
+    bearer(&gw.url(), &hs(&c)).await.open();
+    c["aud"] = json!("nope");
+    bearer(&gw.url(), &hs(&c))
+        .await
+        .refused(401, "bad_audience");
+    c["aud"] = json!("api");
+    c["iss"] = json!("https://evil.test");
+    bearer(&gw.url(), &hs(&c)).await.refused(401, "bad_issuer");
+}
+
+#[tokio::test]
+async fn origin_policy() {
+    let gw = Gateway::start(&base_config(""));
+    let t = token("o");
+    let auth = format!("Bearer {t}");
+    upgrade(
+        &gw.url(),
+        &[("authorization", &auth), ("origin", "http://app.test")],
+    )
+    .await
+    .open();
+    upgrade(
+        &gw.url(),
+        &[
+            ("authorization", &auth),
+            ("origin", "https://x.y.example.test"),
+        ],
+    )
+    .await
+    .open();
+    upgrade(
+        &gw.url(),
+        &[("authorization", &auth), ("origin", "https://example.test")],
+    )
+    .await
+    .refused(403, "origin_not_allowed");
+    upgrade(
+        &gw.url(),
+        &[("authorization", &auth), ("origin", "http://app.test.evil")],
+    )
+    .await
+    .refused(403, "origin_not_allowed");
+    // Missing origin refused when allow_missing is off.
+    let strict =
+        Gateway::start(&base_config("").replace("allow_missing = true", "allow_missing = false"));
+    upgrade(&strict.url(), &[("authorization", &auth)])
+        .await
+        .refused(403, "origin_not_allowed");
+}
+
+#[tokio::test]
+async fn per_user_cap() {
+    let gw = Gateway::start(&base_config("[limits]\nconnections_per_user = 2"));
+    let t = token("capped");
+    let (_a, _) = bearer(&gw.url(), &t).await.open();
+    let (_b, _) = bearer(&gw.url(), &t).await.open();
+    let h = bearer(&gw.url(), &t)
+        .await
+        .refused(429, "too_many_connections");
+    assert!(h.get("retry-after").is_some());
+    bearer(&gw.url(), &token("someone-else")).await.open();
+}
+
+#[tokio::test]
+async fn closes_4401_at_expiry() {
+    let gw = Gateway::start(&base_config(""));
+    // exp in 2s, leeway 1s: closed about 3s from now.
+    let (mut ws, _) = bearer(&gw.url(), &hs(&claims("short", 2))).await.open();
+    let started = std::time::Instant::now();
+    let mut got_warning = false;
+    let (code, reason) = loop {
+        match tokio::time::timeout(
+            Duration::from_secs(6),
+            futures_util::StreamExt::next(&mut ws),
+        )
+        .await
+        {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                assert_eq!(v["type"], "auth_expiring");
+                got_warning = true;
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
+                break (u16::from(f.code), f.reason.to_string())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((code, reason.as_str()), (4401, "token expired"));
+    assert!(got_warning, "auth_expiring before the deadline");
+    let el = started.elapsed();
+    assert!(
+        el >= Duration::from_millis(1500) && el < Duration::from_millis(4500),
+        "{el:?}"
+    );
+    let closes = gw.events("close", 1);
+    assert_eq!(closes[0]["code"], 4401);
+}
+
+#[tokio::test]
+async fn in_band_refresh_moves_deadline() {
+    let gw = Gateway::start(&base_config(""));
+    let (mut ws, _) = bearer(&gw.url(), &hs(&claims("r", 2))).await.open();
+    let warn = next_text(&mut ws).await;
+    assert!(warn.contains("auth_expiring"));
+    let fresh = hs(&claims("r", 3600));
+    let ok: serde_json::Value = serde_json::from_str(
+        &echo(
+            &mut ws,
+            &json!({"type": "auth", "token": fresh}).to_string(),
+        )
+        .await,
+    )
+    .expect("json");
+    assert_eq!(ok["type"], "auth_ok");
+    assert_eq!(ok["sub"], "r");
+    // Another subject cannot take over.
+    let fail: serde_json::Value = serde_json::from_str(
+        &echo(
+            &mut ws,
+            &json!({"type": "auth", "token": token("mallory")}).to_string(),
+        )
+        .await,
+    )
+    .expect("json");
+    assert_eq!(fail["type"], "auth_fail");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(echo(&mut ws, "still here").await, "still here");
+}
+
+/// Raw HTTP for requests a WebSocket client would never send.
+async fn raw(addr: std::net::SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(resp: &str) -> &str {
+    resp.split(' ').nth(1).unwrap_or("")
+}
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+#[tokio::test]
+async fn malformed_upgrades() {
+    let gw = Gateway::start(&base_config(""));
+    let auth = format!("Authorization: Bearer {}\r\n", token("m"));
+    let req = |method: &str, extra: &str| {
+        format!("{method} /ws HTTP/1.1\r\nHost: x\r\n{auth}{extra}\r\n").into_bytes()
+    };
+    let up =
+        |key: &str, ver: &str| format!("Upgrade: websocket\r\nConnection: Upgrade\r\n{key}{ver}");
+    let k = format!("Sec-WebSocket-Key: {KEY}\r\n");
+    // A valid one first, to show the rest fail for their own reason.
+    let ok = raw(
+        gw.addr,
+        &req("GET", &up(&k, "Sec-WebSocket-Version: 13\r\n")),
+    )
+    .await;
+    assert_eq!(status_of(&ok), "101", "{ok}");
+    for (name, r) in [
+        (
+            "no key",
+            req("GET", &up("", "Sec-WebSocket-Version: 13\r\n")),
+        ),
+        (
+            "bad key",
+            req(
+                "GET",
+                &up(
+                    "Sec-WebSocket-Key: !!!\r\n",
+                    "Sec-WebSocket-Version: 13\r\n",
+                ),
+            ),
+        ),
+        (
+            "short key",
+            req(
+                "GET",
+                &up(
+                    "Sec-WebSocket-Key: YWJj\r\n",
+                    "Sec-WebSocket-Version: 13\r\n",
+                ),
+            ),
+        ),
+        ("no version", req("GET", &up(&k, ""))),
+        (
+            "post",
+            req(
+                "POST",
+                &up(&k, "Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n"),
+            ),
+        ),
+        (
+            "no upgrade",
+            req("GET", &format!("{k}Sec-WebSocket-Version: 13\r\n")),
+        ),
+    ] {
+        let resp = raw(gw.addr, &r).await;
+        assert_eq!(status_of(&resp), "400", "{name}: {resp}");
+        assert!(resp.contains(r#""error":"bad_upgrade""#), "{name}: {resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{name}: {resp}"
+        );
+    }
+    let resp = raw(
+        gw.addr,
+        &req("GET", &up(&k, "Sec-WebSocket-Version: 8\r\n")),
+    )
+    .await;
+    assert_eq!(status_of(&resp), "426", "{resp}");
+    assert!(resp
+        .to_ascii_lowercase()
+        .contains("sec-websocket-version: 13"));
+    // Huge head.
+    let huge = req(
+        "GET",
+        &format!(
+            "X-Big: {}\r\n{}",
+            "a".repeat(20_000),
+            up(&k, "Sec-WebSocket-Version: 13\r\n")
+        ),
+    );
+    let resp = raw(gw.addr, &huge).await;
+    assert_eq!(status_of(&resp), "431", "{resp}");
+    assert!(resp.contains("headers_too_large"));
+    // Garbage that is not HTTP at all.
+    let resp = raw(gw.addr, b"\x16\x03\x01\x00\xff garbage\r\n\r\n").await;
+    assert!(resp.is_empty() || status_of(&resp) == "400", "{resp}");
+    // Invalid UTF-8 in header values.
+    let mut r = req("GET", &up(&k, "Sec-WebSocket-Version: 13\r\n"));
+    let pos = r.len() - 2;
+    r.splice(pos..pos, b"Origin: \xff\xfe\r\n".iter().copied());
+    let resp = raw(gw.addr, &r).await;
+    assert_eq!(status_of(&resp), "403", "{resp}");
+    // The gateway is still fine.
+    bearer(&gw.url(), &token("after")).await.open();
+}
+
+#[tokio::test]
+async fn slow_head_is_dropped() {
+    let gw = Gateway::start(&base_config(""));
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    // handshake_timeout is 1s: the server closes well before 3s.
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn oversized_message_closes_1009() {
+    let gw = Gateway::start(&base_config("[limits]\nmax_message_bytes = 1024"));
+    let (mut ws, _) = bearer(&gw.url(), &token("big")).await.open();
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::Binary(vec![0u8; 4096].into()),
+    )
+    .await
+    .expect("send");
+    let (code, _) = close_code(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(code, 1009);
+}
+
+#[tokio::test]
+async fn health_endpoints() {
+    let gw = Gateway::start(&base_config(""));
+    for addr in [gw.addr, gw.admin] {
+        for path in ["/healthz", "/readyz"] {
+            let resp = raw(
+                addr,
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(status_of(&resp), "200", "{path}: {resp}");
+        }
+    }
+}

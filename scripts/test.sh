@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole wsgate test suite on a fresh machine: installs what the
+# tests need, then format, lint, unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() { if [ "$(id -u)" -ne 0 ]; then echo "sudo"; fi; }
+
+# A real Redis on 127.0.0.1:6379 for the store and cluster tests.
+if ! (command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG); then
+  if ! command -v redis-server >/dev/null; then
+    $(need_root) apt-get update -qq && $(need_root) apt-get install -y -qq redis-server
+  fi
+  redis-server --daemonize yes --save "" --appendonly no --bind 127.0.0.1 --port 6379
+  for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace
