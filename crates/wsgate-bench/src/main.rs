@@ -1,1 +1,85 @@
-fn main() {}
+//! wsgate-bench: single-threaded load generator for wsgate's benchmarks.
+//!
+//! Every mode runs on a current-thread tokio runtime (so it can be pinned to
+//! one core with `taskset -c 1`), only targets loopback addresses, and stops
+//! by itself after a bounded count or time.
+
+mod common;
+mod echo;
+mod idle;
+mod upgrade;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wsgate-bench",
+    version,
+    about = "Load generator for wsgate (loopback targets only)"
+)]
+struct Cli {
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Connect → upgrade → close, in a loop: upgrades/s and handshake latency.
+    Upgrade(upgrade::UpgradeArgs),
+    /// N sockets echoing fixed-size messages: messages/s and round-trip time.
+    Echo(echo::EchoArgs),
+    /// Open N sockets and hold them idle (for measuring gateway RSS per socket).
+    Idle(idle::IdleArgs),
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect.
+fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("warning: cannot raise RLIMIT_NOFILE: {e}");
+            rlimit::Resource::NOFILE
+                .get()
+                .map(|(soft, _hard)| soft)
+                .unwrap_or(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let nofile = raise_nofile_limit();
+    eprintln!("RLIMIT_NOFILE in effect: {nofile}");
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let json = cli.json;
+    let result = local.block_on(&runtime, async move {
+        match cli.mode {
+            Mode::Upgrade(args) => upgrade::run(args, json).await,
+            Mode::Echo(args) => echo::run(args, json).await,
+            Mode::Idle(args) => idle::run(args, json, nofile).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

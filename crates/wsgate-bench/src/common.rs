@@ -1,0 +1,549 @@
+//! Pieces shared by every mode: target validation (loopback only), token
+//! loading and rotation, the WebSocket handshake, stop signalling, error
+//! classification and latency summaries.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use http::header::{HeaderValue, AUTHORIZATION, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use http::{StatusCode, Uri};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::{client_async_with_config, WebSocketStream};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Latencies are recorded in microseconds, 1 µs .. 60 s, 3 significant digits.
+pub const HIST_MAX_US: u64 = 60_000_000;
+
+/// How the token travels in the upgrade request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `Authorization: Bearer <token>`
+    Bearer,
+    /// `Sec-WebSocket-Protocol: jwt, <token>`
+    Subprotocol,
+    /// No credentials at all.
+    None,
+}
+
+/// A validated benchmark target: a `ws://` URL whose host resolves only to
+/// loopback addresses.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub uri: Uri,
+    pub addr: SocketAddr,
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+impl Target {
+    /// Parses and validates `url`. Refuses anything that is not `ws://` or
+    /// whose host resolves to any address outside 127.0.0.0/8 and ::1.
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("invalid URL {url:?}"))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => bail!("{url}: wss:// is not supported (the generator speaks plain ws:// to a loopback gateway)"),
+            Some(other) => bail!("{url}: unsupported scheme {other:?}, expected ws://"),
+            None => bail!("{url}: missing scheme, expected ws://HOST:PORT/PATH"),
+        }
+        let host = uri.host().with_context(|| format!("{url}: missing host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .with_context(|| format!("{url}: cannot resolve host {host:?}"))?
+            .collect();
+        if addrs.is_empty() {
+            bail!("{url}: host {host:?} resolved to no address");
+        }
+        let foreign: Vec<String> = addrs
+            .iter()
+            .filter(|a| !is_loopback(a.ip()))
+            .map(|a| a.ip().to_string())
+            .collect();
+        if !foreign.is_empty() {
+            bail!(
+                "refusing to target {url}: host {host:?} resolves to non-loopback address(es) {}; \
+                 wsgate-bench only sends load to 127.0.0.0/8 or ::1",
+                foreign.join(", ")
+            );
+        }
+        // Prefer IPv4 (servers commonly bind 127.0.0.1 only; "localhost" may list ::1 first).
+        let addr = addrs
+            .iter()
+            .copied()
+            .find(SocketAddr::is_ipv4)
+            .unwrap_or(addrs[0]);
+        Ok(Target { uri, addr })
+    }
+}
+
+/// Credentials and extra headers added to every upgrade request. Tokens are
+/// rotated round-robin across attempts.
+pub struct Auth {
+    transport: Transport,
+    values: Vec<HeaderValue>,
+    origin: Option<HeaderValue>,
+    next: Cell<usize>,
+}
+
+impl Auth {
+    pub fn load(
+        transport: Transport,
+        token_file: Option<&Path>,
+        origin: Option<&str>,
+    ) -> anyhow::Result<Auth> {
+        let mut values = Vec::new();
+        if transport != Transport::None {
+            let path = token_file.context("--token-file is required unless --transport none")?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read token file {}", path.display()))?;
+            for (lineno, line) in text.lines().enumerate() {
+                let token = line.trim();
+                if token.is_empty() || token.starts_with('#') {
+                    continue;
+                }
+                let value = match transport {
+                    Transport::Bearer => format!("Bearer {token}"),
+                    Transport::Subprotocol => format!("jwt, {token}"),
+                    Transport::None => continue,
+                };
+                let value = HeaderValue::from_str(&value).with_context(|| {
+                    format!(
+                        "{}:{}: token is not a valid header value",
+                        path.display(),
+                        lineno + 1
+                    )
+                })?;
+                values.push(value);
+            }
+            if values.is_empty() {
+                bail!("token file {} contains no token", path.display());
+            }
+        }
+        let origin = origin
+            .map(|o| HeaderValue::from_str(o).context("--origin is not a valid header value"))
+            .transpose()?;
+        Ok(Auth {
+            transport,
+            values,
+            origin,
+            next: Cell::new(0),
+        })
+    }
+
+    pub fn token_count(&self) -> usize {
+        self.values.len()
+    }
+
+    /// A fresh upgrade request (new Sec-WebSocket-Key) with the next token.
+    pub fn request(&self, uri: &Uri) -> Result<Request, Failure> {
+        let mut req = uri
+            .clone()
+            .into_client_request()
+            .map_err(|e| Failure::from_ws("request", &e))?;
+        let headers = req.headers_mut();
+        if !self.values.is_empty() {
+            let i = self.next.get();
+            self.next.set((i + 1) % self.values.len());
+            let value = self.values[i].clone();
+            match self.transport {
+                Transport::Bearer => {
+                    headers.insert(AUTHORIZATION, value);
+                }
+                Transport::Subprotocol => {
+                    headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+                }
+                Transport::None => {}
+            }
+        }
+        if let Some(origin) = &self.origin {
+            headers.insert(ORIGIN, origin.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A failed attempt: a short category used for counting, and one detail
+/// message kept as an example.
+#[derive(Debug)]
+pub struct Failure {
+    pub category: String,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(category: impl Into<String>, detail: impl Into<String>) -> Failure {
+        Failure {
+            category: category.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn timeout(phase: &str) -> Failure {
+        Failure::new(format!("{phase}: timeout"), format!("{phase} timed out"))
+    }
+
+    pub fn from_io(phase: &str, e: &std::io::Error) -> Failure {
+        Failure::new(format!("{phase}: {:?}", e.kind()), format!("{phase}: {e}"))
+    }
+
+    pub fn from_ws(phase: &str, e: &WsError) -> Failure {
+        let kind = match e {
+            WsError::Io(io) => return Failure::from_io(phase, io),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".to_string(),
+            WsError::Protocol(p) => format!("protocol: {p}"),
+            WsError::Capacity(_) => "capacity".to_string(),
+            WsError::Http(resp) => format!("http {}", resp.status().as_u16()),
+            WsError::HttpFormat(_) => "http format".to_string(),
+            WsError::Url(_) => "url".to_string(),
+            WsError::Utf8(_) => "utf8".to_string(),
+            WsError::WriteBufferFull(_) => "write buffer full".to_string(),
+            WsError::AttackAttempt => "attack attempt".to_string(),
+            _ => "other".to_string(),
+        };
+        Failure::new(format!("{phase}: {kind}"), format!("{phase}: {e}"))
+    }
+}
+
+/// Counts of failures by category, with one example message per category.
+#[derive(Default, Debug)]
+pub struct ErrorTally {
+    pub counts: BTreeMap<String, u64>,
+    pub examples: BTreeMap<String, String>,
+}
+
+impl ErrorTally {
+    pub fn add(&mut self, f: Failure) {
+        *self.counts.entry(f.category.clone()).or_insert(0) += 1;
+        self.examples.entry(f.category).or_insert(f.detail);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+/// Outcome of one upgrade attempt that got an HTTP response.
+pub enum Handshake {
+    Accepted(Box<Ws>),
+    Rejected(StatusCode),
+}
+
+/// TCP connect + HTTP upgrade. Returns `Rejected(status)` for any non-101
+/// response; everything else that goes wrong is a `Failure`.
+pub async fn handshake(
+    addr: SocketAddr,
+    req: Request,
+    config: WebSocketConfig,
+) -> Result<Handshake, Failure> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| Failure::from_io("connect", &e))?;
+    // Latency-sensitive small writes: don't let Nagle hold them back.
+    let _ = tcp.set_nodelay(true);
+    match client_async_with_config(req, tcp, Some(config)).await {
+        Ok((ws, _response)) => Ok(Handshake::Accepted(Box::new(ws))),
+        Err(WsError::Http(response)) => Ok(Handshake::Rejected(response.status())),
+        Err(e) => Err(Failure::from_ws("handshake", &e)),
+    }
+}
+
+/// Why a socket could not be opened: the server answered with a non-101
+/// status, or the attempt failed (connect error, timeout, protocol error).
+pub enum OpenError {
+    Rejected(StatusCode),
+    Failed(Failure),
+}
+
+/// Opens one authenticated socket within `limit`.
+pub async fn open_ws(
+    target: &Target,
+    auth: &Auth,
+    config: WebSocketConfig,
+    limit: Duration,
+) -> Result<Box<Ws>, OpenError> {
+    let req = auth.request(&target.uri).map_err(OpenError::Failed)?;
+    match tokio::time::timeout(limit, handshake(target.addr, req, config)).await {
+        Err(_) => Err(OpenError::Failed(Failure::timeout("handshake"))),
+        Ok(Err(f)) => Err(OpenError::Failed(f)),
+        Ok(Ok(Handshake::Rejected(status))) => Err(OpenError::Rejected(status)),
+        Ok(Ok(Handshake::Accepted(ws))) => Ok(ws),
+    }
+}
+
+/// Tally of failed socket opens (echo and idle modes).
+#[derive(Default)]
+pub struct OpenFailures {
+    pub rejected: BTreeMap<u16, u64>,
+    pub errors: ErrorTally,
+}
+
+impl OpenFailures {
+    pub fn add(&mut self, e: OpenError) {
+        match e {
+            OpenError::Rejected(s) => *self.rejected.entry(s.as_u16()).or_insert(0) += 1,
+            OpenError::Failed(f) => self.errors.add(f),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.rejected.values().sum::<u64>() + self.errors.total()
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.rejected.is_empty() {
+            parts.push(format!("rejected: {}", fmt_counts(&self.rejected)));
+        }
+        if !self.errors.counts.is_empty() {
+            parts.push(format!("errors: {}", fmt_counts(&self.errors.counts)));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Sends a close frame and reads until the server's close and EOF.
+pub async fn close_ws(ws: &mut Ws) -> Result<(), Failure> {
+    match ws.close(None).await {
+        Ok(()) | Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {}
+        Err(e) => return Err(Failure::from_ws("close", &e)),
+    }
+    loop {
+        match ws.next().await {
+            None | Some(Err(WsError::ConnectionClosed)) | Some(Err(WsError::AlreadyClosed)) => {
+                return Ok(())
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(Failure::from_ws("close", &e)),
+        }
+    }
+}
+
+/// Client-side WebSocket settings. The tungstenite default eagerly allocates a
+/// 128 KiB read buffer per socket; a load generator holding thousands of
+/// sockets wants much less.
+pub fn client_config(read_buffer: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(0)
+}
+
+/// A stop signal fired by a deadline or by Ctrl-C.
+#[derive(Clone)]
+pub struct Stop {
+    tx: Rc<watch::Sender<bool>>,
+}
+
+impl Stop {
+    pub fn new() -> Stop {
+        let (tx, _rx) = watch::channel(false);
+        Stop { tx: Rc::new(tx) }
+    }
+
+    pub fn fire(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// First Ctrl-C fires the stop signal (orderly shutdown and report);
+    /// a second one exits immediately.
+    pub fn on_ctrl_c(&self) {
+        let stop = self.clone();
+        tokio::task::spawn_local(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping (press Ctrl-C again to abort)");
+                stop.fire();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+}
+
+/// Waits until the receiver observes `true`.
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means "stop".
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).context("cannot create histogram")
+}
+
+pub fn record(hist: &RefCell<Histogram<u64>>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+    hist.borrow_mut().saturating_record(us);
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            mean_us: (h.mean() * 10.0).round() / 10.0,
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        if self.count == 0 {
+            return "(no samples)".to_string();
+        }
+        format!(
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})",
+            fmt_us(self.p50_us),
+            fmt_us(self.p90_us),
+            fmt_us(self.p99_us),
+            fmt_us(self.p999_us),
+            fmt_us(self.max_us),
+            self.count
+        )
+    }
+}
+
+pub fn fmt_us(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.2} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.3} s", us as f64 / 1e6)
+    }
+}
+
+/// `{"401": 12, "403": 3}` style map.
+pub fn status_map(m: &BTreeMap<u16, u64>) -> BTreeMap<String, u64> {
+    m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// `"401: 12, 403: 3"` for the human table.
+pub fn fmt_counts<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints a labelled line of the human-readable report.
+pub fn row(label: &str, value: impl std::fmt::Display) {
+    println!("  {label:<22} {value}");
+}
+
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_loopback_targets() {
+        for url in [
+            "ws://127.0.0.1:9001/ws",
+            "ws://127.1.2.3:80/",
+            "ws://[::1]:9001/ws",
+            "ws://localhost:9001/ws",
+        ] {
+            let t = Target::parse(url);
+            assert!(t.is_ok(), "{url}: {t:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_non_loopback_and_other_schemes() {
+        for url in [
+            "ws://10.0.0.1:9001/ws",
+            "ws://192.168.1.1/",
+            "ws://[2001:db8::1]:80/",
+            "ws://0.0.0.0:9001/",
+            "wss://127.0.0.1:9001/ws",
+            "http://127.0.0.1:9001/ws",
+            "127.0.0.1:9001",
+        ] {
+            assert!(Target::parse(url).is_err(), "{url} should be refused");
+        }
+    }
+
+    #[test]
+    fn rotates_tokens_and_sets_headers() {
+        let dir = std::env::temp_dir().join(format!("wsgate-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let file = dir.join("tokens");
+        std::fs::write(&file, "a.b.c\n\n# comment\nd.e.f\n").ok();
+        let auth = Auth::load(Transport::Subprotocol, Some(&file), Some("http://x")).ok();
+        let auth = auth.as_ref();
+        assert_eq!(auth.map(Auth::token_count), Some(2));
+        let uri: Uri = "ws://127.0.0.1:1/ws".parse().unwrap_or_default();
+        let protos: Vec<String> = (0..3)
+            .filter_map(|_| auth?.request(&uri).ok())
+            .map(|r| {
+                assert_eq!(
+                    r.headers().get(ORIGIN).and_then(|v| v.to_str().ok()),
+                    Some("http://x")
+                );
+                r.headers()
+                    .get(SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(protos, ["jwt, a.b.c", "jwt, d.e.f", "jwt, a.b.c"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
