@@ -60,6 +60,24 @@ impl Visit for Fields {
     }
 }
 
+/// Fields every line of an event carries (SPEC 7).
+fn required_fields(event: Option<&str>) -> &'static [&'static str] {
+    match event {
+        Some("handshake") => &[
+            "result",
+            "reason",
+            "status",
+            "ip",
+            "origin",
+            "transport",
+            "sub",
+            "latency_us",
+        ],
+        Some("close") => &["code", "sub", "duration_ms", "bytes_in", "bytes_out"],
+        _ => &[],
+    }
+}
+
 fn name(field: &Field) -> String {
     match field.name() {
         "message" => "msg".to_owned(),
@@ -90,10 +108,17 @@ where
             Value::String(event.metadata().level().as_str().to_ascii_lowercase()),
         );
         event.record(&mut fields);
-        fields
+        let event_name = fields
             .0
             .entry("event")
-            .or_insert_with(|| Value::String("log".into()));
+            .or_insert_with(|| Value::String("log".into()))
+            .as_str()
+            .map(str::to_owned);
+        // SPEC 7 fields are always present (null when not applicable) so
+        // log pipelines can rely on the shape.
+        for f in required_fields(event_name.as_deref()) {
+            fields.0.entry(*f).or_insert(Value::Null);
+        }
         let line = serde_json::to_string(&fields.0).map_err(|_| fmt::Error)?;
         writeln!(writer, "{line}")
     }

@@ -15,7 +15,12 @@ async fn bearer_connects_and_echoes() {
     let (mut ws, headers) = bearer(&gw.url(), &token("alice")).await.open();
     assert!(headers.get("sec-websocket-protocol").is_none());
     assert_eq!(echo(&mut ws, "hello").await, "hello");
-    ws.close(None).await.expect("close");
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("close");
     let ev = gw.events("handshake", 1);
     assert_eq!(ev[0]["result"], "accepted");
     assert_eq!(ev[0]["transport"], "bearer");
@@ -30,6 +35,8 @@ async fn bearer_connects_and_echoes() {
     }
     let closes = gw.events("close", 1);
     assert_eq!(closes[0]["sub"], "alice");
+    assert_eq!(closes[0]["code"], 1000);
+    assert!(closes[0]["duration_ms"].is_u64());
     assert_eq!(closes[0]["bytes_in"], 5);
     assert_eq!(closes[0]["bytes_out"], 5);
 }
