@@ -10,6 +10,7 @@ pub mod credential;
 pub mod origin;
 pub mod reason;
 pub mod session;
+pub mod ticket;
 pub mod verify;
 
 pub use credential::{Credential, Transport};
