@@ -6,6 +6,7 @@
 //! without sockets or sleeps.
 #![forbid(unsafe_code)]
 
+pub mod client_ip;
 pub mod credential;
 pub mod origin;
 pub mod reason;

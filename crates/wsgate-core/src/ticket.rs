@@ -10,7 +10,15 @@ use serde_json::{Map, Value};
 /// Claims a session token never passes on to a ticket: the ticket gets its
 /// own registered claims, and the CSRF value stays with the session.
 const NOT_COPIED: [&str; 9] = [
-    "iss", "aud", "exp", "nbf", "iat", "jti", "csrf", "session_exp", "session_jti",
+    "iss",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "csrf",
+    "session_exp",
+    "session_jti",
 ];
 
 /// Builds a ticket's claims for the session `session` at `now`.
@@ -28,12 +36,13 @@ pub fn claims(
         .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let now_s = now.div_euclid(1000);
     // exp <= now + ttl, and never past the session it stands for.
     let exp = (now + ttl_ms).div_euclid(1000).min(session.exp_secs());
     c.insert("sub".into(), Value::from(session.sub.clone()));
     c.insert("aud".into(), Value::from(audience));
-    c.insert("iat".into(), Value::from(now_s));
+    // A fractional NumericDate (RFC 7519 allows it): the store's restart
+    // fence compares issue times to the millisecond.
+    c.insert("iat".into(), Value::from(now as f64 / 1000.0));
     c.insert("exp".into(), Value::from(exp));
     c.insert("jti".into(), Value::from(jti));
     c.insert("session_exp".into(), Value::from(session.exp_secs()));
@@ -113,7 +122,7 @@ mod tests {
         assert_eq!(c["sub"], "alice");
         assert_eq!(c["aud"], "wsgate-ticket");
         assert_eq!(c["exp"], NOW / 1000 + 30);
-        assert_eq!(c["iat"], NOW / 1000);
+        assert_eq!(c["iat"].as_f64(), Some(NOW as f64 / 1000.0));
         assert_eq!(c["session_exp"], NOW / 1000 + 3600);
         assert_eq!(c["session_jti"], "sess-1");
         assert_eq!(c["roles"], json!(["admin"]));
@@ -159,7 +168,10 @@ mod tests {
             jti: Some("j".into()),
             sid: None,
             alg: Algorithm::HS256,
-            claims: json!({"session_exp": 5}).as_object().cloned().unwrap_or_default(),
+            claims: json!({"session_exp": 5})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
         };
         assert!(redeemable(base.clone()).is_ok());
         let mut v = base.clone();

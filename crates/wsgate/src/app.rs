@@ -1,7 +1,8 @@
 //! The gateway's shared state, built once from a validated [`Config`].
 
-use crate::config::{Config, KeySource};
-use jsonwebtoken::EncodingKey;
+use crate::config::{Config, KeySource, Secret};
+use crate::store::{Store, StoreErrors};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,20 @@ pub struct App {
     next_id: AtomicU64,
     /// Dev mode only: the key that signs `/dev/login` tokens.
     pub dev_signer: Option<EncodingKey>,
+    /// Shared state (single use, later revocations and counts).
+    pub store: Arc<dyn Store>,
+    pub store_errors: StoreErrors,
+    /// Last result of the periodic store check (`/readyz`).
+    pub store_ready: AtomicBool,
+    /// Tickets: signer and verifier from the ticket secret, when enabled.
+    pub tickets: Option<Tickets>,
+}
+
+/// The ticket secret in its two uses.
+pub struct Tickets {
+    pub signer: EncodingKey,
+    pub verifier: Verifier,
+    pub ttl_ms: i64,
 }
 
 fn ms(d: std::time::Duration) -> i64 {
@@ -96,6 +111,34 @@ impl App {
             .max_write_buffer_size(max_msg.saturating_add(64 * 1024))
             .max_message_size(Some(max_msg))
             .max_frame_size(Some(max_msg));
+        let store =
+            crate::store::open(&config.store.url, &config.store.key_prefix).map_err(|e| vec![e])?;
+        let tickets = config.tickets.enabled.then(|| {
+            // Without a configured secret (memory store only, config
+            // validation refuses it with Redis) tickets are this node's alone.
+            let secret = config
+                .tickets
+                .secret
+                .clone()
+                .unwrap_or_else(|| Secret::random(32));
+            Tickets {
+                signer: EncodingKey::from_secret(secret.expose()),
+                verifier: Verifier::new(
+                    vec![VerifyKey {
+                        kid: None,
+                        alg: Algorithm::HS256,
+                        key: DecodingKey::from_secret(secret.expose()),
+                    }],
+                    ClaimRules {
+                        issuer: None,
+                        audience: vec![config.tickets.audience.clone()],
+                        leeway_ms: ms(auth.leeway),
+                        forbidden_audience: None,
+                    },
+                ),
+                ttl_ms: ms(config.tickets.ttl),
+            }
+        });
         let dev_signer = if config.dev_mode {
             config.auth.keys.first().and_then(|k| match &k.source {
                 KeySource::Secret(s) => Some(EncodingKey::from_secret(s.expose())),
@@ -114,6 +157,10 @@ impl App {
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             dev_signer,
+            store,
+            store_errors: StoreErrors::default(),
+            store_ready: AtomicBool::new(true),
+            tickets,
             config,
         }))
     }

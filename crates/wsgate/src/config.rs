@@ -231,12 +231,19 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub url: String,
+    /// Prepended to every Redis key, so several deployments (or test runs)
+    /// can share one Redis without seeing each other's state.
+    pub key_prefix: String,
 }
+
+/// Default `store.key_prefix`.
+pub const DEFAULT_STORE_KEY_PREFIX: &str = "wsgate:";
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "memory://".into(),
+            key_prefix: DEFAULT_STORE_KEY_PREFIX.into(),
         }
     }
 }
@@ -246,6 +253,7 @@ impl std::fmt::Debug for StoreConfig {
         // A redis URL may carry a password.
         f.debug_struct("StoreConfig")
             .field("url", &redact::store_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
             .finish()
     }
 }
@@ -1513,6 +1521,17 @@ impl<'a> Builder<'a> {
                 "store.url: must be \"memory://\" or a redis://host[:port][/db] or rediss:// URL{via}"
             ));
         }
+        // Printable ASCII without spaces: the prefix is part of every key and
+        // shows up in `redis-cli` output, where odd bytes would only confuse.
+        let prefix_ok =
+            !s.key_prefix.is_empty() && s.key_prefix.bytes().all(|b| b.is_ascii_graphic());
+        if !prefix_ok {
+            let via = self.via("store.key_prefix");
+            self.problem(format!(
+                "store.key_prefix: must be non-empty printable ASCII without spaces, got {:?}{via}",
+                s.key_prefix
+            ));
+        }
     }
 
     fn build_backend(&mut self, raw: RawBackend) -> BackendConfig {
@@ -2148,6 +2167,7 @@ mod redact {
         );
         let mut store = Table::new();
         store.insert("url".into(), s(store_url(&c.store.url)));
+        store.insert("key_prefix".into(), s(c.store.key_prefix.clone()));
         let mut proxies = Table::new();
         proxies.insert("cidrs".into(), list(&c.trusted_proxies.cidrs));
         let mut log = Table::new();

@@ -11,6 +11,8 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod dev;
+pub mod limiter;
 pub mod log;
 pub mod mint;
 pub mod server;
+pub mod store;

@@ -144,6 +144,7 @@ fn defaults() {
     );
     assert_eq!(c.store.url, "memory://");
     assert!(c.store.is_memory());
+    assert_eq!(c.store.key_prefix, "wsgate:");
     assert_eq!(c.backend.kind, BackendKind::Hub);
     assert_eq!(c.backend.upstream, None);
     assert_eq!(c.backend.connect_timeout, Duration::from_secs(5));
@@ -970,6 +971,35 @@ fn redacted_never_shows_secrets() {
     let out = c.redacted();
     assert!(out.contains("(unset: admin API disabled)"), "{out}");
     assert!(!out.contains(HS32));
+}
+
+#[test]
+fn store_key_prefix() {
+    let c = ok(
+        &format!(
+            "{KEY}[store]\nurl = \"redis://127.0.0.1:6379/0\"\nkey_prefix = \"prod-eu:ws:\"\n"
+        ),
+        &with_env(&[("WSGATE_TICKET_SECRET", "fedcba9876543210fedcba9876543210")]),
+    );
+    assert_eq!(c.store.key_prefix, "prod-eu:ws:");
+    assert!(c.redacted().contains("key_prefix = \"prod-eu:ws:\""));
+    let c = ok(KEY, &with_env(&[("WSGATE_STORE__KEY_PREFIX", "staging:")]));
+    assert_eq!(c.store.key_prefix, "staging:");
+
+    for bad in ["", "has space:", "tab\\t", "caf\u{e9}:"] {
+        let p = errs(
+            &format!("{KEY}[store]\nkey_prefix = \"{bad}\"\n"),
+            &base_env(),
+        );
+        assert_has(
+            &p,
+            "store.key_prefix: must be non-empty printable ASCII without spaces",
+        );
+    }
+    let p = errs(KEY, &with_env(&[("WSGATE_STORE__KEY_PREFIX", "a b")]));
+    assert_has(&p, "(set by WSGATE_STORE__KEY_PREFIX)");
+    let p = errs(&format!("{KEY}[store]\nkey_prefix = 7\n"), &base_env());
+    assert_has(&p, "store.key_prefix");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 pub mod head;
 pub mod respond;
+pub mod tickets;
 pub mod upgrade;
 
 use crate::app::App;
@@ -70,6 +71,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     let addr = bound.main.local_addr()?;
     let admin_addr = bound.admin.local_addr()?;
     let (stop, stopped) = watch::channel(false);
+    tokio::spawn(watch_store(app.clone()));
     tokio::spawn(accept_loop(
         app.clone(),
         bound.main,
@@ -94,6 +96,29 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
 pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
     let bound = bind(app.config.server.listen, app.config.admin.listen).await?;
     serve(app, bound)
+}
+
+/// Checks the store every second for `/readyz`. For Redis this also re-sets
+/// the restart fence promptly after a Redis restart.
+async fn watch_store(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_ok = true;
+    loop {
+        tick.tick().await;
+        let ok = app.store.ping().await.is_ok();
+        if ok != was_ok {
+            if ok {
+                tracing::info!(event = "store_recovered", store = app.store.kind());
+            } else {
+                app.store_errors.inc();
+                tracing::warn!(event = "store_error", op = "ping", store = app.store.kind());
+            }
+            was_ok = ok;
+        }
+        app.store_ready
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn accept_loop(
@@ -171,6 +196,7 @@ async fn route(
         (Listener::Main, p) if p == app.config.server.path => {
             upgrade::handle(app, req, peer.ip()).await
         }
+        (Listener::Main, "/v1/tickets") => tickets::handle(&app, req).await,
         (Listener::Main, "/") if app.config.dev_mode => {
             if req.method() == Method::GET {
                 crate::dev::page()
@@ -194,6 +220,11 @@ fn readyz(app: &App) -> Response<Body> {
         respond::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "draining"}),
+        )
+    } else if !app.store_ready.load(std::sync::atomic::Ordering::Relaxed) {
+        respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "store_unavailable"}),
         )
     } else if !app.verifier.has_keys() {
         respond::json(

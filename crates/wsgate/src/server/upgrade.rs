@@ -56,7 +56,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
         ip: Some(ip),
         ..Default::default()
     };
-    let decision = decide(&app, &req, &mut attempt);
+    let decision = decide(&app, &req, &mut attempt).await;
     let latency_us = started.elapsed().as_micros() as u64;
     match decision {
         Err(reason) => {
@@ -184,7 +184,11 @@ fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     }
 }
 
-fn decide(app: &Arc<App>, req: &Request<Incoming>, a: &mut Attempt) -> Result<Accepted, Reason> {
+async fn decide(
+    app: &Arc<App>,
+    req: &Request<Incoming>,
+    a: &mut Attempt,
+) -> Result<Accepted, Reason> {
     let headers = req.headers();
     // Log what the Origin claimed even when the request is refused.
     if let Some(o) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
@@ -215,12 +219,11 @@ fn decide(app: &Arc<App>, req: &Request<Incoming>, a: &mut Attempt) -> Result<Ac
     if cred.transport == Transport::Cookie && verdict != OriginVerdict::Allowed {
         return Err(Reason::OriginNotAllowed);
     }
-    if cred.transport == Transport::Ticket {
-        // Single-use tickets need the shared store; until it exists no
-        // ticket can be redeemed safely, so the param is refused.
-        return Err(Reason::TicketRequired);
-    }
-    let verified = app.verifier.verify(&cred.token, now_ms())?;
+    let verified = if cred.transport == Transport::Ticket {
+        redeem_ticket(app, &cred.token).await?
+    } else {
+        app.verifier.verify(&cred.token, now_ms())?
+    };
     a.sub = Some(verified.sub.clone());
     if cred.transport == Transport::Cookie && app.config.auth.cookie_csrf {
         let sent = credential::query_value(query, "csrf");
@@ -240,6 +243,37 @@ fn decide(app: &Arc<App>, req: &Request<Incoming>, a: &mut Attempt) -> Result<Ac
         slot,
         key,
     })
+}
+
+/// Verifies a ticket and spends it in the store; the socket gets the
+/// session's identity and deadline (`session_exp`), not the ticket's.
+async fn redeem_ticket(app: &App, token: &str) -> Result<Verified, Reason> {
+    let now = now_ms();
+    let Some(tickets) = &app.tickets else {
+        return Err(Reason::TicketRequired);
+    };
+    let ticket = match tickets.verifier.verify(token, now) {
+        Ok(t) => t,
+        // A session token in the ticket param: tell the client what is wrong.
+        Err(_) if app.verifier.verify(token, now).is_ok() => return Err(Reason::TicketRequired),
+        Err(r) => return Err(r),
+    };
+    let spend_for = crate::clock::until(
+        ticket
+            .exp_ms
+            .saturating_add(tickets.verifier.rules().leeway_ms),
+        now,
+    );
+    let r = wsgate_core::ticket::redeemable(ticket)?;
+    match app.store.use_once(&r.jti, r.issued_at, spend_for).await {
+        Ok(true) => Ok(r.session),
+        Ok(false) => Err(Reason::TicketReplayed),
+        Err(e) => {
+            app.store_errors.inc();
+            tracing::warn!(event = "store_error", op = "use_once", store = app.store.kind(), error = %e);
+            Err(Reason::StoreUnavailable)
+        }
+    }
 }
 
 /// The one subprotocol echoed in `101`: an application protocol the

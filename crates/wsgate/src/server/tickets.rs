@@ -1,0 +1,160 @@
+//! `POST /v1/tickets` (SPEC 4): a session credential in, a single-use,
+//! short-lived ticket out, with CORS for the allowed origins only.
+
+use super::respond::{self, reject, Body};
+use crate::app::App;
+use crate::clock::now_ms;
+use http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, HOST, ORIGIN, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use jsonwebtoken::Algorithm;
+use subtle::ConstantTimeEq;
+use wsgate_core::credential::{self, ExtractPolicy, Transport};
+use wsgate_core::origin::OriginVerdict;
+use wsgate_core::Reason;
+
+/// Handles every method on `/v1/tickets`.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let Some(tickets) = &app.tickets else {
+        return respond::not_found();
+    };
+    let origin = match origin(req.headers()) {
+        Ok(o) => o,
+        Err(r) => return reject(r, false),
+    };
+    let verdict = app.origins.check(origin);
+    // A present Origin must be on the list, whatever the credential: CORS
+    // answers are only ever given to allowed origins.
+    if origin.is_some() && verdict != OriginVerdict::Allowed {
+        return reject(Reason::OriginNotAllowed, false);
+    }
+    let cors_origin = origin.filter(|_| verdict == OriginVerdict::Allowed);
+    let mut resp = match *req.method() {
+        Method::OPTIONS if cors_origin.is_some() => {
+            let mut r = Response::new(Body::default());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r.headers_mut()
+                .insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            r
+        }
+        Method::OPTIONS => reject(Reason::OriginNotAllowed, false),
+        Method::POST => match issue(app, tickets, &req, verdict) {
+            Ok(r) => r,
+            Err((reason, presented)) => reject(reason, presented),
+        },
+        _ => respond::method_not_allowed("POST, OPTIONS"),
+    };
+    if let Some(o) = cors_origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        let h = resp.headers_mut();
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type, X-CSRF-Token"),
+        );
+        h.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST"),
+        );
+    }
+    // Caches must not serve one origin's answer to another.
+    resp.headers_mut()
+        .append(VARY, HeaderValue::from_static("Origin"));
+    resp
+}
+
+fn origin(h: &HeaderMap) -> Result<Option<&str>, Reason> {
+    let mut it = h.get_all(ORIGIN).iter();
+    match (it.next(), it.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v.to_str().map(Some).map_err(|_| Reason::OriginNotAllowed),
+        _ => Err(Reason::OriginNotAllowed),
+    }
+}
+
+/// Verifies the session credential and mints the ticket.
+fn issue(
+    app: &App,
+    tickets: &crate::app::Tickets,
+    req: &Request<Incoming>,
+    verdict: OriginVerdict,
+) -> Result<Response<Body>, (Reason, bool)> {
+    let headers = req.headers();
+    // Bearer first; the session cookie otherwise (then CSRF is required).
+    let policy = ExtractPolicy {
+        transports: vec![Transport::Bearer, Transport::Cookie],
+        ..app.extract.clone()
+    };
+    let cred = credential::extract(&policy, headers, None)
+        .map_err(|e| (e.reason, true))?
+        .ok_or((Reason::MissingToken, false))?;
+    let now = now_ms();
+    let session = app
+        .verifier
+        .verify(&cred.token, now)
+        .map_err(|r| (r, true))?;
+    if cred.transport == Transport::Cookie {
+        if verdict != OriginVerdict::Allowed {
+            return Err((Reason::OriginNotAllowed, true));
+        }
+        let sent = headers.get("x-csrf-token").map(|v| v.as_bytes());
+        let want = session.claims.get("csrf").and_then(|v| v.as_str());
+        match (sent, want) {
+            (Some(s), Some(w)) if !w.is_empty() && bool::from(s.ct_eq(w.as_bytes())) => {}
+            _ => return Err((Reason::CsrfFailed, true)),
+        }
+    }
+    let jti = crate::mint::random_id(18);
+    let claims = wsgate_core::ticket::claims(
+        &session,
+        &app.config.tickets.audience,
+        tickets.ttl_ms,
+        jti,
+        now,
+    );
+    let expires_in = claims
+        .get("exp")
+        .and_then(|v| v.as_i64())
+        .map(|exp| (exp - now / 1000).max(0))
+        .unwrap_or(0);
+    let ticket = crate::mint::sign(Algorithm::HS256, None, &claims, &tickets.signer)
+        .map_err(|_| (Reason::StoreUnavailable, false))?;
+    let url = format!(
+        "{}://{}{}?{}={}",
+        if app.config.server.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        },
+        host(headers).unwrap_or_else(|| app.config.server.listen.to_string()),
+        app.config.server.path,
+        app.config.auth.ticket_param,
+        ticket
+    );
+    tracing::info!(
+        event = "ticket_issued",
+        sub = session.sub.as_str(),
+        transport = cred.transport.as_str(),
+        expires_in
+    );
+    Ok(respond::json(
+        StatusCode::CREATED,
+        &serde_json::json!({"ticket": ticket, "expires_in": expires_in, "url": url}),
+    ))
+}
+
+/// The Host header when it is a plausible `host[:port]` (it is echoed in `url`).
+fn host(h: &HeaderMap) -> Option<String> {
+    let v = h.get(HOST)?.to_str().ok()?;
+    let ok = !v.is_empty()
+        && v.len() <= 255
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    ok.then(|| v.to_owned())
+}

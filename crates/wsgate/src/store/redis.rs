@@ -1,0 +1,358 @@
+//! `redis://` / `rediss://`: state shared by every node of a cluster.
+//!
+//! Two properties drive this module:
+//! - **Never accept an id twice.** The check-and-record is one Lua script
+//!   (atomic on the server), and an epoch key fences off everything issued
+//!   before Redis last lost its data (see [`USE_ONCE`]).
+//! - **Never hang, never crash.** The gateway starts with Redis down and
+//!   keeps running while it is down: every call is bounded by
+//!   [`OP_TIMEOUT`], fails with [`StoreError::Unavailable`] (the caller
+//!   answers `503 store_unavailable`), and the store recovers by itself.
+
+use super::{Store, StoreError};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Script};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wsgate_core::UnixMillis;
+
+/// Bound on one store call, connecting included: an upgrade never waits
+/// longer than this on Redis.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one TCP (+ TLS + AUTH) connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on one command's reply on an established connection.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connection attempts the manager retries (with backoff) before failing
+/// the commands waiting on it; more would only run into [`OP_TIMEOUT`].
+const CONNECT_RETRIES: usize = 1;
+/// While no connection manager exists, at most one attempt to create it per
+/// this interval; calls in between fail fast instead of each waiting for a
+/// connect timeout against a Redis that is down.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// Upper bound on a recorded id's life: far beyond any credential this
+/// gateway accepts, and well inside what Redis accepts for `PX`.
+const MAX_TTL_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// The atomic single-use step. KEYS[1] = the id's key, KEYS[2] = the epoch
+/// key; ARGV = issued_at_ms, now_ms, ttl_ms. Returns 1 on first use, 0 if
+/// used or issued before the epoch.
+///
+/// Redis runs without persistence: a restart loses the used ids. It loses
+/// the epoch key with them, so the first node to call after the restart
+/// sets a new epoch (its `now`), and every id issued before that is refused
+/// because nobody can prove it unused. Tickets live at most 60 s, so the
+/// only cost is that tickets in flight during a restart must be fetched
+/// again; no ticket is ever accepted twice.
+const USE_ONCE: &str = r"
+local e = redis.call('GET', KEYS[2])
+if not e then redis.call('SET', KEYS[2], ARGV[2]); e = ARGV[2] end
+if tonumber(ARGV[1]) < tonumber(e) then return 0 end
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then return 1 end
+return 0
+";
+
+/// A cluster's store in one Redis.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// Prefix of every key (`store.key_prefix`).
+    prefix: String,
+    epoch_key: String,
+    use_once: Script,
+    /// Credentials from the URL, scrubbed from every error message.
+    secrets: Vec<String>,
+    conn: tokio::sync::Mutex<Conn>,
+}
+
+#[derive(Default)]
+struct Conn {
+    /// Created on first use. Once it exists it reconnects by itself, so it
+    /// is never replaced.
+    manager: Option<ConnectionManager>,
+    /// Start of the last attempt to create `manager`. Recorded before the
+    /// attempt, so an attempt cut short by a caller's timeout still counts.
+    last_attempt: Option<Instant>,
+}
+
+impl RedisStore {
+    /// Parses `url`; never waits on the network. The gateway must start
+    /// (and answer `503 store_unavailable`, `/readyz` not ready) while Redis
+    /// is down, so the connection is made lazily.
+    ///
+    /// When called inside a Tokio runtime it also starts one background
+    /// [`Store::ping`]: that connects early (the first upgrade does not pay
+    /// for the connect) and establishes the epoch before this node mints its
+    /// first ticket. Without it, on a fresh Redis (or a new key prefix) the
+    /// first ticket used would set the epoch itself, after its own issue
+    /// time, and be refused. If Redis is down the ping just fails.
+    pub fn new(url: &str, key_prefix: &str) -> Result<Self, String> {
+        let secrets = url_secrets(url);
+        let client = Client::open(url).map_err(|e| {
+            format!(
+                "store.url: not a usable redis URL: {}",
+                scrub(e.to_string(), &secrets)
+            )
+        })?;
+        let inner = Arc::new(Inner {
+            client,
+            prefix: key_prefix.to_owned(),
+            epoch_key: format!("{key_prefix}epoch"),
+            use_once: Script::new(USE_ONCE),
+            secrets,
+            conn: tokio::sync::Mutex::new(Conn::default()),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let warm = inner.clone();
+            // Bounded by OP_TIMEOUT; the result only matters for its effects.
+            rt.spawn(async move {
+                let _ = warm.ping().await;
+            });
+        }
+        Ok(RedisStore { inner })
+    }
+}
+
+impl Inner {
+    fn ticket_key(&self, id: &str) -> String {
+        format!("{}t:{id}", self.prefix)
+    }
+
+    fn unavailable(&self, what: &str, e: &RedisError) -> StoreError {
+        // One line: some redis errors (parse errors) span several.
+        let text = e.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        StoreError::Unavailable(scrub(format!("redis {what}: {text}"), &self.secrets))
+    }
+
+    /// The shared connection manager, created on first use.
+    async fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        // Held across the connect on purpose: concurrent first calls wait
+        // for one attempt instead of each opening a connection. Waiting is
+        // bounded by the caller's OP_TIMEOUT.
+        let mut conn = self.conn.lock().await;
+        if let Some(m) = &conn.manager {
+            return Ok(m.clone());
+        }
+        if conn
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL)
+        {
+            return Err(StoreError::Unavailable(
+                "redis: not connected (the last attempt failed moments ago)".into(),
+            ));
+        }
+        conn.last_attempt = Some(Instant::now());
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(CONNECT_RETRIES);
+        match ConnectionManager::new_with_config(self.client.clone(), config).await {
+            Ok(m) => {
+                conn.manager = Some(m.clone());
+                Ok(m)
+            }
+            Err(e) => Err(self.unavailable("connect", &e)),
+        }
+    }
+
+    /// Runs `op` with the shared connection, the whole call (connecting
+    /// included) bounded by [`OP_TIMEOUT`].
+    async fn bounded<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let call = async {
+            let m = self.manager().await?;
+            op(m).await.map_err(|e| self.unavailable(what, &e))
+        };
+        match tokio::time::timeout(OP_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis {what}: no answer within {}s",
+                OP_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn use_once(
+        &self,
+        id: &str,
+        issued_at: UnixMillis,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.ticket_key(id);
+        // At least 1 ms: `PX 0` is an error, and the id must be recorded.
+        let ttl_ms = i64::try_from(ttl.as_millis())
+            .unwrap_or(MAX_TTL_MS)
+            .clamp(1, MAX_TTL_MS);
+        let now = crate::clock::now_ms();
+        let used: i64 = self
+            .bounded("use_once", |mut m| async move {
+                self.use_once
+                    .key(&key)
+                    .key(&self.epoch_key)
+                    .arg(issued_at)
+                    .arg(now)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut m)
+                    .await
+            })
+            .await?;
+        Ok(used == 1)
+    }
+
+    /// A reachability check that also sets the epoch if it is missing
+    /// (`SET NX`, never overwriting), as [`USE_ONCE`] would. Doing it here
+    /// too means a restarted Redis gets its new epoch at the next readiness
+    /// check rather than at the next ticket, so fewer tickets minted after
+    /// the restart are refused. Any epoch set after the data was lost is a
+    /// correct fence, so setting it early is as safe as setting it late.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let now = crate::clock::now_ms();
+        self.bounded("ping", |mut m| async move {
+            redis::cmd("SET")
+                .arg(&self.epoch_key)
+                .arg(now)
+                .arg("NX")
+                .query_async::<Option<String>>(&mut m)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn use_once(
+        &self,
+        id: &str,
+        issued_at: UnixMillis,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.use_once(id, issued_at, ttl).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// The username and password in a redis URL's userinfo, if any
+/// (`redis://[user][:password]@host`, or `redis://password@host`).
+fn url_secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = userinfo
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    // Also the percent-decoded forms, which is what the client sends.
+    let decoded: Vec<String> = out.iter().map(|s| percent_decode(s)).collect();
+    out.extend(decoded);
+    out.push(userinfo.to_owned());
+    out.retain(|s| !s.is_empty());
+    // Longest first, so a secret containing another is replaced whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: &u8| (*b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let digits = (
+            bytes.get(i + 1).and_then(hex),
+            bytes.get(i + 2).and_then(hex),
+        );
+        match (b, digits) {
+            (b'%', (Some(h), Some(l))) => {
+                // Two hex digits: always < 256.
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `msg` with every secret replaced: error texts end up in logs and in
+/// `/readyz` answers, and a password must never.
+fn scrub(mut msg: String, secrets: &[String]) -> String {
+    for s in secrets {
+        if msg.contains(s.as_str()) {
+            msg = msg.replace(s.as_str(), "[redacted]");
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_does_not_connect_and_rejects_bad_urls() {
+        // Nothing listens on port 1; `new` must not care.
+        let s = RedisStore::new("redis://127.0.0.1:1/0", "p:").expect("valid url");
+        assert_eq!(s.kind(), "redis");
+        assert_eq!(s.inner.ticket_key("abc"), "p:t:abc");
+        assert_eq!(s.inner.epoch_key, "p:epoch");
+        let e = RedisStore::new("redis://:hunter2@127.0.0.1:6379/notadb", "p:")
+            .err()
+            .expect("bad db");
+        assert!(e.starts_with("store.url:"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_found_and_scrubbed() {
+        let s = url_secrets("redis://user:p%40ss@h:6379/0");
+        for want in ["user", "p%40ss", "p@ss"] {
+            assert!(s.iter().any(|x| x == want), "{want} in {s:?}");
+        }
+        let msg = scrub("auth p@ss and p%40ss for user".into(), &s);
+        assert!(!msg.contains("p@ss") && !msg.contains("p%40ss"), "{msg}");
+        assert_eq!(url_secrets("redis://pw@h"), vec!["pw".to_string()]);
+        assert!(url_secrets("redis://h:6379/0").is_empty());
+        assert!(url_secrets("memory://").is_empty());
+    }
+
+    #[tokio::test]
+    async fn down_redis_fails_fast_and_bounded() {
+        let s = RedisStore::new("redis://:sekrit@127.0.0.1:1/0", "p:").expect("valid url");
+        let started = Instant::now();
+        for _ in 0..5 {
+            match s.use_once("id", 0, Duration::from_secs(1)).await {
+                Err(StoreError::Unavailable(msg)) => assert!(!msg.contains("sekrit"), "{msg}"),
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+            assert!(matches!(s.ping().await, Err(StoreError::Unavailable(_))));
+        }
+        assert!(started.elapsed() < OP_TIMEOUT, "{:?}", started.elapsed());
+    }
+}
