@@ -1,7 +1,8 @@
 //! The gateway's shared state, built once from a validated [`Config`].
 
 use crate::config::{Config, KeySource, Secret};
-use crate::store::{Store, StoreErrors};
+use crate::metrics::Metrics;
+use crate::store::Store;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +29,7 @@ pub struct App {
     pub dev_signer: Option<EncodingKey>,
     /// Shared state (single use, later revocations and counts).
     pub store: Arc<dyn Store>,
-    pub store_errors: StoreErrors,
+    pub metrics: Metrics,
     /// Last result of the periodic store check (`/readyz`).
     pub store_ready: AtomicBool,
     /// Tickets: signer and verifier from the ticket secret, when enabled.
@@ -158,7 +159,7 @@ impl App {
             next_id: AtomicU64::new(1),
             dev_signer,
             store,
-            store_errors: StoreErrors::default(),
+            metrics: Metrics::new(),
             store_ready: AtomicBool::new(true),
             tickets,
             config,

@@ -60,6 +60,8 @@ where
     );
     let mut bytes_in: u64 = 0;
     let mut bytes_out: u64 = 0;
+    let metrics = &app.metrics;
+    metrics.connections_active.inc();
     let ended = loop {
         let Some(wake) = session.next_wakeup() else {
             break Ended {
@@ -81,6 +83,8 @@ where
                     }
                     Some(Ok(Message::Text(t))) => {
                         bytes_in += t.len() as u64;
+                        metrics.messages_in.inc();
+                        metrics.bytes_in.inc_by(t.len() as u64);
                         match control(&app, &mut session, t.as_str()) {
                             Some(reply) => Some(reply),
                             None => Some(Message::Text(t)),
@@ -88,6 +92,8 @@ where
                     }
                     Some(Ok(Message::Binary(b))) => {
                         bytes_in += b.len() as u64;
+                        metrics.messages_in.inc();
+                        metrics.bytes_in.inc_by(b.len() as u64);
                         Some(Message::Binary(b))
                     }
                     Some(Ok(_)) => None,
@@ -108,6 +114,8 @@ where
                                 break Ended { code: 1006, reason: "connection lost" };
                             }
                             bytes_out += n;
+                            metrics.messages_out.inc();
+                            metrics.bytes_out.inc_by(n);
                         }
                         _ = &mut timer => {}
                     }
@@ -131,6 +139,8 @@ where
         }
     };
     session.close();
+    metrics.connections_active.dec();
+    metrics.close(ended.code);
     tracing::info!(
         event = "close",
         id = start.id,

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod dev;
 pub mod limiter;
 pub mod log;
+pub mod metrics;
 pub mod mint;
 pub mod server;
 pub mod store;

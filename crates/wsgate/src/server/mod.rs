@@ -111,7 +111,7 @@ async fn watch_store(app: Arc<App>) {
             if ok {
                 tracing::info!(event = "store_recovered", store = app.store.kind());
             } else {
-                app.store_errors.inc();
+                app.metrics.store_errors.inc();
                 tracing::warn!(event = "store_error", op = "ping", store = app.store.kind());
             }
             was_ok = ok;
@@ -193,6 +193,7 @@ async fn route(
     match (which, path) {
         (_, "/healthz") => respond::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (_, "/readyz") => readyz(&app),
+        (Listener::Admin, "/metrics") => metrics(&app),
         (Listener::Main, p) if p == app.config.server.path => {
             upgrade::handle(app, req, peer.ip()).await
         }
@@ -213,6 +214,15 @@ async fn route(
         }
         _ => respond::not_found(),
     }
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    let mut r = Response::new(Body::from(app.metrics.encode()));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 fn readyz(app: &App) -> Response<Body> {

@@ -137,6 +137,7 @@ fn issue(
         app.config.auth.ticket_param,
         ticket
     );
+    app.metrics.tickets_issued.inc();
     tracing::info!(
         event = "ticket_issued",
         sub = session.sub.as_str(),

@@ -58,6 +58,10 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
     };
     let decision = decide(&app, &req, &mut attempt).await;
     let latency_us = started.elapsed().as_micros() as u64;
+    app.metrics.handshake(
+        decision.as_ref().map(|_| ()).map_err(|r| *r),
+        attempt.transport,
+    );
     match decision {
         Err(reason) => {
             log_attempt(&attempt, Err(reason), latency_us);
@@ -222,7 +226,10 @@ async fn decide(
     let verified = if cred.transport == Transport::Ticket {
         redeem_ticket(app, &cred.token).await?
     } else {
-        app.verifier.verify(&cred.token, now_ms())?
+        let t0 = Instant::now();
+        let v = app.verifier.verify(&cred.token, now_ms());
+        app.metrics.verify_time(t0.elapsed());
+        v?
     };
     a.sub = Some(verified.sub.clone());
     if cred.transport == Transport::Cookie && app.config.auth.cookie_csrf {
@@ -269,7 +276,7 @@ async fn redeem_ticket(app: &App, token: &str) -> Result<Verified, Reason> {
         Ok(true) => Ok(r.session),
         Ok(false) => Err(Reason::TicketReplayed),
         Err(e) => {
-            app.store_errors.inc();
+            app.metrics.store_errors.inc();
             tracing::warn!(event = "store_error", op = "use_once", store = app.store.kind(), error = %e);
             Err(Reason::StoreUnavailable)
         }

@@ -11,7 +11,6 @@ pub mod memory;
 pub mod redis;
 
 use async_trait::async_trait;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wsgate_core::UnixMillis;
@@ -48,19 +47,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// `memory` or `redis`, for logs.
     fn kind(&self) -> &'static str;
-}
-
-/// Counts store failures (`wsgate_store_errors_total`).
-#[derive(Debug, Default)]
-pub struct StoreErrors(AtomicU64);
-
-impl StoreErrors {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// Opens the store named by `store.url` (`memory://` or `redis://...`).
