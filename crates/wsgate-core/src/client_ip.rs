@@ -7,8 +7,8 @@
 //! trusted proxy is the client. Everything to the left of it was written by
 //! the client itself and may be forged.
 //!
-//! Pure: no I/O, no allocation proportional to attacker input beyond
-//! [`MAX_HOPS`] entries.
+//! Pure: no I/O; at most [`MAX_HOPS`] entries are kept or walked, and time
+//! is linear in the header length.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod credential;
 pub mod origin;
 pub mod reason;
+pub mod revocation;
 pub mod session;
 pub mod ticket;
 pub mod verify;

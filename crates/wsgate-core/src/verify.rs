@@ -121,7 +121,7 @@ fn numeric_ms(v: &Value) -> Result<i64, Reason> {
         .filter(|f| f.is_finite())
         .ok_or(Reason::MalformedToken)?;
     // Saturate far-future and far-past values instead of overflowing.
-    Ok((secs * 1000.0).clamp(i64::MIN as f64 / 2.0, i64::MAX as f64 / 2.0) as i64)
+    Ok((secs * 1000.0).round().clamp(i64::MIN as f64 / 2.0, i64::MAX as f64 / 2.0) as i64)
 }
 
 fn opt_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, Reason> {

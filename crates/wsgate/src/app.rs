@@ -1,6 +1,7 @@
 //! The gateway's shared state, built once from a validated [`Config`].
 
 use crate::config::{Config, KeySource, Secret};
+use crate::limiter::HandshakeLimiter;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
@@ -8,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wsgate_core::client_ip::TrustedProxies;
 use wsgate_core::credential::ExtractPolicy;
 use wsgate_core::origin::OriginPolicy;
 use wsgate_core::session::SessionPolicy;
@@ -30,6 +32,9 @@ pub struct App {
     /// Shared state (single use, later revocations and counts).
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
+    /// Per-IP handshake rate (decided before any token is verified).
+    pub limiter: HandshakeLimiter,
+    pub trusted_proxies: TrustedProxies,
     /// Last result of the periodic store check (`/readyz`).
     pub store_ready: AtomicBool,
     /// Tickets: signer and verifier from the ticket secret, when enabled.
@@ -42,6 +47,10 @@ pub struct Tickets {
     pub verifier: Verifier,
     pub ttl_ms: i64,
 }
+
+/// Distinct client IPs (or IPv6 /64s) the handshake limiter tracks at most
+/// (~35 MB); beyond that new addresses are refused until idle ones expire.
+const LIMITER_MAX_KEYS: usize = 1_000_000;
 
 fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -160,6 +169,13 @@ impl App {
             dev_signer,
             store,
             metrics: Metrics::new(),
+            limiter: HandshakeLimiter::new(
+                config.limits.handshakes_per_ip_per_sec,
+                config.limits.handshake_burst_per_ip,
+                LIMITER_MAX_KEYS,
+            ),
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.cidrs.clone())
+                .with_header(config.trusted_proxies.header),
             store_ready: AtomicBool::new(true),
             tickets,
             config,

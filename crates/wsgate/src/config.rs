@@ -303,6 +303,10 @@ impl BackendKind {
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxiesConfig {
     pub cidrs: Vec<IpNet>,
+    /// Which forwarding header the trusted proxies write. Only that one is
+    /// read: a proxy passes the other through untouched, and a client could
+    /// choose its own address with it.
+    pub header: wsgate_core::client_ip::ProxyHeader,
 }
 
 impl TrustedProxiesConfig {
@@ -511,6 +515,7 @@ impl Default for RawBackend {
 #[serde(deny_unknown_fields, default)]
 struct RawTrustedProxies {
     cidrs: Vec<String>,
+    header: Option<String>,
 }
 
 const SECTIONS: &[&str] = &[
@@ -1619,7 +1624,19 @@ impl<'a> Builder<'a> {
                 )),
             }
         }
-        TrustedProxiesConfig { cidrs }
+        use wsgate_core::client_ip::ProxyHeader;
+        let header = match raw.header.as_deref() {
+            None | Some("x-forwarded-for") => ProxyHeader::XForwardedFor,
+            Some("forwarded") => ProxyHeader::Forwarded,
+            Some(other) => {
+                self.problem(format!(
+                    "trusted_proxies.header: {other:?} is not \"x-forwarded-for\" or \"forwarded\"{}",
+                    self.via("trusted_proxies.header")
+                ));
+                ProxyHeader::XForwardedFor
+            }
+        };
+        TrustedProxiesConfig { cidrs, header }
     }
 
     fn check_hub(&mut self, h: &HubConfig) {
@@ -2170,6 +2187,13 @@ mod redact {
         store.insert("key_prefix".into(), s(c.store.key_prefix.clone()));
         let mut proxies = Table::new();
         proxies.insert("cidrs".into(), list(&c.trusted_proxies.cidrs));
+        proxies.insert(
+            "header".into(),
+            s(match c.trusted_proxies.header {
+                wsgate_core::client_ip::ProxyHeader::Forwarded => "forwarded",
+                _ => "x-forwarded-for",
+            }),
+        );
         let mut log = Table::new();
         log.insert("level".into(), s(c.log.level.clone()));
         log.insert("format".into(), s(c.log.format.as_str()));

@@ -5,15 +5,16 @@
 //! `handshake_burst_per_ip` capacity) in a sharded map of plain `u64`s: one
 //! short mutex hold per check, no allocation except a new key's slot.
 //!
-//! Keys: an IPv4 address, or an IPv6 /64. One host on IPv6 usually owns a
-//! whole /64 (SLAAC, privacy addresses), so per-address buckets would give an
-//! attacker 2^64 of them.
+//! Keys: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6 /64. One
+//! host on IPv6 usually owns a whole /64 (SLAAC, privacy addresses), so
+//! per-address buckets would give an attacker 2^64 of them.
 //!
-//! Memory is bounded by `max_keys`: when the map is full, new keys are
-//! refused (fail closed) rather than admitted or stored, until
-//! [`HandshakeLimiter::retain_recent`] drops idle ones. A key is idle once its
-//! bucket has refilled completely; dropping it then changes nothing, because
-//! a fresh bucket is a full one.
+//! Memory is bounded by `max_keys` (about 35 MB at 1,000,000): when the map
+//! is full, new keys are refused (fail closed) rather than admitted or
+//! stored, until [`HandshakeLimiter::retain_recent`] drops idle ones. A key
+//! is idle once its bucket has refilled completely (`burst / per_sec`
+//! seconds after its last handshake); dropping it then changes nothing,
+//! because a fresh bucket is a full one.
 //!
 //! Why not `governor`: its keyed limiter cannot refuse a key it has not seen
 //! without storing it (no `contains`, private store), so it cannot cap
@@ -63,12 +64,25 @@ impl From<IpAddr> for IpKey {
     }
 }
 
+impl IpKey {
+    /// One `u64` for the map: 16-byte slots instead of 24 under a flood.
+    /// IPv4 takes the values below 2^32, which as /64 prefixes lie in
+    /// `::/32` (reserved: loopback, unspecified, deprecated IPv4-compatible),
+    /// never a real client's network, so sharing them is harmless.
+    fn packed(self) -> u64 {
+        match self {
+            IpKey::V4(v4) => u64::from(v4),
+            IpKey::V6Prefix64(prefix) => prefix,
+        }
+    }
+}
+
 /// Cache-line aligned so that neighbouring shards' locks do not contend.
 #[repr(align(128))]
-struct Shard(Mutex<HashMap<IpKey, u64>>);
+struct Shard(Mutex<HashMap<u64, u64>>);
 
 impl Shard {
-    fn lock(&self) -> MutexGuard<'_, HashMap<IpKey, u64>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
         // A panic while holding the lock cannot leave a half-written u64;
         // the map is still valid.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -118,7 +132,8 @@ impl HandshakeLimiter {
         let burst = burst.max(1);
         let max_keys = max_keys.max(1);
         let limited = (per_sec > 0).then(|| {
-            let interval = 1_000_000_000 / u64::from(per_sec);
+            // Over 10^9/s rounds to 1ns, not 0 (which would admit anything).
+            let interval = (1_000_000_000 / u64::from(per_sec)).max(1);
             let n = SHARDS.min(max_keys);
             Limited {
                 base: Instant::now(),
@@ -183,15 +198,16 @@ impl Limited {
         u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn shard(&self, key: &IpKey) -> &Shard {
+    fn shard(&self, key: u64) -> &Shard {
         let h = self.hasher.hash_one(key);
         // `shards` is never empty (at least one shard is built).
         &self.shards[(h % self.shards.len() as u64) as usize]
     }
 
     fn check(&self, key: IpKey, now: Instant) -> Result<(), Duration> {
+        let key = key.packed();
         let now = self.nanos(now);
-        let mut map = self.shard(&key).lock();
+        let mut map = self.shard(key).lock();
         let len = map.len();
         match map.entry(key) {
             Entry::Occupied(mut e) => {

@@ -551,3 +551,64 @@ async fn health_endpoints() {
         }
     }
 }
+
+#[tokio::test]
+async fn per_ip_rate_limit_before_verification() {
+    let env = [
+        ("WSGATE_LIMITS__HANDSHAKES_PER_IP_PER_SEC", "1"),
+        ("WSGATE_LIMITS__HANDSHAKE_BURST_PER_IP", "3"),
+    ];
+    let gw = Gateway::start_with_env(&base_config(""), &env);
+    let t = token("rl");
+    for _ in 0..3 {
+        bearer(&gw.url(), &t).await.open();
+    }
+    // Even a garbage token is refused by rate before it is looked at.
+    let h = bearer(&gw.url(), "garbage")
+        .await
+        .refused(429, "rate_limited");
+    assert!(h.get("retry-after").is_some());
+    // X-Forwarded-For from an untrusted peer changes nothing.
+    upgrade(
+        &gw.url(),
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("authorization", &format!("Bearer {t}")),
+        ],
+    )
+    .await
+    .refused(429, "rate_limited");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    bearer(&gw.url(), &t).await.open();
+
+    // Behind a trusted proxy, each forwarded client has its own bucket.
+    let proxied = Gateway::start_with_env(
+        &base_config("[trusted_proxies]\ncidrs = [\"127.0.0.1/32\"]"),
+        &env,
+    );
+    for i in 0..3 {
+        let xff = format!("198.51.100.{i}");
+        for _ in 0..3 {
+            upgrade(
+                &proxied.url(),
+                &[
+                    ("x-forwarded-for", &xff),
+                    ("authorization", &format!("Bearer {t}")),
+                ],
+            )
+            .await
+            .open();
+        }
+    }
+    upgrade(
+        &proxied.url(),
+        &[
+            ("x-forwarded-for", "198.51.100.0"),
+            ("authorization", &format!("Bearer {t}")),
+        ],
+    )
+    .await
+    .refused(429, "rate_limited");
+    let ev = proxied.events("handshake", 10);
+    assert_eq!(ev.last().expect("line")["ip"], "198.51.100.0");
+}

@@ -72,6 +72,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     let admin_addr = bound.admin.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(watch_store(app.clone()));
+    tokio::spawn(prune_limiter(app.clone()));
     tokio::spawn(accept_loop(
         app.clone(),
         bound.main,
@@ -118,6 +119,15 @@ async fn watch_store(app: Arc<App>) {
         }
         app.store_ready
             .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Forgets idle client IPs so the limiter's table stays small.
+async fn prune_limiter(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        app.limiter.retain_recent();
     }
 }
 

@@ -27,14 +27,25 @@ use wsgate_core::verify::Verified;
 use wsgate_core::Reason;
 
 /// What the log line of one attempt says (SPEC 7). Never a token.
-#[derive(Default)]
 pub struct Attempt {
-    pub ip: Option<IpAddr>,
+    pub ip: IpAddr,
     pub origin: Option<String>,
     pub transport: Option<Transport>,
     pub sub: Option<String>,
     /// A credential was presented (for `error="invalid_token"`).
     pub presented: bool,
+}
+
+impl Attempt {
+    fn new(ip: IpAddr) -> Self {
+        Attempt {
+            ip,
+            origin: None,
+            transport: None,
+            sub: None,
+            presented: false,
+        }
+    }
 }
 
 /// Origins are attacker-chosen text; keep log lines bounded.
@@ -52,10 +63,8 @@ struct Accepted {
 /// Handles `GET <server.path>`: decides, logs, answers `101` or a rejection.
 pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Response<Body> {
     let started = Instant::now();
-    let mut attempt = Attempt {
-        ip: Some(ip),
-        ..Default::default()
-    };
+    let ip = wsgate_core::client_ip::client_ip(ip, req.headers(), &app.trusted_proxies);
+    let mut attempt = Attempt::new(ip);
     let decision = decide(&app, &req, &mut attempt).await;
     let latency_us = started.elapsed().as_micros() as u64;
     app.metrics.handshake(
@@ -111,7 +120,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
 }
 
 fn log_attempt(a: &Attempt, result: Result<(), Reason>, latency_us: u64) {
-    let ip = a.ip.map(|i| i.to_string());
+    let ip = a.ip.to_string();
     let (result, reason, status) = match result {
         Ok(()) => ("accepted", None, 101),
         Err(r) => ("rejected", Some(r.code()), r.status().as_u16()),
@@ -121,7 +130,7 @@ fn log_attempt(a: &Attempt, result: Result<(), Reason>, latency_us: u64) {
         result,
         reason,
         status,
-        ip = ip.as_deref(),
+        ip = ip.as_str(),
         origin = a.origin.as_deref(),
         transport = a.transport.map(|t| t.as_str()),
         sub = a.sub.as_deref(),
@@ -131,11 +140,7 @@ fn log_attempt(a: &Attempt, result: Result<(), Reason>, latency_us: u64) {
 
 /// Logs a refusal made before hyper parsed the request (oversized head).
 pub fn log_early_rejection(ip: IpAddr, reason: Reason) {
-    let attempt = Attempt {
-        ip: Some(ip),
-        ..Default::default()
-    };
-    log_attempt(&attempt, Err(reason), 0);
+    log_attempt(&Attempt::new(ip), Err(reason), 0);
 }
 
 /// True when a comma-separated header contains `token` (case-insensitive).
@@ -201,6 +206,9 @@ async fn decide(
     let key = well_formed(req)?;
     if app.is_draining() {
         return Err(Reason::Draining);
+    }
+    if app.limiter.check(a.ip).is_err() {
+        return Err(Reason::RateLimited);
     }
     let origin = origin_header(headers)?;
     let verdict = app.origins.check(origin);

@@ -97,6 +97,9 @@ impl Gateway {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TEST_JWT_SECRET", SECRET)
+            // Tests make many upgrades from 127.0.0.1; the rate-limit test lowers these.
+            .env("WSGATE_LIMITS__HANDSHAKES_PER_IP_PER_SEC", "100000")
+            .env("WSGATE_LIMITS__HANDSHAKE_BURST_PER_IP", "100000")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
