@@ -102,6 +102,24 @@ impl Target {
     }
 }
 
+/// Reads a token file: one token per line, blank lines and `#` comments
+/// skipped. Returns `(line number, token)` pairs; fails if there are none.
+pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<(usize, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let tokens: Vec<(usize, String)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, t)| !t.is_empty() && !t.starts_with('#'))
+        .map(|(i, t)| (i, t.to_string()))
+        .collect();
+    if tokens.is_empty() {
+        bail!("token file {} contains no token", path.display());
+    }
+    Ok(tokens)
+}
+
 /// Credentials and extra headers added to every upgrade request. Tokens are
 /// rotated round-robin across attempts.
 pub struct Auth {
@@ -120,13 +138,7 @@ impl Auth {
         let mut values = Vec::new();
         if transport != Transport::None {
             let path = token_file.context("--token-file is required unless --transport none")?;
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read token file {}", path.display()))?;
-            for (lineno, line) in text.lines().enumerate() {
-                let token = line.trim();
-                if token.is_empty() || token.starts_with('#') {
-                    continue;
-                }
+            for (lineno, token) in read_tokens(path)? {
                 let value = match transport {
                     Transport::Bearer => format!("Bearer {token}"),
                     Transport::Subprotocol => format!("jwt, {token}"),
@@ -136,13 +148,10 @@ impl Auth {
                     format!(
                         "{}:{}: token is not a valid header value",
                         path.display(),
-                        lineno + 1
+                        lineno
                     )
                 })?;
                 values.push(value);
-            }
-            if values.is_empty() {
-                bail!("token file {} contains no token", path.display());
             }
         }
         let origin = origin
@@ -201,6 +210,15 @@ impl Failure {
         Failure {
             category: category.into(),
             detail: detail.into(),
+        }
+    }
+
+    /// The same failure with `prefix: ` in front of its category and detail
+    /// (e.g. `redeem: connect: ConnectionRefused`).
+    pub fn prefixed(self, prefix: &str) -> Failure {
+        Failure {
+            category: format!("{prefix}: {}", self.category),
+            detail: format!("{prefix}: {}", self.detail),
         }
     }
 

@@ -6,7 +6,9 @@
 
 mod common;
 mod echo;
+mod http1;
 mod idle;
+mod tickets;
 mod upgrade;
 
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ enum Mode {
     Echo(echo::EchoArgs),
     /// Open N sockets and hold them idle (for measuring gateway RSS per socket).
     Idle(idle::IdleArgs),
+    /// Browser ticket flow in a loop: POST /v1/tickets → upgrade with the
+    /// ticket → close (→ replay must be refused): round trips/s and latency.
+    Tickets(tickets::TicketsArgs),
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect.
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
             Mode::Upgrade(args) => upgrade::run(args, json).await,
             Mode::Echo(args) => echo::run(args, json).await,
             Mode::Idle(args) => idle::run(args, json, nofile).await,
+            Mode::Tickets(args) => tickets::run(args, json).await,
         }
     });
     match result {

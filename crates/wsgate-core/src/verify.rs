@@ -40,6 +40,10 @@ pub struct ClaimRules {
     pub audience: Vec<String>,
     /// Clock tolerance on exp / nbf / iat.
     pub leeway_ms: i64,
+    /// When set, tokens living longer than this (`exp` - `iat`, or - now
+    /// without `iat`) are refused `expired`: a revocation is only kept this
+    /// long, and no token may outlive the record of its revocation.
+    pub max_lifetime_ms: Option<i64>,
     /// Tokens whose `aud` contains this are refused here (tickets never
     /// pass as session tokens).
     pub forbidden_audience: Option<String>,
@@ -121,7 +125,9 @@ fn numeric_ms(v: &Value) -> Result<i64, Reason> {
         .filter(|f| f.is_finite())
         .ok_or(Reason::MalformedToken)?;
     // Saturate far-future and far-past values instead of overflowing.
-    Ok((secs * 1000.0).round().clamp(i64::MIN as f64 / 2.0, i64::MAX as f64 / 2.0) as i64)
+    Ok((secs * 1000.0)
+        .round()
+        .clamp(i64::MIN as f64 / 2.0, i64::MAX as f64 / 2.0) as i64)
 }
 
 fn opt_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, Reason> {
@@ -256,6 +262,12 @@ impl Verifier {
             }
             None => None,
         };
+        if let Some(max) = self.rules.max_lifetime_ms {
+            let start = iat_ms.unwrap_or(now);
+            if exp_ms.saturating_sub(start) > max.saturating_add(leeway) {
+                return Err(Reason::Expired);
+            }
+        }
         if let Some(iss) = &self.rules.issuer {
             match claims.get("iss") {
                 None => return Err(Reason::MissingClaim),
@@ -428,6 +440,23 @@ mod tests {
                 NOW
             )
             .is_ok());
+    }
+
+    #[test]
+    fn overlong_tokens_are_refused() {
+        let v = verifier(ClaimRules {
+            max_lifetime_ms: Some(3_600_000),
+            ..leeway5()
+        });
+        assert!(v
+            .verify(&hs(with(base(), "exp", json!(NOW / 1000 + 3600))), NOW)
+            .is_ok());
+        let long = with(base(), "exp", json!(NOW / 1000 + 3700));
+        assert_eq!(v.verify(&hs(long.clone()), NOW), Err(Reason::Expired));
+        assert_eq!(
+            v.verify(&hs(without(long, "iat")), NOW),
+            Err(Reason::Expired)
+        );
     }
 
     #[test]

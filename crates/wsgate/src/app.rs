@@ -7,11 +7,13 @@ use crate::store::Store;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_core::client_ip::TrustedProxies;
 use wsgate_core::credential::ExtractPolicy;
 use wsgate_core::origin::OriginPolicy;
+use wsgate_core::revocation::{RevocationSet, Target};
 use wsgate_core::session::SessionPolicy;
 use wsgate_core::verify::{ClaimRules, Verifier, VerifyKey};
 use wsgate_core::Reason;
@@ -25,6 +27,8 @@ pub struct App {
     pub session_policy: SessionPolicy,
     pub ws_config: WebSocketConfig,
     pub registry: Registry,
+    /// Revocations in force, kept in step with the store's feed.
+    pub revocations: RwLock<RevocationSet>,
     pub draining: AtomicBool,
     next_id: AtomicU64,
     /// Dev mode only: the key that signs `/dev/login` tokens.
@@ -96,6 +100,7 @@ impl App {
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
             leeway_ms: ms(auth.leeway),
+            max_lifetime_ms: Some(ms(auth.max_token_lifetime)),
             forbidden_audience: Some(config.tickets.audience.clone()),
         };
         let extract = ExtractPolicy {
@@ -143,6 +148,7 @@ impl App {
                         issuer: None,
                         audience: vec![config.tickets.audience.clone()],
                         leeway_ms: ms(auth.leeway),
+                        max_lifetime_ms: None,
                         forbidden_audience: None,
                     },
                 ),
@@ -164,6 +170,7 @@ impl App {
             session_policy,
             ws_config,
             registry: Registry::default(),
+            revocations: RwLock::new(RevocationSet::new()),
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             dev_signer,
@@ -192,22 +199,100 @@ impl App {
     }
 }
 
-/// Live connection counts, per node and per user (bounded by the caps).
+/// Live sessions of this node: counts under the caps, and the entries the
+/// admin API lists, revokes and refreshes. An entry lives exactly as long as
+/// its [`Slot`], so nothing leaks whatever ends the session.
 #[derive(Default)]
 pub struct Registry {
     active: AtomicUsize,
-    per_user: Mutex<HashMap<String, u32>>,
+    inner: Mutex<RegistryInner>,
 }
 
-/// A held connection slot; released on drop.
+#[derive(Default)]
+struct RegistryInner {
+    per_user: HashMap<String, u32>,
+    sessions: HashMap<u64, Entry>,
+}
+
+/// What the admin API sees of a live session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub sub: String,
+    pub sid: Option<String>,
+    pub jti: Option<String>,
+    pub ip: String,
+    pub origin: Option<String>,
+    pub transport: &'static str,
+    /// Unix ms.
+    pub connected_at: i64,
+    /// Unix ms; moves on refresh.
+    pub deadline: i64,
+}
+
+/// A request to a live session's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Close 4403.
+    Revoke,
+    /// Re-authenticate within `expiry_warning` (admin refresh).
+    Reauth,
+}
+
+struct Entry {
+    info: SessionInfo,
+    control: mpsc::Sender<Control>,
+}
+
+/// A held connection slot; released on drop (with its registry entry).
 pub struct Slot {
-    registry: Arc<App>,
+    app: Arc<App>,
     sub: String,
+    id: Option<u64>,
 }
 
 impl Registry {
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live sessions, optionally of one subject.
+    pub fn list(&self, sub: Option<&str>) -> Vec<SessionInfo> {
+        let g = self.lock();
+        let mut v: Vec<SessionInfo> = g
+            .sessions
+            .values()
+            .filter(|e| sub.is_none_or(|s| e.info.sub == s))
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by_key(|i| i.id);
+        v
+    }
+
+    /// Sends `c` to every session matching `target`; returns how many.
+    pub fn signal(&self, target: &Target, c: Control) -> usize {
+        let g = self.lock();
+        g.sessions
+            .values()
+            .filter(|e| match target {
+                Target::Sub(s) => e.info.sub == *s,
+                Target::Jti(j) => e.info.jti.as_deref() == Some(j.as_str()),
+                Target::Sid(s) => e.info.sid.as_deref() == Some(s.as_str()),
+            })
+            // A full queue means the session is already closing.
+            .filter(|e| e.control.try_send(c).is_ok())
+            .count()
+    }
+
+    /// Records a session's new deadline (after a refresh).
+    pub fn set_deadline(&self, id: u64, deadline: i64) {
+        if let Some(e) = self.lock().sessions.get_mut(&id) {
+            e.info.deadline = deadline;
+        }
     }
 }
 
@@ -221,41 +306,59 @@ impl App {
             reg.active.fetch_sub(1, Ordering::AcqRel);
             return Err(Reason::TooManyConnections);
         }
-        let mut users = match reg.per_user.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let n = users.entry(sub.to_owned()).or_insert(0);
+        let mut g = reg.lock();
+        let n = g.per_user.entry(sub.to_owned()).or_insert(0);
         if limits.connections_per_user > 0 && *n >= limits.connections_per_user {
             if *n == 0 {
-                users.remove(sub);
+                g.per_user.remove(sub);
             }
-            drop(users);
+            drop(g);
             reg.active.fetch_sub(1, Ordering::AcqRel);
             return Err(Reason::TooManyConnections);
         }
         *n += 1;
         Ok(Slot {
-            registry: self.clone(),
+            app: self.clone(),
             sub: sub.to_owned(),
+            id: None,
         })
+    }
+
+    /// Whether a verified token is revoked at `now`.
+    pub fn is_revoked(&self, v: &wsgate_core::verify::Verified, now: i64) -> bool {
+        self.revocations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_revoked(v, now)
+    }
+}
+
+impl Slot {
+    /// Registers the session behind this slot; the entry goes with the slot.
+    pub fn attach(&mut self, info: SessionInfo, control: mpsc::Sender<Control>) {
+        self.id = Some(info.id);
+        self.app
+            .registry
+            .lock()
+            .sessions
+            .insert(info.id, Entry { info, control });
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let reg = &self.registry.registry;
-        let mut users = match reg.per_user.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(n) = users.get_mut(&self.sub) {
+        let reg = &self.app.registry;
+        let mut g = reg.lock();
+        if let Some(id) = self.id {
+            g.sessions.remove(&id);
+        }
+        if let Some(n) = g.per_user.get_mut(&self.sub) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                users.remove(&self.sub);
+                g.per_user.remove(&self.sub);
             }
         }
-        drop(users);
+        drop(g);
         reg.active.fetch_sub(1, Ordering::AcqRel);
     }
 }

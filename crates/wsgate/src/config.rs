@@ -109,6 +109,10 @@ pub struct AuthConfig {
     pub expiry_warning: Duration,
     /// `None` when configured as `"0s"`.
     pub max_session: Option<Duration>,
+    /// The longest a token may live (`exp - iat`): how long a revocation is
+    /// kept. Longer-lived tokens are refused (`expired`) so that no token can
+    /// outlive the record of its revocation.
+    pub max_token_lifetime: Duration,
     pub keys: Vec<KeyConfig>,
 }
 
@@ -421,6 +425,8 @@ struct RawAuth {
     expiry_warning: Duration,
     #[serde(deserialize_with = "de::duration")]
     max_session: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    max_token_lifetime: Duration,
     keys: Vec<RawKey>,
 }
 
@@ -444,6 +450,7 @@ impl Default for RawAuth {
             refresh: true,
             expiry_warning: Duration::from_secs(30),
             max_session: Duration::ZERO,
+            max_token_lifetime: Duration::from_secs(7 * 24 * 3600),
             keys: Vec::new(),
         }
     }
@@ -1216,6 +1223,9 @@ impl<'a> Builder<'a> {
         if raw.max_token_bytes == 0 {
             self.problem("auth.max_token_bytes: must be greater than 0".into());
         }
+        if raw.max_token_lifetime.is_zero() {
+            self.problem("auth.max_token_lifetime: must be greater than 0".into());
+        }
         if raw.first_message_timeout.is_zero() {
             self.problem("auth.first_message_timeout: must be greater than 0".into());
         }
@@ -1265,6 +1275,7 @@ impl<'a> Builder<'a> {
             refresh: raw.refresh,
             expiry_warning: raw.expiry_warning,
             max_session: (!raw.max_session.is_zero()).then_some(raw.max_session),
+            max_token_lifetime: raw.max_token_lifetime,
             keys,
         }
     }
@@ -2064,6 +2075,7 @@ mod redact {
         t.insert("max_token_bytes".into(), int(v.max_token_bytes));
         t.insert("first_message".into(), Value::Boolean(v.first_message));
         t.insert("first_message_timeout".into(), dur(v.first_message_timeout));
+        t.insert("max_token_lifetime".into(), dur(v.max_token_lifetime));
         t.insert("refresh".into(), Value::Boolean(v.refresh));
         t.insert("expiry_warning".into(), dur(v.expiry_warning));
         t.insert(

@@ -1,7 +1,7 @@
 //! The per-connection task: one select loop over client frames and the
 //! session's timers, driven by the pure [`Session`] state machine.
 
-use crate::app::{App, Slot};
+use crate::app::{App, Control, SessionInfo, Slot};
 use crate::clock::{now_ms, until};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,17 +24,65 @@ use wsgate_core::Transport;
 pub struct SessionStart {
     pub id: u64,
     pub ip: IpAddr,
-    pub origin: Option<String>,
     pub transport: Transport,
     pub verified: Verified,
-    pub slot: Slot,
+    slot: Slot,
+    session: Session,
+    control: mpsc::Receiver<Control>,
+}
+
+impl SessionStart {
+    /// Starts the session's state machine and registers it, before `101`
+    /// is sent: from the client's first frame on, the admin API sees it.
+    pub fn new(
+        app: &App,
+        ip: IpAddr,
+        origin: Option<String>,
+        transport: Transport,
+        verified: Verified,
+        mut slot: Slot,
+    ) -> Self {
+        let now = now_ms();
+        let id = app.next_id();
+        let session = Session::new(
+            app.session_policy,
+            verified.sub.clone(),
+            verified.exp_ms,
+            now,
+        );
+        // Two slots: a revoke and a reauth can be pending at once.
+        let (tx, control) = mpsc::channel(2);
+        slot.attach(
+            SessionInfo {
+                id,
+                sub: verified.sub.clone(),
+                sid: verified.sid.clone(),
+                jti: verified.jti.clone(),
+                ip: ip.to_string(),
+                origin,
+                transport: transport.as_str(),
+                connected_at: now,
+                deadline: session.deadline(),
+            },
+            tx,
+        );
+        SessionStart {
+            id,
+            ip,
+            transport,
+            verified,
+            slot,
+            session,
+            control,
+        }
+    }
 }
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
-struct Control<'a> {
+struct AuthMessage<'a> {
     #[serde(rename = "type", borrow)]
     kind: &'a str,
     #[serde(default, borrow)]
@@ -52,12 +101,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let opened = Instant::now();
-    let mut session = Session::new(
-        app.session_policy,
-        start.verified.sub.clone(),
-        start.verified.exp_ms,
-        now_ms(),
-    );
+    let SessionStart {
+        id,
+        ip,
+        transport,
+        verified,
+        slot,
+        mut session,
+        mut control,
+    } = start;
     let mut bytes_in: u64 = 0;
     let mut bytes_out: u64 = 0;
     let metrics = &app.metrics;
@@ -85,7 +137,7 @@ where
                         bytes_in += t.len() as u64;
                         metrics.messages_in.inc();
                         metrics.bytes_in.inc_by(t.len() as u64);
-                        match control(&app, &mut session, t.as_str()) {
+                        match control_message(&app, &mut session, id, t.as_str()) {
                             Some(reply) => Some(reply),
                             None => Some(Message::Text(t)),
                         }
@@ -121,6 +173,20 @@ where
                     }
                 }
             }
+            Some(c) = control.recv() => match c {
+                Control::Revoke => {
+                    session.close();
+                    let (code, reason) = (close::REVOKED, "session revoked");
+                    close_with(&mut ws, code, reason).await;
+                    break Ended { code, reason };
+                }
+                Control::Reauth => {
+                    if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
+                        app.registry.set_deadline(id, session.deadline());
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
+                    }
+                }
+            },
             _ = &mut timer => {
                 match session.on_tick(now_ms()) {
                     Some(Action::Close { code, reason }) => {
@@ -143,26 +209,26 @@ where
     metrics.close(ended.code);
     tracing::info!(
         event = "close",
-        id = start.id,
+        id = id,
         code = ended.code,
         reason = ended.reason,
-        sub = start.verified.sub.as_str(),
-        transport = start.transport.as_str(),
-        ip = %start.ip,
+        sub = verified.sub.as_str(),
+        transport = transport.as_str(),
+        ip = %ip,
         duration_ms = opened.elapsed().as_millis() as u64,
         bytes_in,
         bytes_out,
     );
-    drop(start.slot);
+    drop(slot);
 }
 
 /// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.
-fn control(app: &App, session: &mut Session, text: &str) -> Option<Message> {
+fn control_message(app: &App, session: &mut Session, id: u64, text: &str) -> Option<Message> {
     // Cheap pre-check keeps JSON parsing off the relay path.
     if !text.trim_start().starts_with('{') || !text.contains("\"auth\"") {
         return None;
     }
-    let c: Control<'_> = serde_json::from_str(text).ok()?;
+    let c: AuthMessage<'_> = serde_json::from_str(text).ok()?;
     if c.kind != "auth" {
         return None;
     }
@@ -172,9 +238,18 @@ fn control(app: &App, session: &mut Session, text: &str) -> Option<Message> {
         Some(t) if t.len() > app.config.auth.max_token_bytes => {
             Err(wsgate_core::Reason::TokenTooLarge)
         }
-        Some(t) => app.verifier.verify(t, now),
+        Some(t) => app.verifier.verify(t, now).and_then(|v| {
+            if app.is_revoked(&v, now) {
+                Err(wsgate_core::Reason::Revoked)
+            } else {
+                Ok(v)
+            }
+        }),
     };
     let action = session.on_refresh(result.as_ref().map_err(|r| *r), now);
+    if matches!(action, Action::SendAuthOk { .. }) {
+        app.registry.set_deadline(id, session.deadline());
+    }
     action_message(&action)
 }
 

@@ -1,6 +1,7 @@
 //! Listeners: our own accept loop, the first head read under a deadline,
 //! then hyper for HTTP/1.1 and the upgrade.
 
+pub mod admin;
 pub mod head;
 pub mod respond;
 pub mod tickets;
@@ -73,6 +74,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(watch_store(app.clone()));
     tokio::spawn(prune_limiter(app.clone()));
+    tokio::spawn(revocation_feed(app.clone()));
     tokio::spawn(accept_loop(
         app.clone(),
         bound.main,
@@ -119,6 +121,50 @@ async fn watch_store(app: Arc<App>) {
         }
         app.store_ready
             .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Keeps this node's revocations in step with the store: each announced
+/// revocation closes matching sessions; a resync (start, reconnect) reloads
+/// the whole set. Retries a failed reload until it succeeds.
+async fn revocation_feed(app: Arc<App>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    app.store.watch_revocations(tx);
+    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = prune.tick() => {
+                app.revocations
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .prune(crate::clock::now_ms());
+                continue;
+            }
+        };
+        match ev {
+            None => return,
+            Some(crate::store::Feed::Revoked(r)) => {
+                admin::apply(&app, r);
+            }
+            Some(crate::store::Feed::Resync) => loop {
+                match app.store.revocations(crate::clock::now_ms()).await {
+                    Ok(all) => {
+                        let n = all.len();
+                        for r in all {
+                            admin::apply(&app, r);
+                        }
+                        tracing::info!(event = "revocations_loaded", count = n as u64);
+                        break;
+                    }
+                    Err(e) => {
+                        app.metrics.store_errors.inc();
+                        tracing::warn!(event = "store_error", op = "revocations", error = %e);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
+        }
     }
 }
 
@@ -204,6 +250,7 @@ async fn route(
         (_, "/healthz") => respond::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (_, "/readyz") => readyz(&app),
         (Listener::Admin, "/metrics") => metrics(&app),
+        (Listener::Admin, p) if p.starts_with("/admin/") => admin::handle(app, req).await,
         (Listener::Main, p) if p == app.config.server.path => {
             upgrade::handle(app, req, peer.ip()).await
         }

@@ -94,14 +94,14 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
             {
                 h.insert(SEC_WEBSOCKET_PROTOCOL, p);
             }
-            let start = SessionStart {
-                id: app.next_id(),
+            let start = SessionStart::new(
+                &app,
                 ip,
-                origin: attempt.origin.take(),
-                transport: acc.transport,
-                verified: acc.verified,
-                slot: acc.slot,
-            };
+                attempt.origin.take(),
+                acc.transport,
+                acc.verified,
+                acc.slot,
+            );
             tokio::spawn(async move {
                 // The upgrade fails only if the peer left before 101 was read.
                 if let Ok(upgraded) = on_upgrade.await {
@@ -240,6 +240,9 @@ async fn decide(
         v?
     };
     a.sub = Some(verified.sub.clone());
+    if app.is_revoked(&verified, now_ms()) {
+        return Err(Reason::Revoked);
+    }
     if cred.transport == Transport::Cookie && app.config.auth.cookie_csrf {
         let sent = credential::query_value(query, "csrf");
         let want = verified.claims.get("csrf").and_then(|v| v.as_str());

@@ -1,11 +1,13 @@
 //! `memory://`: the store of a single node. State lives in this process and
 //! dies with it, which the epoch fence below accounts for.
 
-use super::{Store, StoreError};
+use super::{Feed, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::mpsc;
+use wsgate_core::revocation::Revocation;
 use wsgate_core::UnixMillis;
 
 /// Default capacity of the used-id table. One entry costs roughly the id
@@ -24,7 +26,12 @@ pub struct MemoryStore {
     epoch: UnixMillis,
     max_entries: usize,
     table: Mutex<Table>,
+    /// Revocations of this node (there is no other).
+    revocations: Mutex<(RevocationList, Vec<mpsc::Sender<Feed>>)>,
 }
+
+/// Revocations kept with their full records, pruned as they expire.
+type RevocationList = Vec<Revocation>;
 
 struct Table {
     /// id -> expiry (Unix ms). An entry at or past its expiry is absent.
@@ -54,6 +61,7 @@ impl MemoryStore {
                 prune_at: MIN_PRUNE_THRESHOLD.min(max_entries),
                 full_until: None,
             }),
+            revocations: Mutex::new((Vec::new(), Vec::new())),
         }
     }
 
@@ -143,6 +151,34 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         self.use_once_at(id, issued_at, ttl, crate::clock::now_ms())
+    }
+
+    async fn revoke(&self, r: &Revocation) -> Result<(), StoreError> {
+        let now = crate::clock::now_ms();
+        let mut g = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.retain(|x| x.until > now);
+        g.0.push(r.clone());
+        // A full or closed watcher gets a resync instead of a lost event.
+        g.1.retain(|tx| match tx.try_send(Feed::Revoked(r.clone())) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let _ = tx.try_send(Feed::Resync);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        Ok(())
+    }
+
+    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError> {
+        let g = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(g.0.iter().filter(|r| r.until > now).cloned().collect())
+    }
+
+    fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {
+        let _ = tx.try_send(Feed::Resync);
+        let mut g = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.push(tx);
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

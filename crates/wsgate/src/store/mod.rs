@@ -13,6 +13,8 @@ pub mod redis;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use wsgate_core::revocation::Revocation;
 use wsgate_core::UnixMillis;
 
 /// Why the store could not answer. Every variant fails closed.
@@ -42,11 +44,60 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
+    /// Persists `r` until `r.until` and announces it to every node sharing
+    /// the store (this one included, through [`Store::watch_revocations`]).
+    async fn revoke(&self, r: &Revocation) -> Result<(), StoreError>;
+
+    /// Every revocation still in force at `now`: what a node loads when it
+    /// starts and after each reconnect of its revocation feed.
+    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Starts delivering [`Feed`] events to `tx`: each revocation announced
+    /// by any node, and a `Resync` whenever the feed (re)connects, because
+    /// pub/sub is at-most-once and announcements may have been missed.
+    /// Called once per node. The channel is bounded; a full channel turns
+    /// into a `Resync` rather than a lost revocation.
+    fn watch_revocations(&self, tx: mpsc::Sender<Feed>);
+
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// `memory` or `redis`, for logs.
     fn kind(&self) -> &'static str;
+}
+
+/// What the revocation feed delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feed {
+    /// A revocation announced by some node.
+    Revoked(Revocation),
+    /// Reload everything with [`Store::revocations`]: the feed (re)connected
+    /// or fell behind.
+    Resync,
+}
+
+/// A revocation as stored and announced: `{"kind","value","at","until"}`.
+pub fn revocation_to_json(r: &Revocation) -> String {
+    serde_json::json!({
+        "kind": r.target.kind(),
+        "value": r.target.value(),
+        "at": r.at,
+        "until": r.until,
+    })
+    .to_string()
+}
+
+/// Parses [`revocation_to_json`]'s output; `None` for anything else.
+pub fn revocation_from_json(s: &str) -> Option<Revocation> {
+    let v: serde_json::Value = serde_json::from_str(s).ok()?;
+    Some(Revocation {
+        target: wsgate_core::revocation::Target::from_parts(
+            v.get("kind")?.as_str()?,
+            v.get("value")?.as_str()?,
+        )?,
+        at: v.get("at")?.as_i64()?,
+        until: v.get("until")?.as_i64()?,
+    })
 }
 
 /// Opens the store named by `store.url` (`memory://` or `redis://...`).

@@ -9,13 +9,16 @@
 //!   [`OP_TIMEOUT`], fails with [`StoreError::Unavailable`] (the caller
 //!   answers `503 store_unavailable`), and the store recovers by itself.
 
-use super::{Store, StoreError};
+use super::{Feed, Store, StoreError};
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use wsgate_core::revocation::Revocation;
 use wsgate_core::UnixMillis;
 
 /// Bound on one store call, connecting included: an upgrade never waits
@@ -229,8 +232,115 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn revocations_key(&self) -> String {
+        format!("{}revocations", self.prefix)
+    }
+
+    /// Persists and announces in one MULTI: a node that misses the
+    /// announcement still finds the revocation when it resyncs.
+    async fn revoke(&self, r: &Revocation) -> Result<(), StoreError> {
+        let key = self.revocations_key();
+        let field = format!("{}:{}", r.target.kind(), r.target.value());
+        let json = super::revocation_to_json(r);
+        self.bounded("revoke", |mut m| async move {
+            redis::pipe()
+                .atomic()
+                .hset(&key, &field, &json)
+                .ignore()
+                .publish(&key, &json)
+                .ignore()
+                .query_async::<()>(&mut m)
+                .await
+        })
+        .await
+    }
+
+    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError> {
+        let key = self.revocations_key();
+        let all: std::collections::HashMap<String, String> = self
+            .bounded("revocations", |mut m| {
+                let key = key.clone();
+                async move { redis::cmd("HGETALL").arg(&key).query_async(&mut m).await }
+            })
+            .await?;
+        let mut live = Vec::with_capacity(all.len());
+        let mut dead = Vec::new();
+        for (field, json) in all {
+            match super::revocation_from_json(&json) {
+                Some(r) if r.until > now => live.push(r),
+                _ => dead.push(field),
+            }
+        }
+        if !dead.is_empty() {
+            // Best effort: expired entries only cost memory until the next load.
+            let _ = self
+                .bounded("revocations_prune", |mut m| async move {
+                    redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(&dead)
+                        .query_async::<()>(&mut m)
+                        .await
+                })
+                .await;
+        }
+        Ok(live)
+    }
+
+    /// Forwards announcements to `tx` until it closes, reconnecting with
+    /// backoff; every (re)subscription starts with a `Resync`.
+    async fn watch(self: Arc<Self>, tx: mpsc::Sender<Feed>) {
+        let channel = self.revocations_key();
+        let mut backoff = RECONNECT_INTERVAL;
+        while !tx.is_closed() {
+            let sub = async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(&channel).await?;
+                Ok::<_, RedisError>(ps)
+            };
+            if let Ok(Ok(mut ps)) = tokio::time::timeout(OP_TIMEOUT, sub).await {
+                {
+                    backoff = RECONNECT_INTERVAL;
+                    if tx.send(Feed::Resync).await.is_err() {
+                        return;
+                    }
+                    let mut stream = ps.on_message();
+                    while let Some(msg) = stream.next().await {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let ev = match super::revocation_from_json(&payload) {
+                            Some(r) => Feed::Revoked(r),
+                            None => Feed::Resync,
+                        };
+                        // Waiting here is backpressure: Redis buffers, and
+                        // drops us past its limit, which ends in a resync.
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
+    async fn revoke(&self, r: &Revocation) -> Result<(), StoreError> {
+        self.inner.revoke(r).await
+    }
+
+    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError> {
+        self.inner.revocations(now).await
+    }
+
+    fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {
+        tokio::spawn(self.inner.clone().watch(tx));
+    }
+
     async fn use_once(
         &self,
         id: &str,

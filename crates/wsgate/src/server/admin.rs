@@ -1,0 +1,137 @@
+//! The admin API (SPEC 5.4) on the admin listener: revoke, refresh, list.
+//! Every call needs `Authorization: Bearer <admin token>`, compared in
+//! constant time; with no admin token configured the API refuses all calls.
+
+use super::respond::{self, Body};
+use crate::app::{App, Control};
+use crate::clock::now_ms;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use wsgate_core::revocation::{Revocation, Target};
+
+const MAX_BODY: usize = 16 * 1024;
+
+fn error(status: StatusCode, code: &str, msg: &str) -> Response<Body> {
+    respond::json(status, &json!({"error": code, "message": msg}))
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(want) = &app.config.admin.token else {
+        return false;
+    };
+    let Some(got) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    bool::from(got.trim().as_bytes().ct_eq(want.expose()))
+}
+
+/// Routes `/admin/v1/*`.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if !authorized(&app, &req) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin API needs Authorization: Bearer <admin token>",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"Bearer realm="wsgate-admin""#),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_owned();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/v1/sessions") => {
+            let sub = wsgate_core::credential::query_value(req.uri().query(), "sub");
+            let list = app.registry.list(sub.as_deref());
+            respond::json(StatusCode::OK, &json!({"sessions": list}))
+        }
+        (Method::POST, "/admin/v1/revoke") => match target(req).await {
+            Ok(t) => revoke(&app, t).await,
+            Err(r) => r,
+        },
+        (Method::POST, "/admin/v1/refresh") => match target(req).await {
+            Ok(t) => {
+                let n = app.registry.signal(&t, Control::Reauth);
+                respond::json(StatusCode::OK, &json!({"refreshed": n}))
+            }
+            Err(r) => r,
+        },
+        (_, "/admin/v1/sessions" | "/admin/v1/revoke" | "/admin/v1/refresh") => {
+            respond::method_not_allowed("GET, POST")
+        }
+        _ => respond::not_found(),
+    }
+}
+
+/// Parses a body with exactly one of `sub`, `jti`, `sid` (a non-empty string).
+async fn target(req: Request<Incoming>) -> Result<Target, Response<Body>> {
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| bad("body too large or unreadable"))?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).map_err(|_| bad("body must be JSON"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("body must be a JSON object"))?;
+    let mut found = None;
+    for k in ["sub", "jti", "sid"] {
+        if let Some(val) = obj.get(k) {
+            let s = val
+                .as_str()
+                .filter(|s| !s.is_empty() && s.len() <= 1024)
+                .ok_or_else(|| bad("the value must be a non-empty string"))?;
+            if found.is_some() {
+                return Err(bad("give exactly one of sub, jti, sid"));
+            }
+            found = Target::from_parts(k, s);
+        }
+    }
+    found.ok_or_else(|| bad("give exactly one of sub, jti, sid"))
+}
+
+/// Persists and announces a revocation, then closes this node's matching
+/// sessions at once (other nodes close theirs from the store's feed).
+async fn revoke(app: &Arc<App>, target: Target) -> Response<Body> {
+    let now = now_ms();
+    let keep = app
+        .config
+        .auth
+        .max_token_lifetime
+        .saturating_add(app.config.auth.leeway);
+    let r = Revocation {
+        target,
+        at: now,
+        until: now.saturating_add(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
+    };
+    if let Err(e) = app.store.revoke(&r).await {
+        app.metrics.store_errors.inc();
+        tracing::warn!(event = "store_error", op = "revoke", error = %e);
+        return respond::reject(wsgate_core::Reason::StoreUnavailable, false);
+    }
+    app.metrics.revocations.inc();
+    let closed = apply(app, r);
+    tracing::info!(event = "revoke", closed = closed as u64);
+    respond::json(StatusCode::OK, &json!({"closed": closed}))
+}
+
+/// Adds a revocation to this node's set and closes matching sessions.
+pub fn apply(app: &App, r: Revocation) -> usize {
+    let target = r.target.clone();
+    app.revocations
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(r);
+    app.registry.signal(&target, Control::Revoke)
+}
