@@ -9,7 +9,8 @@
 //! 2. redeem: a WebSocket upgrade at the returned `url` (which must point at
 //!    the `--url` host:port), expecting `101`; then a close frame, and the
 //!    server's close;
-//! 3. replay check (the first `--replay-check` round trips, 100 by default):
+//! 3. replay check (after the first `--replay-check` successful round trips,
+//!    100 by default):
 //!    the same `url` again, expecting `401` with `ticket_replayed`. Any other
 //!    answer is a violation; an accepted replay (`101`) makes the run exit 2.
 
@@ -77,8 +78,8 @@ pub struct TicketsArgs {
     /// Stop after this many round trips in total.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Replay each ticket once more (expecting 401 ticket_replayed) for the
-    /// first N round trips of the run: a number, "all" or "off".
+    /// Replay the ticket once more (expecting 401 ticket_replayed) after each
+    /// of the first N successful round trips: a number, "all" or "off".
     #[arg(long, value_parser = parse_replay_check, default_value = "100")]
     pub replay_check: ReplayCheck,
     /// Open a new TCP connection for every mint (default: one keep-alive
@@ -546,9 +547,13 @@ impl Worker {
             if !redeem(&s, &uri).await {
                 continue;
             }
-            s.tally.borrow_mut().round_trips_ok += 1;
+            let nth_ok = {
+                let mut t = s.tally.borrow_mut();
+                t.round_trips_ok += 1;
+                t.round_trips_ok
+            };
             record(&s.rtt_hist, t0.elapsed());
-            if n < s.replay_limit {
+            if nth_ok <= s.replay_limit {
                 replay(&s, &uri).await;
             }
         }

@@ -27,6 +27,8 @@ pub struct App {
     pub session_policy: SessionPolicy,
     pub ws_config: WebSocketConfig,
     pub registry: Registry,
+    /// First-message sockets not yet authenticated (their own small cap).
+    pub unauthenticated: AtomicUsize,
     /// Revocations in force, kept in step with the store's feed.
     pub revocations: RwLock<RevocationSet>,
     pub draining: AtomicBool,
@@ -170,6 +172,7 @@ impl App {
             session_policy,
             ws_config,
             registry: Registry::default(),
+            unauthenticated: AtomicUsize::new(0),
             revocations: RwLock::new(RevocationSet::new()),
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -288,9 +291,18 @@ impl Registry {
             .count()
     }
 
-    /// Records a session's new deadline (after a refresh).
+    /// Records a session's new deadline (admin refresh).
     pub fn set_deadline(&self, id: u64, deadline: i64) {
         if let Some(e) = self.lock().sessions.get_mut(&id) {
+            e.info.deadline = deadline;
+        }
+    }
+
+    /// Records a session's new identity after an in-band refresh.
+    pub fn update(&self, id: u64, v: &wsgate_core::verify::Verified, deadline: i64) {
+        if let Some(e) = self.lock().sessions.get_mut(&id) {
+            e.info.jti = v.jti.clone();
+            e.info.sid = v.sid.clone();
             e.info.deadline = deadline;
         }
     }

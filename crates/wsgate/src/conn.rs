@@ -6,6 +6,7 @@ use crate::clock::{now_ms, until};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -78,6 +79,140 @@ impl SessionStart {
     }
 }
 
+/// A socket accepted for first-message auth, counted against
+/// `limits.max_unauthenticated` until it authenticates or closes.
+pub struct Unauthenticated {
+    app: Arc<App>,
+}
+
+impl Unauthenticated {
+    pub fn acquire(app: &Arc<App>) -> Result<Self, wsgate_core::Reason> {
+        let cap = app.config.limits.max_unauthenticated as usize;
+        if app.unauthenticated.fetch_add(1, Ordering::AcqRel) >= cap {
+            app.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+            return Err(wsgate_core::Reason::TooManyConnections);
+        }
+        Ok(Unauthenticated { app: app.clone() })
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.app.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// First-message auth (SPEC 5.2): the first frame must be
+/// `{"type":"auth","token":...}` within `first_message_timeout`; nothing is
+/// forwarded before. Returns the session, or `None` after closing 4001.
+pub async fn first_message<S>(
+    app: &Arc<App>,
+    ws: &mut WebSocketStream<S>,
+    guard: Unauthenticated,
+    ip: IpAddr,
+    origin: Option<String>,
+) -> Option<SessionStart>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use wsgate_core::Reason;
+    let deadline = app.config.auth.first_message_timeout;
+    let outcome = tokio::time::timeout(deadline, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(t),
+                // Pings may come first; anything else is not an auth message.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(_)) => return Err(Some(Reason::MissingToken)),
+                None | Some(Err(_)) => return Err(None),
+            }
+        }
+    })
+    .await;
+    // Decided either way: closing sockets no longer hold the pending cap.
+    drop(guard);
+    let text = match outcome {
+        Ok(Ok(t)) => t,
+        // The peer left: nothing to answer.
+        Ok(Err(None)) => return None,
+        Ok(Err(Some(reason))) => return fail(app, ws, ip, reason).await,
+        Err(_) => {
+            close_with(ws, close::AUTH_FAILED, "authentication timeout").await;
+            log_unauthenticated_close(app, ip, "authentication timeout");
+            return None;
+        }
+    };
+    let now = now_ms();
+    let verified = serde_json::from_str::<AuthMessage<'_>>(text.as_str())
+        .ok()
+        .filter(|m| m.kind == "auth")
+        .and_then(|m| m.token)
+        .ok_or(Reason::MissingToken)
+        .and_then(|t| {
+            if t.len() > app.config.auth.max_token_bytes {
+                Err(Reason::TokenTooLarge)
+            } else {
+                app.verifier.verify(&t, now)
+            }
+        })
+        .and_then(|v| {
+            if app.is_revoked(&v, now) {
+                Err(Reason::Revoked)
+            } else {
+                Ok(v)
+            }
+        });
+    let verified = match verified {
+        Ok(v) => v,
+        Err(r) => return fail(app, ws, ip, r).await,
+    };
+    let slot = match app.acquire_slot(&verified.sub) {
+        Ok(s) => s,
+        Err(r) => return fail(app, ws, ip, r).await,
+    };
+    let start = SessionStart::new(app, ip, origin, Transport::FirstMessage, verified, slot);
+    let ok = Action::SendAuthOk {
+        sub: start.verified.sub.clone(),
+        exp: start.session.exp_secs(),
+    };
+    if let Some(m) = action_message(&ok) {
+        if tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await.is_err() {
+            return None;
+        }
+    }
+    Some(start)
+}
+
+/// Answers `auth_fail` and closes 4001.
+async fn fail<S>(
+    app: &App,
+    ws: &mut WebSocketStream<S>,
+    ip: IpAddr,
+    reason: wsgate_core::Reason,
+) -> Option<SessionStart>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(m) = action_message(&Action::SendAuthFail { reason }) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
+    }
+    close_with(ws, close::AUTH_FAILED, "authentication failed").await;
+    log_unauthenticated_close(app, ip, reason.code());
+    None
+}
+
+/// The close line of a socket that never authenticated.
+fn log_unauthenticated_close(app: &App, ip: IpAddr, reason: &str) {
+    app.metrics.close(close::AUTH_FAILED);
+    tracing::info!(
+        event = "close",
+        code = close::AUTH_FAILED,
+        reason,
+        transport = Transport::FirstMessage.as_str(),
+        ip = %ip,
+    );
+}
+
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -105,7 +240,7 @@ where
         id,
         ip,
         transport,
-        verified,
+        mut verified,
         slot,
         mut session,
         mut control,
@@ -137,7 +272,7 @@ where
                         bytes_in += t.len() as u64;
                         metrics.messages_in.inc();
                         metrics.bytes_in.inc_by(t.len() as u64);
-                        match control_message(&app, &mut session, id, t.as_str()) {
+                        match control_message(&app, &mut session, &mut verified, id, t.as_str()) {
                             Some(reply) => Some(reply),
                             None => Some(Message::Text(t)),
                         }
@@ -223,7 +358,15 @@ where
 }
 
 /// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.
-fn control_message(app: &App, session: &mut Session, id: u64, text: &str) -> Option<Message> {
+/// A successful refresh replaces the session's identity: its claims (fewer
+/// roles apply at once), `jti` and `sid` (revocations of the new token hit).
+fn control_message(
+    app: &App,
+    session: &mut Session,
+    verified: &mut Verified,
+    id: u64,
+    text: &str,
+) -> Option<Message> {
     // Cheap pre-check keeps JSON parsing off the relay path.
     if !text.trim_start().starts_with('{') || !text.contains("\"auth\"") {
         return None;
@@ -247,8 +390,9 @@ fn control_message(app: &App, session: &mut Session, id: u64, text: &str) -> Opt
         }),
     };
     let action = session.on_refresh(result.as_ref().map_err(|r| *r), now);
-    if matches!(action, Action::SendAuthOk { .. }) {
-        app.registry.set_deadline(id, session.deadline());
+    if let (Action::SendAuthOk { .. }, Ok(v)) = (&action, result) {
+        *verified = v;
+        app.registry.update(id, verified, session.deadline());
     }
     action_message(&action)
 }

@@ -273,3 +273,28 @@ async fn revocation_survives_a_redis_restart() {
     assert_eq!(close_code(&mut on_b, Duration::from_secs(5)).await.0, 4403);
     bearer(&b.url(), &t).await.refused(401, "revoked");
 }
+
+#[tokio::test]
+async fn refreshed_identity_is_what_revocation_sees() {
+    let gw = start("");
+    let (mut ws, _) = bearer(&gw.url(), &token("gina")).await.open();
+    let mut fresh = claims("gina", 600);
+    fresh["jti"] = json!("fresh-jti");
+    let ok = echo(
+        &mut ws,
+        &json!({"type": "auth", "token": hs(&fresh)}).to_string(),
+    )
+    .await;
+    assert!(ok.contains("auth_ok"), "{ok}");
+    let list = admin(&gw, "GET", "/admin/v1/sessions?sub=gina", json!({}))
+        .await
+        .json();
+    assert_eq!(list["sessions"][0]["jti"], "fresh-jti");
+    assert_eq!(
+        list["sessions"][0]["deadline"],
+        (fresh["exp"].as_i64().expect("exp") + 1) * 1000
+    );
+    let r = admin(&gw, "POST", "/admin/v1/revoke", json!({"jti": "fresh-jti"})).await;
+    assert_eq!(r.json(), json!({"closed": 1}));
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 4403);
+}

@@ -53,11 +53,21 @@ const MAX_LOGGED_ORIGIN: usize = 256;
 
 /// A request that passed every check.
 struct Accepted {
-    verified: Verified,
-    transport: Transport,
+    admission: Admission,
     protocol: Option<String>,
-    slot: Slot,
     key: HeaderValue,
+}
+
+/// Who the socket belongs to, as far as the upgrade could tell.
+enum Admission {
+    /// Authenticated on the upgrade.
+    Session {
+        verified: Verified,
+        transport: Transport,
+        slot: Slot,
+    },
+    /// First-message auth (SPEC 5.2): authenticated after 101, or closed 4001.
+    Pending(conn::Unauthenticated),
 }
 
 /// Handles `GET <server.path>`: decides, logs, answers `101` or a rejection.
@@ -94,25 +104,38 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
             {
                 h.insert(SEC_WEBSOCKET_PROTOCOL, p);
             }
-            let start = SessionStart::new(
-                &app,
-                ip,
-                attempt.origin.take(),
-                acc.transport,
-                acc.verified,
-                acc.slot,
-            );
+            let origin = attempt.origin.take();
+            let start = match acc.admission {
+                Admission::Session {
+                    verified,
+                    transport,
+                    slot,
+                } => Ok(SessionStart::new(
+                    &app, ip, origin, transport, verified, slot,
+                )),
+                Admission::Pending(guard) => Err((guard, origin)),
+            };
             tokio::spawn(async move {
                 // The upgrade fails only if the peer left before 101 was read.
-                if let Ok(upgraded) = on_upgrade.await {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(app.ws_config),
-                    )
-                    .await;
-                    conn::run(app, ws, start).await;
-                }
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(app.ws_config),
+                )
+                .await;
+                let start = match start {
+                    Ok(s) => s,
+                    Err((guard, origin)) => {
+                        match conn::first_message(&app, &mut ws, guard, ip, origin).await {
+                            Some(s) => s,
+                            None => return,
+                        }
+                    }
+                };
+                conn::run(app, ws, start).await;
             });
             resp
         }
@@ -222,6 +245,15 @@ async fn decide(
         e.reason
     })?;
     let Some(cred) = cred else {
+        if app.config.auth.first_message {
+            a.transport = Some(Transport::FirstMessage);
+            let guard = conn::Unauthenticated::acquire(app)?;
+            return Ok(Accepted {
+                admission: Admission::Pending(guard),
+                protocol: choose_protocol(app, headers, Transport::FirstMessage),
+                key,
+            });
+        }
         return Err(Reason::MissingToken);
     };
     a.transport = Some(cred.transport);
@@ -255,10 +287,12 @@ async fn decide(
     let slot = app.acquire_slot(&verified.sub)?;
     let protocol = choose_protocol(app, headers, cred.transport);
     Ok(Accepted {
-        verified,
-        transport: cred.transport,
+        admission: Admission::Session {
+            verified,
+            transport: cred.transport,
+            slot,
+        },
         protocol,
-        slot,
         key,
     })
 }
