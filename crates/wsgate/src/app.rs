@@ -33,6 +33,8 @@ pub struct App {
     pub revocations: RwLock<RevocationSet>,
     pub draining: AtomicBool,
     next_id: AtomicU64,
+    /// Random per process: names this node's cluster-wide slot leases.
+    pub node_id: String,
     /// Dev mode only: the key that signs `/dev/login` tokens.
     pub dev_signer: Option<EncodingKey>,
     /// Shared state (single use, later revocations and counts).
@@ -176,6 +178,7 @@ impl App {
             revocations: RwLock::new(RevocationSet::new()),
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            node_id: crate::mint::random_id(9),
             dev_signer,
             store,
             metrics: Metrics::new(),
@@ -215,7 +218,13 @@ pub struct Registry {
 struct RegistryInner {
     per_user: HashMap<String, u32>,
     sessions: HashMap<u64, Entry>,
+    /// Cluster-wide per-user slots this node holds: holder -> sub.
+    leases: HashMap<String, String>,
 }
+
+/// How long a cluster-wide per-user slot lives without renewal: a crashed
+/// node's slots free themselves within this.
+pub const USER_SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the admin API sees of a live session.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -247,11 +256,13 @@ struct Entry {
     control: mpsc::Sender<Control>,
 }
 
-/// A held connection slot; released on drop (with its registry entry).
+/// A held connection slot; released on drop (with its registry entry and
+/// its cluster-wide lease).
 pub struct Slot {
     app: Arc<App>,
     sub: String,
     id: Option<u64>,
+    lease: Option<String>,
 }
 
 impl Registry {
@@ -289,6 +300,15 @@ impl Registry {
             // A full queue means the session is already closing.
             .filter(|e| e.control.try_send(c).is_ok())
             .count()
+    }
+
+    /// The cluster-wide slots this node holds, for renewal.
+    pub fn leases(&self) -> Vec<(String, String)> {
+        self.lock()
+            .leases
+            .iter()
+            .map(|(holder, sub)| (sub.clone(), holder.clone()))
+            .collect()
     }
 
     /// Records a session's new deadline (admin refresh).
@@ -333,7 +353,39 @@ impl App {
             app: self.clone(),
             sub: sub.to_owned(),
             id: None,
+            lease: None,
         })
+    }
+
+    /// Takes a slot, counting `connections_per_user` across the cluster when
+    /// the store is shared. A store that cannot answer fails closed.
+    pub async fn acquire_slot_everywhere(self: &Arc<Self>, sub: &str) -> Result<Slot, Reason> {
+        let mut slot = self.acquire_slot(sub)?;
+        let cap = self.config.limits.connections_per_user;
+        if cap == 0 || !self.store.is_shared() {
+            return Ok(slot);
+        }
+        let holder = format!("{}:{}", self.node_id, self.next_id());
+        match self
+            .store
+            .acquire_user_slot(sub, &holder, cap, USER_SLOT_LEASE)
+            .await
+        {
+            Ok(true) => {
+                self.registry
+                    .lock()
+                    .leases
+                    .insert(holder.clone(), sub.to_owned());
+                slot.lease = Some(holder);
+                Ok(slot)
+            }
+            Ok(false) => Err(Reason::TooManyConnections),
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(event = "store_error", op = "acquire_user_slot", error = %e);
+                Err(Reason::StoreUnavailable)
+            }
+        }
     }
 
     /// Whether a verified token is revoked at `now`.
@@ -363,6 +415,17 @@ impl Drop for Slot {
         let mut g = reg.lock();
         if let Some(id) = self.id {
             g.sessions.remove(&id);
+        }
+        if let Some(holder) = self.lease.take() {
+            g.leases.remove(&holder);
+            // Drop cannot wait; if this fails the lease expires by itself.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let store = self.app.store.clone();
+                let sub = self.sub.clone();
+                rt.spawn(async move {
+                    let _ = store.release_user_slot(&sub, &holder).await;
+                });
+            }
         }
         if let Some(n) = g.per_user.get_mut(&self.sub) {
             *n = n.saturating_sub(1);

@@ -166,7 +166,7 @@ where
         Ok(v) => v,
         Err(r) => return fail(app, ws, ip, r).await,
     };
-    let slot = match app.acquire_slot(&verified.sub) {
+    let slot = match app.acquire_slot_everywhere(&verified.sub).await {
         Ok(s) => s,
         Err(r) => return fail(app, ws, ip, r).await,
     };

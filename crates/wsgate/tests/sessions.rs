@@ -298,3 +298,36 @@ async fn refreshed_identity_is_what_revocation_sees() {
     assert_eq!(r.json(), json!({"closed": 1}));
     assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 4403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_cap_counts_across_nodes() {
+    let cfg = cluster_config(&unique_prefix("cluster-cap"))
+        .replace("[backend]", "[limits]\nconnections_per_user = 2\n[backend]");
+    let a = Gateway::start_with_env(&cfg, &ENV);
+    let b = Gateway::start_with_env(&cfg, &ENV);
+    let t = token("hank");
+    let (mut on_a, _) = bearer(&a.url(), &t).await.open();
+    let (_on_b, _) = bearer(&b.url(), &t).await.open();
+    bearer(&b.url(), &t)
+        .await
+        .refused(429, "too_many_connections");
+    bearer(&a.url(), &t)
+        .await
+        .refused(429, "too_many_connections");
+    // Other users are not affected.
+    bearer(&a.url(), &token("ivy")).await.open();
+    // Closing on A frees a slot that B can take.
+    on_a.close(None).await.expect("close");
+    drop(on_a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match bearer(&b.url(), &t).await {
+            Upgrade::Open(..) => break,
+            Upgrade::Refused { status, .. } => {
+                assert_eq!(status, 429);
+                assert!(std::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -75,6 +75,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     tokio::spawn(watch_store(app.clone()));
     tokio::spawn(prune_limiter(app.clone()));
     tokio::spawn(revocation_feed(app.clone()));
+    tokio::spawn(renew_leases(app.clone()));
     tokio::spawn(accept_loop(
         app.clone(),
         bound.main,
@@ -164,6 +165,20 @@ async fn revocation_feed(app: Arc<App>) {
                     }
                 }
             },
+        }
+    }
+}
+
+/// Renews this node's cluster-wide per-user slots well before they lapse.
+async fn renew_leases(app: Arc<App>) {
+    let lease = crate::app::USER_SLOT_LEASE;
+    let mut tick = tokio::time::interval(lease / 3);
+    loop {
+        tick.tick().await;
+        let held = app.registry.leases();
+        if let Err(e) = app.store.renew_user_slots(&held, lease).await {
+            app.metrics.store_errors.inc();
+            tracing::warn!(event = "store_error", op = "renew_user_slots", error = %e);
         }
     }
 }

@@ -284,7 +284,7 @@ async fn decide(
             _ => return Err(Reason::CsrfFailed),
         }
     }
-    let slot = app.acquire_slot(&verified.sub)?;
+    let slot = app.acquire_slot_everywhere(&verified.sub).await?;
     let protocol = choose_protocol(app, headers, cred.transport);
     Ok(Accepted {
         admission: Admission::Session {

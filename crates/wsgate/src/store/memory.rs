@@ -181,6 +181,34 @@ impl Store for MemoryStore {
         g.1.push(tx);
     }
 
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    // One node: the registry's per-user counts are the whole truth, so the
+    // gateway never asks a memory store for slots.
+    async fn acquire_user_slot(
+        &self,
+        _sub: &str,
+        _holder: &str,
+        _cap: u32,
+        _lease: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn release_user_slot(&self, _sub: &str, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn renew_user_slots(
+        &self,
+        _held: &[(String, String)],
+        _lease: Duration,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

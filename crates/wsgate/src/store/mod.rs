@@ -59,6 +59,31 @@ pub trait Store: Send + Sync + 'static {
     /// into a `Resync` rather than a lost revocation.
     fn watch_revocations(&self, tx: mpsc::Sender<Feed>);
 
+    /// Whether state is shared with other nodes (per-user caps then need
+    /// the store; a single node counts in its own registry).
+    fn is_shared(&self) -> bool;
+
+    /// Takes one of `sub`'s `cap` connection slots across the cluster for
+    /// `holder` (unique per connection), leased for `lease`. `Ok(false)` when
+    /// the user is at the cap. Leases of a crashed node simply expire.
+    async fn acquire_user_slot(
+        &self,
+        sub: &str,
+        holder: &str,
+        cap: u32,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a slot back.
+    async fn release_user_slot(&self, sub: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Extends the leases of slots this node still holds.
+    async fn renew_user_slots(
+        &self,
+        held: &[(String, String)],
+        lease: Duration,
+    ) -> Result<(), StoreError>;
+
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -327,8 +327,102 @@ impl Inner {
     }
 }
 
+/// Per-user slots: a sorted set of holders scored by lease expiry.
+/// KEYS[1] user set; ARGV: now, expiry, holder, cap, lease ms.
+const ACQUIRE_SLOT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+";
+
+impl Inner {
+    fn user_key(&self, sub: &str) -> String {
+        format!("{}u:{sub}", self.prefix)
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn acquire_user_slot(
+        &self,
+        sub: &str,
+        holder: &str,
+        cap: u32,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let key = inner.user_key(sub);
+        let now = crate::clock::now_ms();
+        let lease_ms = i64::try_from(lease.as_millis())
+            .unwrap_or(MAX_TTL_MS)
+            .clamp(1, MAX_TTL_MS);
+        let got: i64 = inner
+            .bounded("acquire_user_slot", |mut m| async move {
+                Script::new(ACQUIRE_SLOT)
+                    .key(&key)
+                    .arg(now)
+                    .arg(now + lease_ms)
+                    .arg(holder)
+                    .arg(cap)
+                    .arg(lease_ms)
+                    .invoke_async(&mut m)
+                    .await
+            })
+            .await?;
+        Ok(got == 1)
+    }
+
+    async fn release_user_slot(&self, sub: &str, holder: &str) -> Result<(), StoreError> {
+        let key = self.inner.user_key(sub);
+        self.inner
+            .bounded("release_user_slot", |mut m| async move {
+                redis::cmd("ZREM")
+                    .arg(&key)
+                    .arg(holder)
+                    .query_async::<()>(&mut m)
+                    .await
+            })
+            .await
+    }
+
+    async fn renew_user_slots(
+        &self,
+        held: &[(String, String)],
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let lease_ms = i64::try_from(lease.as_millis())
+            .unwrap_or(MAX_TTL_MS)
+            .clamp(1, MAX_TTL_MS);
+        let expiry = crate::clock::now_ms() + lease_ms;
+        let mut pipe = redis::pipe();
+        for (sub, holder) in held {
+            let key = self.inner.user_key(sub);
+            // XX: a slot that expired meanwhile is not silently re-taken.
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("XX")
+                .arg(expiry)
+                .arg(holder)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(lease_ms).ignore();
+        }
+        self.inner
+            .bounded("renew_user_slots", |mut m| async move {
+                pipe.query_async::<()>(&mut m).await
+            })
+            .await
+    }
+
     async fn revoke(&self, r: &Revocation) -> Result<(), StoreError> {
         self.inner.revoke(r).await
     }
