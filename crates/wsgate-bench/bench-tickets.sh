@@ -77,8 +77,9 @@ cleanup() {
     gw_pid=""
     if [ -n "$prefix" ] && [ ${#redis_cli[@]} -gt 0 ]; then
         # Keys of this run only (tickets expire by themselves; the epoch does not).
+        # (The prefix has no spaces or quotes: xargs may split on blanks.)
         "${redis_cli[@]}" --scan --pattern "${prefix}*" 2>/dev/null \
-            | while read -r key; do "${redis_cli[@]}" unlink "$key" >/dev/null 2>&1 || true; done
+            | xargs -r -n 1000 "${redis_cli[@]}" unlink >/dev/null 2>&1 || true
     fi
     prefix=""
 }
@@ -115,6 +116,11 @@ http_status() {
         printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
         head -c 12 <&3 | awk '{ print $2 }'
     ) 2>/dev/null
+}
+# CPU seconds (user + sys) of this shell's waited-for children, from `times`
+# (which must run in this shell: a subshell starts from zero).
+children_cpu() {
+    awk 'NR == 2 { split($1, u, "m"); split($2, s, "m"); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$1"
 }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # `key = "value"` in [section] of a TOML file.
@@ -183,10 +189,12 @@ for store in "${stores[@]}"; do
     gw0=$(cpu_ticks "$gw_pid")
     r0=0
     [ -n "$redis_pid" ] && r0=$(cpu_ticks "$redis_pid")
+    times >"$work/times0"
     set +e
     bench --duration "$DURATION" --replay-check "$REPLAY_CHECK" >"$work/report-$store.json" 2>"$work/bench-$store.err"
     rc=$?
     set -e
+    times >"$work/times1"
     gw1=$(cpu_ticks "$gw_pid")
     r1=0
     [ -n "$redis_pid" ] && r1=$(cpu_ticks "$redis_pid")
@@ -194,12 +202,14 @@ for store in "${stores[@]}"; do
     [ -s "$work/report-$store.json" ] || { cat "$work/bench-$store.err" >&2; die "$store: no report (exit $rc)"; }
 
     echo "== $store store: $url (gateway on core $GATEWAY_CORE, generator on core $BENCH_CORE${redis_pid:+, redis-server pid $redis_pid unpinned})"
+    gen_cpu=$(awk -v a="$(children_cpu "$work/times0")" -v b="$(children_cpu "$work/times1")" 'BEGIN { print b - a }')
     python3 - "$work/report-$store.json" "$((gw1 - gw0))" "$((r1 - r0))" "$clk_tck" "${redis_pid:+1}" "$store" \
-        "$work/summary" <<'PY' || die "$store: cannot read the report"
+        "$work/summary" "$gen_cpu" <<'PY' || die "$store: cannot read the report"
 import json, sys
 r = json.load(open(sys.argv[1]))
 gw_ticks, redis_ticks, hz = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 has_redis, store = sys.argv[5] == "1", sys.argv[6]
+gen_cpu, el = float(sys.argv[8]), r["elapsed_s"]
 n = r["round_trips"]
 per = lambda ticks: ticks / hz * 1e6 / n if n else float("nan")
 m, d = r["mint"]["latency_us"], r["redeem"]["latency_us"]
@@ -211,6 +221,9 @@ print(f"round trips/s               {r['round_trips_per_s']:.1f}")
 print(f"gateway CPU per round trip  {per(gw_ticks):.1f} us ({gw_ticks / hz:.2f} s at {hz} Hz)")
 if has_redis:
     print(f"redis CPU per round trip    {per(redis_ticks):.1f} us ({redis_ticks / hz:.2f} s)")
+gw_busy, gen_busy = gw_ticks / hz / el * 100, gen_cpu / el * 100
+print(f"core use                    gateway {gw_busy:.0f}%, generator {gen_busy:.0f}% of the run"
+      + ("  (generator >= 90% busy: it may be what limits the rate)" if gen_busy >= 90 else ""))
 print(f"mint latency p50 / p99      {m['p50_us']} us / {m['p99_us']} us")
 print(f"redeem latency p50 / p99    {d['p50_us']} us / {d['p99_us']} us")
 if rp["checked"]:

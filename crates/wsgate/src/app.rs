@@ -249,6 +249,8 @@ pub enum Control {
     Revoke,
     /// Re-authenticate within `expiry_warning` (admin refresh).
     Reauth,
+    /// Close 1001: the gateway is shutting down.
+    Drain,
 }
 
 struct Entry {
@@ -285,6 +287,15 @@ impl Registry {
             .collect();
         v.sort_by_key(|i| i.id);
         v
+    }
+
+    /// Sends `c` to every session; returns how many.
+    pub fn signal_all(&self, c: Control) -> usize {
+        self.lock()
+            .sessions
+            .values()
+            .filter(|e| e.control.try_send(c).is_ok())
+            .count()
     }
 
     /// Sends `c` to every session matching `target`; returns how many.

@@ -55,6 +55,13 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub tls: Option<TlsConfig>,
     pub proxy_protocol: bool,
+    /// On SIGTERM: how long live sockets keep working (while `/readyz`
+    /// says 503 so the load balancer drains) before they are closed 1001.
+    #[serde(deserialize_with = "de::duration")]
+    pub shutdown_grace: Duration,
+    /// Then how long close handshakes may take before the process exits.
+    #[serde(deserialize_with = "de::duration")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +73,8 @@ impl Default for ServerConfig {
             max_header_bytes: 16384,
             tls: None,
             proxy_protocol: false,
+            shutdown_grace: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -2039,6 +2048,8 @@ mod redact {
         t.insert("handshake_timeout".into(), dur(v.handshake_timeout));
         t.insert("max_header_bytes".into(), int(v.max_header_bytes));
         t.insert("proxy_protocol".into(), Value::Boolean(v.proxy_protocol));
+        t.insert("shutdown_grace".into(), dur(v.shutdown_grace));
+        t.insert("shutdown_timeout".into(), dur(v.shutdown_timeout));
         tls(&mut t, v.tls.as_ref());
         t
     }

@@ -315,6 +315,12 @@ where
                     close_with(&mut ws, code, reason).await;
                     break Ended { code, reason };
                 }
+                Control::Drain => {
+                    session.close();
+                    let (code, reason) = (close::GOING_AWAY, "server shutting down");
+                    close_with(&mut ws, code, reason).await;
+                    break Ended { code, reason };
+                }
                 Control::Reauth => {
                     if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
                         app.registry.set_deadline(id, session.deadline());

@@ -28,9 +28,10 @@ async fn scrape(gw: &Gateway) -> String {
 
 #[tokio::test]
 async fn counts_match_driven_traffic() {
-    // The Redis URL points at a port where nothing listens: tickets fail closed.
+    // The Redis URL points at a port where nothing listens: tickets fail closed
+    // (no per-user cap, so bearer upgrades need no store).
     let cfg = base_config(
-        "[store]\nurl = \"redis://127.0.0.1:1/0\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"",
+        "[store]\nurl = \"redis://127.0.0.1:1/0\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n[limits]\nconnections_per_user = 0",
     );
     let gw = Gateway::start_with_env(
         &cfg,

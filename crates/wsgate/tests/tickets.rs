@@ -307,8 +307,10 @@ async fn redis_down_fails_closed_then_recovers() {
         .await
         .refused(503, "store_unavailable");
     assert!(h.get("retry-after").is_some());
-    // Bearer upgrades need no store and keep working.
-    bearer(&gw.url(), &session).await.open();
+    // The per-user cap is counted in the store: bearer upgrades fail closed too.
+    bearer(&gw.url(), &session)
+        .await
+        .refused(503, "store_unavailable");
     redis.restart();
     // Recovers by itself: a fresh ticket works within a few seconds.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

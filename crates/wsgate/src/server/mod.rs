@@ -37,10 +37,12 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
+    /// Held, never sent: dropping it would stop the admin listener.
+    _admin_stop: watch::Sender<bool>,
 }
 
 impl Running {
-    /// Stops accepting new connections on both listeners.
+    /// Stops accepting new connections on the main listener.
     pub fn stop_accepting(&self) {
         let _ = self.stop.send(true);
     }
@@ -82,17 +84,20 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
         Listener::Main,
         stopped.clone(),
     ));
+    // The admin listener serves /metrics and /readyz until the process exits.
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
     tokio::spawn(accept_loop(
         app.clone(),
         bound.admin,
         Listener::Admin,
-        stopped,
+        admin_stop,
     ));
     Ok(Running {
         addr,
         admin_addr,
         app,
         stop,
+        _admin_stop: admin_stop_tx,
     })
 }
 
@@ -318,34 +323,70 @@ fn readyz(app: &App) -> Response<Body> {
     }
 }
 
-/// Waits for SIGTERM/SIGINT, then stops accepting and gives live sessions a
-/// moment to finish. (Full drain with 1001 closes arrives with observability.)
+/// Waits for SIGTERM/SIGINT, then drains: stop accepting, `/readyz` 503,
+/// after `shutdown_grace` close every socket 1001, wait for the close
+/// handshakes up to `shutdown_timeout`. A second signal ends the wait.
 pub async fn wait_for_shutdown(running: Running) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    running
-        .app
-        .draining
+    let mut signals = Signals::new();
+    signals.next().await;
+    let app = running.app.clone();
+    // Still accepting during the grace period, so health checks see 503 and
+    // new upgrades get `503 draining` rather than a refused connection.
+    app.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    running.stop_accepting();
+    let cfg = &app.config.server;
     tracing::info!(
         event = "shutdown",
-        active = running.app.registry.active() as u64
+        phase = "draining",
+        active = app.registry.active() as u64,
+        grace_ms = cfg.shutdown_grace.as_millis() as u64,
     );
+    let drain = async {
+        tokio::time::sleep(cfg.shutdown_grace).await;
+        running.stop_accepting();
+        let n = app.registry.signal_all(crate::app::Control::Drain);
+        tracing::info!(event = "shutdown", phase = "closing", sessions = n as u64);
+        let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
+        while app.registry.active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = drain => {}
+        _ = signals.next() => {
+            tracing::warn!(event = "shutdown", phase = "forced");
+        }
+    }
+    tracing::info!(
+        event = "shutdown",
+        phase = "done",
+        active = app.registry.active() as u64
+    );
+}
+
+/// SIGTERM and SIGINT as one stream.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
