@@ -120,6 +120,25 @@ impl RevocationSet {
             || token.sid.clone().is_some_and(|s| hit(Target::Sid(s)))
     }
 
+    /// Every revocation held, as records.
+    pub fn entries(&self) -> Vec<Revocation> {
+        self.entries
+            .iter()
+            .map(|(t, &(at, until))| Revocation {
+                target: t.clone(),
+                at,
+                until,
+            })
+            .collect()
+    }
+
+    /// Whether the set holds a revocation of `target` at least as strong as `r`.
+    pub fn covers(&self, r: &Revocation) -> bool {
+        self.entries
+            .get(&r.target)
+            .is_some_and(|&(at, until)| at >= r.at && until >= r.until)
+    }
+
     /// Drops entries that can no longer match anything.
     pub fn prune(&mut self, now: UnixMillis) {
         self.entries.retain(|_, &mut (_, until)| now < until);

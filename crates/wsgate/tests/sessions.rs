@@ -331,3 +331,58 @@ async fn per_user_cap_counts_across_nodes() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_outlives_a_redis_restart_that_lost_it() {
+    let mut redis = OwnRedis::start();
+    let cfg = base_config(&format!(
+        "[store]\nurl = \"{}\"\nkey_prefix = \"lost:\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"",
+        redis.url()
+    ));
+    let a = Gateway::start_with_env(&cfg, &ENV);
+    let b = Gateway::start_with_env(&cfg, &ENV);
+    a.events("revocations_loaded", 1);
+    b.events("revocations_loaded", 1);
+    let t = token("judy");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = admin(&a, "POST", "/admin/v1/revoke", json!({"sub": "judy"})).await;
+    assert_eq!(r.status, 200);
+    // Redis restarts without persistence: the revocation is gone from it.
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    // The surviving nodes resync and write back what they know...
+    a.events("revocations_loaded", 2);
+    b.events("revocations_loaded", 2);
+    bearer(&b.url(), &t).await.refused(401, "revoked");
+    // ...so a node started after the restart refuses the old token too.
+    let c = Gateway::start_with_env(&cfg, &ENV);
+    c.events("revocations_loaded", 1);
+    bearer(&c.url(), &t).await.refused(401, "revoked");
+}
+
+#[tokio::test]
+async fn max_session_forces_reauthentication() {
+    // A 1 h token, max_session 2 s: the session must re-authenticate.
+    let gw = Gateway::start(
+        &base_config("").replace("leeway = \"1s\"", "leeway = \"1s\"\nmax_session = \"2s\""),
+    );
+    let (mut ws, _) = bearer(&gw.url(), &token("kim")).await.open();
+    let warn: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).expect("json");
+    assert_eq!(warn["type"], "auth_expiring");
+    assert!(warn["exp"].as_i64().expect("exp") <= now() + 2);
+    let started = std::time::Instant::now();
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 4401);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Refreshing in time keeps it alive for another max_session.
+    let (mut ws, _) = bearer(&gw.url(), &token("kim")).await.open();
+    assert!(next_text(&mut ws).await.contains("auth_expiring"));
+    let ok = echo(
+        &mut ws,
+        &json!({"type": "auth", "token": token("kim")}).to_string(),
+    )
+    .await;
+    assert!(ok.contains("auth_ok"), "{ok}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(next_text(&mut ws).await.contains("auth_expiring"));
+}

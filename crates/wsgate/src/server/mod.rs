@@ -157,8 +157,33 @@ async fn revocation_feed(app: Arc<App>) {
                 match app.store.revocations(crate::clock::now_ms()).await {
                     Ok(all) => {
                         let n = all.len();
+                        let stored: wsgate_core::revocation::RevocationSet = {
+                            let mut s = wsgate_core::revocation::RevocationSet::new();
+                            for r in &all {
+                                s.insert(r.clone());
+                            }
+                            s
+                        };
                         for r in all {
                             admin::apply(&app, r);
+                        }
+                        // A Redis that restarted without persistence forgot
+                        // revocations this node still knows: write them back,
+                        // so nodes started later learn them too.
+                        let known = app
+                            .revocations
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entries();
+                        let now = crate::clock::now_ms();
+                        for r in known
+                            .into_iter()
+                            .filter(|r| r.until > now && !stored.covers(r))
+                        {
+                            if let Err(e) = app.store.revoke(&r).await {
+                                app.metrics.store_errors.inc();
+                                tracing::warn!(event = "store_error", op = "revoke_repair", error = %e);
+                            }
                         }
                         tracing::info!(event = "revocations_loaded", count = n as u64);
                         break;
