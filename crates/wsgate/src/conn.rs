@@ -224,6 +224,42 @@ struct AuthMessage<'a> {
     token: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// Per-socket message rate: `per_sec` with a burst of twice that (SPEC 2).
+struct MessageRate {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl MessageRate {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec);
+        MessageRate {
+            per_sec,
+            burst: per_sec * 2.0,
+            tokens: per_sec * 2.0,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one message's token; `false` when the rate is exceeded.
+    /// A rate of 0 means unlimited.
+    fn allow(&mut self, now: tokio::time::Instant) -> bool {
+        if self.per_sec == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 /// Why the session ended, for the close log line.
 struct Ended {
     code: u16,
@@ -249,6 +285,19 @@ where
     let mut bytes_out: u64 = 0;
     let metrics = &app.metrics;
     metrics.connections_active.inc();
+    let limits = &app.config.limits;
+    let mut rate = MessageRate::new(limits.messages_per_sec);
+    // One timer for the session's deadline/warning, re-armed only when the
+    // wake-up instant changes (not per message).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed_for = None;
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + limits.ping_interval,
+        limits.ping_interval,
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = tokio::time::Instant::now();
     let ended = loop {
         let Some(wake) = session.next_wakeup() else {
             break Ended {
@@ -256,10 +305,20 @@ where
                 reason: "token expired",
             };
         };
-        let timer = tokio::time::sleep(until(wake, now_ms()));
-        tokio::pin!(timer);
+        if armed_for != Some(wake) {
+            timer.as_mut().reset(
+                tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1),
+            );
+            armed_for = Some(wake);
+        }
         tokio::select! {
             msg = ws.next() => {
+                last_seen = tokio::time::Instant::now();
+                if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
+                    let (code, reason) = (close::RATE_LIMITED, "message rate exceeded");
+                    close_with(&mut ws, code, reason).await;
+                    break Ended { code, reason };
+                }
                 let reply = match msg {
                     None => break Ended { code: 1006, reason: "connection lost" },
                     Some(Ok(Message::Close(frame))) => {
@@ -308,6 +367,15 @@ where
                     }
                 }
             }
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= limits.idle_timeout {
+                    let (code, reason) = (close::IDLE, "idle timeout");
+                    close_with(&mut ws, code, reason).await;
+                    break Ended { code, reason };
+                }
+                // Bounded: a peer that does not read is caught by idle_timeout.
+                let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Ping(Default::default()))).await;
+            }
             Some(c) = control.recv() => match c {
                 Control::Revoke => {
                     session.close();
@@ -340,7 +408,8 @@ where
                             let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
                         }
                     }
-                    None => {}
+                    // Woke a hair early (monotonic vs wall clock): re-arm.
+                    None => armed_for = None,
                 }
             }
         }

@@ -612,3 +612,72 @@ async fn per_ip_rate_limit_before_verification() {
     let ev = proxied.events("handshake", 10);
     assert_eq!(ev.last().expect("line")["ip"], "198.51.100.0");
 }
+
+#[tokio::test]
+async fn message_rate_closes_4429() {
+    let gw = Gateway::start_with_env(
+        &base_config(""),
+        &[("WSGATE_LIMITS__MESSAGES_PER_SEC", "5")],
+    );
+    let (mut ws, _) = bearer(&gw.url(), &token("chatty")).await.open();
+    // Burst is 2x: ten quick messages pass, then the socket is closed.
+    for i in 0..10 {
+        assert_eq!(echo(&mut ws, &i.to_string()).await, i.to_string());
+    }
+    for i in 0..5 {
+        let _ = futures_util::SinkExt::send(
+            &mut ws,
+            tokio_tungstenite::tungstenite::Message::Text(i.to_string().into()),
+        )
+        .await;
+    }
+    let mut code = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut ws),
+    )
+    .await
+    {
+        if let Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))) = m {
+            code = u16::from(f.code);
+            break;
+        }
+    }
+    assert_eq!(code, 4429);
+}
+
+#[tokio::test]
+async fn silent_peer_closes_4408() {
+    let gw = Gateway::start_with_env(
+        &base_config(""),
+        &[
+            ("WSGATE_LIMITS__PING_INTERVAL", "300ms"),
+            ("WSGATE_LIMITS__IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    // A raw upgrade whose socket is then never read: no pong ever comes back.
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("quiet")
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let ev = gw.events("close", 1);
+    assert_eq!(
+        ev.first().map(|e| e["code"].clone()),
+        Some(serde_json::json!(4408)),
+        "{ev:?}"
+    );
+    // A client that answers pings stays connected past the idle timeout.
+    let (mut ws, _) = bearer(&gw.url(), &token("chatty")).await.open();
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        // Reading lets the client answer the gateway's pings.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            futures_util::StreamExt::next(&mut ws),
+        )
+        .await;
+    }
+    assert_eq!(echo(&mut ws, "alive").await, "alive");
+}
