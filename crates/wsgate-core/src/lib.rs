@@ -8,6 +8,7 @@
 
 pub mod client_ip;
 pub mod credential;
+pub mod grants;
 pub mod origin;
 pub mod reason;
 pub mod revocation;

@@ -27,6 +27,8 @@ pub struct App {
     pub session_policy: SessionPolicy,
     pub ws_config: WebSocketConfig,
     pub registry: Registry,
+    /// The channel hub (used when `backend.kind = "hub"`).
+    pub hub: crate::backend::hub::Hub,
     /// First-message sockets not yet authenticated (their own small cap).
     pub unauthenticated: AtomicUsize,
     /// Revocations in force, kept in step with the store's feed.
@@ -174,6 +176,19 @@ impl App {
             session_policy,
             ws_config,
             registry: Registry::default(),
+            hub: crate::backend::hub::Hub::new(
+                config
+                    .hub
+                    .grants
+                    .iter()
+                    .map(|g| wsgate_core::grants::Grant {
+                        claim: g.claim.clone(),
+                        value: g.value.clone(),
+                        subscribe: g.subscribe.clone(),
+                        publish: g.publish.clone(),
+                    })
+                    .collect(),
+            ),
             unauthenticated: AtomicUsize::new(0),
             revocations: RwLock::new(RevocationSet::new()),
             draining: AtomicBool::new(false),

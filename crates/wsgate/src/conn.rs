@@ -298,6 +298,8 @@ where
     );
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = tokio::time::Instant::now();
+    let mut hub = (app.config.backend.kind == crate::config::BackendKind::Hub)
+        .then(|| app.hub.session(id, limits.outgoing_queue));
     let ended = loop {
         let Some(wake) = session.next_wakeup() else {
             break Ended {
@@ -332,15 +334,28 @@ where
                         metrics.messages_in.inc();
                         metrics.bytes_in.inc_by(t.len() as u64);
                         match control_message(&app, &mut session, &mut verified, id, t.as_str()) {
-                            Some(reply) => Some(reply),
-                            None => Some(Message::Text(t)),
+                            Some((reply, refreshed)) => {
+                                if let (true, Some(h)) = (refreshed, hub.as_mut()) {
+                                    h.recheck(&app, &verified);
+                                }
+                                Some(reply)
+                            }
+                            None => match hub.as_mut() {
+                                Some(h) => h.handle(&app, &verified, t.as_str()).map(|r| Message::Text(r.into())),
+                                None => Some(Message::Text(t)),
+                            },
                         }
                     }
                     Some(Ok(Message::Binary(b))) => {
                         bytes_in += b.len() as u64;
                         metrics.messages_in.inc();
                         metrics.bytes_in.inc_by(b.len() as u64);
-                        Some(Message::Binary(b))
+                        if hub.is_some() {
+                            // The hub speaks JSON text only.
+                            Some(Message::Text(r#"{"type":"error","id":null,"reason":"bad_request"}"#.into()))
+                        } else {
+                            Some(Message::Binary(b))
+                        }
                     }
                     Some(Ok(_)) => None,
                     Some(Err(e)) => {
@@ -364,6 +379,31 @@ where
                             metrics.bytes_out.inc_by(n);
                         }
                         _ = &mut timer => {}
+                    }
+                }
+            }
+            Some(d) = async {
+                match hub.as_mut() {
+                    Some(h) => h.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if hub.as_ref().is_some_and(|h| h.is_slow()) {
+                    let (code, reason) = (close::TRY_AGAIN_LATER, "slow consumer");
+                    close_with(&mut ws, code, reason).await;
+                    break Ended { code, reason };
+                }
+                let n = d.len() as u64;
+                match tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Text(d))).await {
+                    Ok(Ok(())) => {
+                        bytes_out += n;
+                        metrics.messages_out.inc();
+                        metrics.bytes_out.inc_by(n);
+                    }
+                    _ => {
+                        let (code, reason) = (close::TRY_AGAIN_LATER, "slow consumer");
+                        close_with(&mut ws, code, reason).await;
+                        break Ended { code, reason };
                     }
                 }
             }
@@ -415,6 +455,9 @@ where
         }
     };
     session.close();
+    if let Some(h) = hub.as_mut() {
+        h.leave(&app);
+    }
     metrics.connections_active.dec();
     metrics.close(ended.code);
     tracing::info!(
@@ -441,7 +484,7 @@ fn control_message(
     verified: &mut Verified,
     id: u64,
     text: &str,
-) -> Option<Message> {
+) -> Option<(Message, bool)> {
     // Cheap pre-check keeps JSON parsing off the relay path.
     if !text.trim_start().starts_with('{') || !text.contains("\"auth\"") {
         return None;
@@ -465,11 +508,13 @@ fn control_message(
         }),
     };
     let action = session.on_refresh(result.as_ref().map_err(|r| *r), now);
+    let mut refreshed = false;
     if let (Action::SendAuthOk { .. }, Ok(v)) = (&action, result) {
         *verified = v;
         app.registry.update(id, verified, session.deadline());
+        refreshed = true;
     }
-    action_message(&action)
+    action_message(&action).map(|m| (m, refreshed))
 }
 
 /// The JSON message an action sends, if any.

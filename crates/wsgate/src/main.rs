@@ -140,10 +140,6 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if cfg.dev_mode {
-        // The hub arrives in its own module; dev mode echoes until then.
-        cfg.backend.kind = wsgate::config::BackendKind::Echo;
-    }
     wsgate::log::init(
         &cfg.log.level,
         match cfg.log.format {

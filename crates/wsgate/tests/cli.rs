@@ -154,8 +154,28 @@ async fn dev_mode_banner_login_and_socket() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(gw.logs().iter().any(|l| l.contains("DEV MODE")));
+    // Dev mode runs the hub: subscribe and publish to oneself.
     let (mut ws, _) = bearer(&gw.url(), &banner_token).await.open();
-    assert_eq!(echo(&mut ws, "dev").await, "dev");
+    let ack = echo(
+        &mut ws,
+        r#"{"type":"subscribe","channel":"public:dev","id":1}"#,
+    )
+    .await;
+    assert_eq!(ack, r#"{"id":1,"type":"ack"}"#);
+    let ack = echo(
+        &mut ws,
+        r#"{"type":"publish","channel":"public:dev","data":"hi","id":2}"#,
+    )
+    .await;
+    let msg = if ack.contains("\"ack\"") {
+        next_text(&mut ws).await
+    } else {
+        ack
+    };
+    let v: serde_json::Value = serde_json::from_str(&msg).expect("json");
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["from"], "dev-user");
+    assert_eq!(v["data"], "hi");
     // /dev/login sets an HttpOnly SameSite=Strict cookie and returns a token.
     let origin = format!("http://127.0.0.1:{}", gw.addr.port());
     let body = r#"{"sub":"zoe","roles":["admin"]}"#;

@@ -66,11 +66,34 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             Err(r) => r,
         },
-        (_, "/admin/v1/sessions" | "/admin/v1/revoke" | "/admin/v1/refresh") => {
-            respond::method_not_allowed("GET, POST")
-        }
+        (Method::POST, "/admin/v1/publish") => publish(&app, req).await,
+        (
+            _,
+            "/admin/v1/sessions" | "/admin/v1/revoke" | "/admin/v1/refresh" | "/admin/v1/publish",
+        ) => respond::method_not_allowed("GET, POST"),
         _ => respond::not_found(),
     }
+}
+
+/// `POST /admin/v1/publish {"channel": C, "data": D}`: a server-side publish
+/// (`from: null`) to this node's subscribers.
+async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
+    let Ok(body) = Limited::new(req.into_body(), MAX_BODY).collect().await else {
+        return bad("body too large or unreadable");
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return bad("body must be JSON");
+    };
+    let (Some(channel), Some(data)) = (v.get("channel").and_then(|c| c.as_str()), v.get("data"))
+    else {
+        return bad("expected {\"channel\": C, \"data\": D}");
+    };
+    if !wsgate_core::grants::valid_channel(channel) {
+        return bad("channel names are 1-200 printable ASCII characters");
+    }
+    let delivered = app.hub.publish(channel, data, None);
+    respond::json(StatusCode::OK, &json!({"delivered": delivered}))
 }
 
 /// Parses a body with exactly one of `sub`, `jti`, `sid` (a non-empty string).

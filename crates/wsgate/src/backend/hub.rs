@@ -1,0 +1,201 @@
+//! The built-in channel hub (SPEC 6): subscribe, unsubscribe, publish with
+//! claim-based grants, and deliveries to every subscriber on this node.
+//!
+//! A delivery is serialised once and shared (`Utf8Bytes`) by all its
+//! subscribers; each socket has a bounded queue (`limits.outgoing_queue`),
+//! and a subscriber whose queue is full is marked slow and closed rather
+//! than letting memory grow.
+
+use crate::app::App;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use wsgate_core::grants::{self, Action, Grant};
+use wsgate_core::verify::Verified;
+
+/// Subscriptions one socket may hold at once.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+
+#[derive(Clone)]
+struct Subscriber {
+    tx: mpsc::Sender<Utf8Bytes>,
+    slow: Arc<AtomicBool>,
+}
+
+/// Channels of this node.
+pub struct Hub {
+    grants: Vec<Grant>,
+    channels: RwLock<HashMap<String, HashMap<u64, Subscriber>>>,
+}
+
+/// One socket's side of the hub.
+pub struct HubSession {
+    id: u64,
+    sub_handle: Subscriber,
+    pub rx: mpsc::Receiver<Utf8Bytes>,
+    channels: HashSet<String>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+impl Hub {
+    pub fn new(grants: Vec<Grant>) -> Self {
+        Hub {
+            grants,
+            channels: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Delivers `data` on `channel` to this node's subscribers; returns how many.
+    pub fn publish(&self, channel: &str, data: &Value, from: Option<&str>) -> usize {
+        // Serialised once; clones share the bytes.
+        let msg: Utf8Bytes =
+            json!({"type": "message", "channel": channel, "data": data, "from": from})
+                .to_string()
+                .into();
+        let g = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        let Some(subs) = g.get(channel) else {
+            return 0;
+        };
+        let mut n = 0;
+        for s in subs.values() {
+            match s.tx.try_send(msg.clone()) {
+                Ok(()) => n += 1,
+                // Full: the socket cannot keep up; it will be closed.
+                Err(mpsc::error::TrySendError::Full(_)) => s.slow.store(true, Ordering::Relaxed),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        n
+    }
+
+    fn allowed(&self, v: &Verified, action: Action, channel: &str) -> bool {
+        grants::allowed(&self.grants, &v.claims, &v.sub, action, channel)
+    }
+
+    /// A session's side of the hub, with a queue of `queue` deliveries.
+    pub fn session(&self, id: u64, queue: usize) -> HubSession {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        HubSession {
+            id,
+            sub_handle: Subscriber {
+                tx,
+                slow: Arc::new(AtomicBool::new(false)),
+            },
+            rx,
+            channels: HashSet::new(),
+        }
+    }
+
+    fn add(&self, channel: &str, s: &HubSession) {
+        let mut g = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        g.entry(channel.to_owned())
+            .or_default()
+            .insert(s.id, s.sub_handle.clone());
+    }
+
+    fn remove(&self, channel: &str, id: u64) {
+        let mut g = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(subs) = g.get_mut(channel) {
+            subs.remove(&id);
+            if subs.is_empty() {
+                g.remove(channel);
+            }
+        }
+    }
+}
+
+fn error(id: &Option<Value>, reason: &str) -> String {
+    json!({"type": "error", "id": id, "reason": reason}).to_string()
+}
+
+fn ack(id: &Option<Value>) -> Option<String> {
+    id.as_ref()
+        .map(|id| json!({"type": "ack", "id": id}).to_string())
+}
+
+impl HubSession {
+    /// Whether the hub found this socket's queue full.
+    pub fn is_slow(&self) -> bool {
+        self.sub_handle.slow.load(Ordering::Relaxed)
+    }
+
+    /// Handles one client text message; returns the answer, if any.
+    /// Bad input is answered `bad_request` and never closes the socket.
+    pub fn handle(&mut self, app: &App, v: &Verified, text: &str) -> Option<String> {
+        let Ok(req) = serde_json::from_str::<Request>(text) else {
+            return Some(error(&None, "bad_request"));
+        };
+        let hub = &app.hub;
+        let channel = match (&req.kind[..], req.channel.as_deref()) {
+            ("subscribe" | "unsubscribe" | "publish", Some(c)) if grants::valid_channel(c) => c,
+            _ => return Some(error(&req.id, "bad_request")),
+        };
+        match req.kind.as_str() {
+            "subscribe" => {
+                if !hub.allowed(v, Action::Subscribe, channel) {
+                    return Some(error(&req.id, "forbidden"));
+                }
+                if !self.channels.contains(channel) {
+                    if self.channels.len() >= MAX_SUBSCRIPTIONS {
+                        return Some(error(&req.id, "rate_limited"));
+                    }
+                    self.channels.insert(channel.to_owned());
+                    hub.add(channel, self);
+                }
+                ack(&req.id)
+            }
+            "unsubscribe" => {
+                if self.channels.remove(channel) {
+                    hub.remove(channel, self.id);
+                }
+                ack(&req.id)
+            }
+            _ => {
+                if !hub.allowed(v, Action::Publish, channel) {
+                    return Some(error(&req.id, "forbidden"));
+                }
+                let Some(data) = req.data.as_ref() else {
+                    return Some(error(&req.id, "bad_request"));
+                };
+                hub.publish(channel, data, Some(&v.sub));
+                ack(&req.id)
+            }
+        }
+    }
+
+    /// After a refresh changed the claims: drops channels no longer granted.
+    pub fn recheck(&mut self, app: &App, v: &Verified) {
+        let lost: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|c| !app.hub.allowed(v, Action::Subscribe, c))
+            .cloned()
+            .collect();
+        for c in lost {
+            self.channels.remove(&c);
+            app.hub.remove(&c, self.id);
+        }
+    }
+
+    /// Leaves every channel (the socket is closing).
+    pub fn leave(&mut self, app: &App) {
+        for c in self.channels.drain() {
+            app.hub.remove(&c, self.id);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The channel hub (SPEC 6) over real sockets.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-0123456789";
+
+fn config() -> String {
+    base_config(
+        r#"
+[[hub.grants]]
+subscribe = ["public:*", "user:{sub}"]
+publish = ["chat:*"]
+[[hub.grants]]
+claim = "roles"
+value = "admin"
+subscribe = ["*"]
+publish = ["*"]
+"#,
+    )
+    .replace("kind = \"echo\"", "kind = \"hub\"")
+}
+
+fn start() -> Gateway {
+    Gateway::start_with_env(&config(), &[("WSGATE_ADMIN_TOKEN", ADMIN)])
+}
+
+fn with_roles(sub: &str, roles: &[&str]) -> String {
+    let mut c = claims(sub, 3600);
+    c["roles"] = json!(roles);
+    hs(&c)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ask(ws: &mut Ws, v: Value) -> Value {
+    serde_json::from_str(&echo(ws, &v.to_string()).await).expect("json reply")
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).expect("json")
+}
+
+#[tokio::test]
+async fn subscribe_publish_deliver() {
+    let gw = start();
+    let (mut alice, _) = bearer(&gw.url(), &with_roles("alice", &["user"]))
+        .await
+        .open();
+    let (mut bob, _) = bearer(&gw.url(), &with_roles("bob", &["user"]))
+        .await
+        .open();
+    // chat:* is publishable, not subscribable, for users; admin can subscribe.
+    assert_eq!(
+        ask(
+            &mut alice,
+            json!({"type": "subscribe", "channel": "chat:lobby", "id": 1})
+        )
+        .await,
+        json!({"type": "error", "id": 1, "reason": "forbidden"})
+    );
+    assert_eq!(
+        ask(
+            &mut alice,
+            json!({"type": "subscribe", "channel": "public:news", "id": "a"})
+        )
+        .await,
+        json!({"type": "ack", "id": "a"})
+    );
+    let (mut root, _) = bearer(&gw.url(), &with_roles("root", &["admin"]))
+        .await
+        .open();
+    assert_eq!(
+        ask(
+            &mut root,
+            json!({"type": "subscribe", "channel": "chat:lobby", "id": 1})
+        )
+        .await["type"],
+        "ack"
+    );
+    assert_eq!(
+        ask(
+            &mut bob,
+            json!({"type": "publish", "channel": "chat:lobby", "data": {"t": "hi"}, "id": 7})
+        )
+        .await,
+        json!({"type": "ack", "id": 7})
+    );
+    assert_eq!(
+        next_json(&mut root).await,
+        json!({"type": "message", "channel": "chat:lobby", "data": {"t": "hi"}, "from": "bob"})
+    );
+    // Users cannot publish on public:*; admins can, and subscribers get it.
+    assert_eq!(
+        ask(
+            &mut bob,
+            json!({"type": "publish", "channel": "public:news", "data": 1, "id": 8})
+        )
+        .await["reason"],
+        "forbidden"
+    );
+    assert_eq!(
+        ask(
+            &mut root,
+            json!({"type": "publish", "channel": "public:news", "data": 2, "id": 9})
+        )
+        .await["type"],
+        "ack"
+    );
+    assert_eq!(next_json(&mut alice).await["data"], 2);
+    // user:{sub} is one's own only.
+    assert_eq!(
+        ask(
+            &mut bob,
+            json!({"type": "subscribe", "channel": "user:alice", "id": 1})
+        )
+        .await["reason"],
+        "forbidden"
+    );
+    assert_eq!(
+        ask(
+            &mut alice,
+            json!({"type": "subscribe", "channel": "user:alice", "id": 1})
+        )
+        .await["type"],
+        "ack"
+    );
+    // Unsubscribe stops deliveries.
+    assert_eq!(
+        ask(
+            &mut alice,
+            json!({"type": "unsubscribe", "channel": "public:news", "id": 2})
+        )
+        .await["type"],
+        "ack"
+    );
+    let r = http(
+        gw.admin,
+        "POST",
+        "/admin/v1/publish",
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        &json!({"channel": "public:news", "data": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"delivered": 0}));
+}
+
+#[tokio::test]
+async fn bad_requests_keep_the_socket() {
+    let gw = start();
+    let (mut ws, _) = bearer(&gw.url(), &with_roles("c", &[])).await.open();
+    for (msg, id) in [
+        ("not json".to_string(), Value::Null),
+        (json!({"type": "dance", "id": 3}).to_string(), json!(3)),
+        (json!({"type": "subscribe", "id": 4}).to_string(), json!(4)),
+        (
+            json!({"type": "subscribe", "channel": "", "id": 5}).to_string(),
+            json!(5),
+        ),
+        (
+            json!({"type": "subscribe", "channel": "x".repeat(201), "id": 6}).to_string(),
+            json!(6),
+        ),
+        (
+            json!({"type": "publish", "channel": "chat:a", "id": 7}).to_string(),
+            json!(7),
+        ),
+    ] {
+        let r: Value = serde_json::from_str(&echo(&mut ws, &msg).await).expect("json");
+        assert_eq!(
+            r,
+            json!({"type": "error", "id": id, "reason": "bad_request"}),
+            "{msg}"
+        );
+    }
+    // Still usable.
+    assert_eq!(
+        ask(
+            &mut ws,
+            json!({"type": "subscribe", "channel": "public:x", "id": 1})
+        )
+        .await["type"],
+        "ack"
+    );
+}
+
+#[tokio::test]
+async fn admin_publish_and_refresh_that_drops_privileges() {
+    let gw = start();
+    let (mut ws, _) = bearer(&gw.url(), &with_roles("dana", &["admin"]))
+        .await
+        .open();
+    assert_eq!(
+        ask(
+            &mut ws,
+            json!({"type": "subscribe", "channel": "ops:alerts", "id": 1})
+        )
+        .await["type"],
+        "ack"
+    );
+    let publish = |data: &'static str| {
+        let addr = gw.admin;
+        async move {
+            http(
+                addr,
+                "POST",
+                "/admin/v1/publish",
+                &[("authorization", &format!("Bearer {ADMIN}"))],
+                &json!({"channel": "ops:alerts", "data": data}).to_string(),
+            )
+            .await
+            .json()
+        }
+    };
+    assert_eq!(publish("one").await, json!({"delivered": 1}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "message", "channel": "ops:alerts", "data": "one", "from": null})
+    );
+    // Refresh with a token that no longer has the admin role.
+    let ok = ask(
+        &mut ws,
+        json!({"type": "auth", "token": with_roles("dana", &["user"])}),
+    )
+    .await;
+    assert_eq!(ok["type"], "auth_ok");
+    assert_eq!(publish("two").await, json!({"delivered": 0}));
+    assert_eq!(
+        ask(
+            &mut ws,
+            json!({"type": "subscribe", "channel": "ops:alerts", "id": 2})
+        )
+        .await["reason"],
+        "forbidden"
+    );
+}
