@@ -236,3 +236,80 @@ async fn admin_publish_and_refresh_that_drops_privileges() {
         "forbidden"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_reach_subscribers_on_every_node() {
+    let cfg = config().replace(
+        "[backend]",
+        &format!(
+            "[store]\nurl = \"redis://127.0.0.1:6379/0\"\nkey_prefix = \"{}\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n[backend]",
+            unique_prefix("hub")
+        ),
+    );
+    let env = [
+        ("WSGATE_ADMIN_TOKEN", ADMIN),
+        (
+            "TEST_TICKET_SECRET",
+            "ticket-secret-0123456789abcdef-0123456789",
+        ),
+    ];
+    let a = Gateway::start_with_env(&cfg, &env);
+    let b = Gateway::start_with_env(&cfg, &env);
+    let (mut on_b, _) = bearer(&b.url(), &with_roles("sam", &["admin"]))
+        .await
+        .open();
+    let (mut on_a, _) = bearer(&a.url(), &with_roles("pat", &["user"])).await.open();
+    assert_eq!(
+        ask(
+            &mut on_b,
+            json!({"type": "subscribe", "channel": "chat:all", "id": 1})
+        )
+        .await["type"],
+        "ack"
+    );
+    // Both nodes subscribe to the hub channel asynchronously at start: retry
+    // until the first cross-node message arrives.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert_eq!(
+            ask(
+                &mut on_a,
+                json!({"type": "publish", "channel": "chat:all", "data": "ping", "id": 2})
+            )
+            .await["type"],
+            "ack"
+        );
+        match tokio::time::timeout(std::time::Duration::from_millis(300), next_json(&mut on_b))
+            .await
+        {
+            Ok(m) => {
+                assert_eq!(
+                    m,
+                    json!({"type": "message", "channel": "chat:all", "data": "ping", "from": "pat"})
+                );
+                break;
+            }
+            Err(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "no cross-node delivery"
+            ),
+        }
+    }
+    // A server-side publish on A reaches B too, exactly once.
+    let r = http(
+        a.admin,
+        "POST",
+        "/admin/v1/publish",
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        &json!({"channel": "chat:all", "data": "server"}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    loop {
+        let m = next_json(&mut on_b).await;
+        if m["data"] == "server" {
+            assert_eq!(m["from"], Value::Null);
+            break;
+        }
+    }
+}

@@ -30,6 +30,18 @@ struct Subscriber {
 pub struct Hub {
     grants: Vec<Grant>,
     channels: RwLock<HashMap<String, HashMap<u64, Subscriber>>>,
+    /// With a shared store: publishes to announce to the other nodes, in
+    /// order, through one relay task.
+    outbound: std::sync::OnceLock<mpsc::Sender<String>>,
+}
+
+/// A hub message as announced between nodes.
+#[derive(serde::Serialize, Deserialize)]
+pub struct Announcement {
+    pub node: String,
+    pub channel: String,
+    pub data: Value,
+    pub from: Option<String>,
 }
 
 /// One socket's side of the hub.
@@ -57,11 +69,36 @@ impl Hub {
         Hub {
             grants,
             channels: RwLock::new(HashMap::new()),
+            outbound: std::sync::OnceLock::new(),
         }
     }
 
+    /// Connects the hub to the other nodes (shared store only).
+    pub fn set_outbound(&self, tx: mpsc::Sender<String>) {
+        let _ = self.outbound.set(tx);
+    }
+
+    /// Publishes: delivers here, and announces to the other nodes when the
+    /// store is shared. Returns the deliveries made on this node.
+    pub fn publish(&self, node: &str, channel: &str, data: &Value, from: Option<&str>) -> usize {
+        if let Some(out) = self.outbound.get() {
+            let a = Announcement {
+                node: node.to_owned(),
+                channel: channel.to_owned(),
+                data: data.clone(),
+                from: from.map(str::to_owned),
+            };
+            if let Ok(s) = serde_json::to_string(&a) {
+                // Full: the relay is behind (Redis slow or down); real-time
+                // fan-out is at-most-once, the local delivery still happens.
+                let _ = out.try_send(s);
+            }
+        }
+        self.deliver(channel, data, from)
+    }
+
     /// Delivers `data` on `channel` to this node's subscribers; returns how many.
-    pub fn publish(&self, channel: &str, data: &Value, from: Option<&str>) -> usize {
+    pub fn deliver(&self, channel: &str, data: &Value, from: Option<&str>) -> usize {
         // Serialised once; clones share the bytes.
         let msg: Utf8Bytes =
             json!({"type": "message", "channel": channel, "data": data, "from": from})
@@ -172,7 +209,7 @@ impl HubSession {
                 let Some(data) = req.data.as_ref() else {
                     return Some(error(&req.id, "bad_request"));
                 };
-                hub.publish(channel, data, Some(&v.sub));
+                hub.publish(&app.node_id, channel, data, Some(&v.sub));
                 ack(&req.id)
             }
         }

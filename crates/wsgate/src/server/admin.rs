@@ -92,7 +92,7 @@ async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
     if !wsgate_core::grants::valid_channel(channel) {
         return bad("channel names are 1-200 printable ASCII characters");
     }
-    let delivered = app.hub.publish(channel, data, None);
+    let delivered = app.hub.publish(&app.node_id, channel, data, None);
     respond::json(StatusCode::OK, &json!({"delivered": delivered}))
 }
 

@@ -78,6 +78,9 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     tokio::spawn(prune_limiter(app.clone()));
     tokio::spawn(revocation_feed(app.clone()));
     tokio::spawn(renew_leases(app.clone()));
+    if app.store.is_shared() {
+        tokio::spawn(hub_relay(app.clone()));
+    }
     tokio::spawn(accept_loop(
         app.clone(),
         bound.main,
@@ -195,6 +198,34 @@ async fn revocation_feed(app: Arc<App>) {
                     }
                 }
             },
+        }
+    }
+}
+
+/// Hub fan-out across nodes: this node's publishes go out through the store
+/// in order; announcements from other nodes are delivered here.
+async fn hub_relay(app: Arc<App>) {
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<String>(4096);
+    app.hub.set_outbound(out_tx);
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<String>(4096);
+    app.store.watch_hub(in_tx);
+    loop {
+        tokio::select! {
+            Some(msg) = out_rx.recv() => {
+                if let Err(e) = app.store.hub_publish(&msg).await {
+                    app.metrics.store_errors.inc();
+                    tracing::warn!(event = "store_error", op = "hub_publish", error = %e);
+                }
+            }
+            Some(msg) = in_rx.recv() => {
+                let Ok(a) = serde_json::from_str::<crate::backend::hub::Announcement>(&msg) else {
+                    continue;
+                };
+                if a.node != app.node_id {
+                    app.hub.deliver(&a.channel, &a.data, a.from.as_deref());
+                }
+            }
+            else => return,
         }
     }
 }

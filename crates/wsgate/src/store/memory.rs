@@ -201,6 +201,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    // One node: the hub delivers locally and has no one else to tell.
+    async fn hub_publish(&self, _payload: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn watch_hub(&self, _tx: mpsc::Sender<String>) {}
+
     async fn renew_user_slots(
         &self,
         _held: &[(String, String)],

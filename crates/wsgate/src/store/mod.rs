@@ -84,6 +84,14 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<(), StoreError>;
 
+    /// Announces a hub message to every node (at-most-once, like any
+    /// real-time fan-out). Only called when [`Store::is_shared`].
+    async fn hub_publish(&self, payload: &str) -> Result<(), StoreError>;
+
+    /// Starts delivering hub announcements (from every node, this one
+    /// included) to `tx`, resubscribing after reconnects.
+    fn watch_hub(&self, tx: mpsc::Sender<String>);
+
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

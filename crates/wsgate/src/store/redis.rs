@@ -339,6 +339,37 @@ return 1
 ";
 
 impl Inner {
+    fn hub_key(&self) -> String {
+        format!("{}hub", self.prefix)
+    }
+
+    /// Forwards every payload published on `channel` to `tx` until it
+    /// closes, resubscribing with backoff after a lost connection.
+    async fn watch_raw(self: Arc<Self>, channel: String, tx: mpsc::Sender<String>) {
+        let mut backoff = RECONNECT_INTERVAL;
+        while !tx.is_closed() {
+            let sub = async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(&channel).await?;
+                Ok::<_, RedisError>(ps)
+            };
+            if let Ok(Ok(mut ps)) = tokio::time::timeout(OP_TIMEOUT, sub).await {
+                backoff = RECONNECT_INTERVAL;
+                let mut stream = ps.on_message();
+                while let Some(msg) = stream.next().await {
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    if tx.send(payload).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
     fn user_key(&self, sub: &str) -> String {
         format!("{}u:{sub}", self.prefix)
     }
@@ -433,6 +464,23 @@ impl Store for RedisStore {
 
     fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {
         tokio::spawn(self.inner.clone().watch(tx));
+    }
+
+    async fn hub_publish(&self, payload: &str) -> Result<(), StoreError> {
+        let key = self.inner.hub_key();
+        self.inner
+            .bounded("hub_publish", |mut m| async move {
+                redis::cmd("PUBLISH")
+                    .arg(&key)
+                    .arg(payload)
+                    .query_async::<()>(&mut m)
+                    .await
+            })
+            .await
+    }
+
+    fn watch_hub(&self, tx: mpsc::Sender<String>) {
+        tokio::spawn(self.inner.clone().watch_raw(self.inner.hub_key(), tx));
     }
 
     async fn use_once(
