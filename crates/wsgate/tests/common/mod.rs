@@ -197,7 +197,54 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every test's gateway is also a log-leak test: no JWT (session
+        // token or ticket) may appear in the log stream. The dev banner on
+        // stderr carries one on purpose and is not a log.
+        if !std::thread::panicking() {
+            // Give the reader thread a moment to drain the pipe.
+            std::thread::sleep(Duration::from_millis(20));
+            for line in self.logs().iter().filter(|l| !l.starts_with("stderr: ")) {
+                assert!(!contains_jwt(line), "token material in a log line: {line}");
+            }
+        }
     }
+}
+
+/// Whether `s` contains something shaped like a compact JWS (`eyJ...x.y`).
+pub fn contains_jwt(s: &str) -> bool {
+    let b = s.as_bytes();
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+    let mut i = 0;
+    while let Some(pos) = s[i..].find("eyJ") {
+        let start = i + pos;
+        let mut j = start;
+        let mut dots = 0;
+        let mut run = 0;
+        while j < b.len() && (b64(b[j]) || b[j] == b'.') {
+            if b[j] == b'.' {
+                if run < 2 {
+                    break;
+                }
+                dots += 1;
+                run = 0;
+            } else {
+                run += 1;
+            }
+            j += 1;
+        }
+        if dots >= 2 || (dots == 1 && run >= 2) {
+            return true;
+        }
+        i = start + 3;
+    }
+    false
+}
+
+#[test]
+fn jwt_detector() {
+    assert!(contains_jwt(&format!("x {} y", token("a"))));
+    assert!(!contains_jwt("eyJ only a prefix"));
+    assert!(!contains_jwt(r#"{"event":"handshake","sub":"eyJ"}"#));
 }
 
 pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
