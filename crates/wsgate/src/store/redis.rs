@@ -288,42 +288,17 @@ impl Inner {
     }
 
     /// Forwards announcements to `tx` until it closes, reconnecting with
-    /// backoff; every (re)subscription starts with a `Resync`.
+    /// backoff; every (re)subscription starts with a `Resync`, because
+    /// pub/sub is at-most-once and anything may have been missed meanwhile.
     async fn watch(self: Arc<Self>, tx: mpsc::Sender<Feed>) {
         let channel = self.revocations_key();
-        let mut backoff = RECONNECT_INTERVAL;
-        while !tx.is_closed() {
-            let sub = async {
-                let mut ps = self.client.get_async_pubsub().await?;
-                ps.subscribe(&channel).await?;
-                Ok::<_, RedisError>(ps)
-            };
-            if let Ok(Ok(mut ps)) = tokio::time::timeout(OP_TIMEOUT, sub).await {
-                {
-                    backoff = RECONNECT_INTERVAL;
-                    if tx.send(Feed::Resync).await.is_err() {
-                        return;
-                    }
-                    let mut stream = ps.on_message();
-                    while let Some(msg) = stream.next().await {
-                        let Ok(payload) = msg.get_payload::<String>() else {
-                            continue;
-                        };
-                        let ev = match super::revocation_from_json(&payload) {
-                            Some(r) => Feed::Revoked(r),
-                            None => Feed::Resync,
-                        };
-                        // Waiting here is backpressure: Redis buffers, and
-                        // drops us past its limit, which ends in a resync.
-                        if tx.send(ev).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        self.subscribe_loop(channel, tx, Some(Feed::Resync), |payload| {
+            Some(match super::revocation_from_json(&payload) {
+                Some(r) => Feed::Revoked(r),
+                None => Feed::Resync,
+            })
+        })
+        .await;
     }
 }
 
@@ -343,9 +318,23 @@ impl Inner {
         format!("{}hub", self.prefix)
     }
 
-    /// Forwards every payload published on `channel` to `tx` until it
-    /// closes, resubscribing with backoff after a lost connection.
+    /// Forwards every payload published on `channel` to `tx`.
     async fn watch_raw(self: Arc<Self>, channel: String, tx: mpsc::Sender<String>) {
+        self.subscribe_loop(channel, tx, None, Some).await;
+    }
+
+    /// Subscribes to `channel` and sends `map(payload)` to `tx` until it
+    /// closes, resubscribing with backoff after a lost connection and
+    /// sending `on_subscribe` after each (re)subscription. Waiting on a full
+    /// `tx` is backpressure: Redis buffers, and drops us past its limit,
+    /// which ends in a resubscription.
+    async fn subscribe_loop<T: Clone, F: Fn(String) -> Option<T>>(
+        &self,
+        channel: String,
+        tx: mpsc::Sender<T>,
+        on_subscribe: Option<T>,
+        map: F,
+    ) {
         let mut backoff = RECONNECT_INTERVAL;
         while !tx.is_closed() {
             let sub = async {
@@ -355,12 +344,17 @@ impl Inner {
             };
             if let Ok(Ok(mut ps)) = tokio::time::timeout(OP_TIMEOUT, sub).await {
                 backoff = RECONNECT_INTERVAL;
+                if let Some(first) = on_subscribe.clone() {
+                    if tx.send(first).await.is_err() {
+                        return;
+                    }
+                }
                 let mut stream = ps.on_message();
                 while let Some(msg) = stream.next().await {
-                    let Ok(payload) = msg.get_payload::<String>() else {
+                    let Some(item) = msg.get_payload::<String>().ok().and_then(&map) else {
                         continue;
                     };
-                    if tx.send(payload).await.is_err() {
+                    if tx.send(item).await.is_err() {
                         return;
                     }
                 }
