@@ -71,34 +71,77 @@ impl Target {
             None => bail!("{url}: missing scheme, expected ws://HOST:PORT/PATH"),
         }
         let host = uri.host().with_context(|| format!("{url}: missing host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(80);
-        let addrs: Vec<SocketAddr> = (host, port)
-            .to_socket_addrs()
-            .with_context(|| format!("{url}: cannot resolve host {host:?}"))?
-            .collect();
-        if addrs.is_empty() {
-            bail!("{url}: host {host:?} resolved to no address");
-        }
-        let foreign: Vec<String> = addrs
-            .iter()
-            .filter(|a| !is_loopback(a.ip()))
-            .map(|a| a.ip().to_string())
-            .collect();
-        if !foreign.is_empty() {
-            bail!(
-                "refusing to target {url}: host {host:?} resolves to non-loopback address(es) {}; \
-                 wsgate-bench only sends load to 127.0.0.0/8 or ::1",
-                foreign.join(", ")
-            );
-        }
-        // Prefer IPv4 (servers commonly bind 127.0.0.1 only; "localhost" may list ::1 first).
-        let addr = addrs
-            .iter()
-            .copied()
-            .find(SocketAddr::is_ipv4)
-            .unwrap_or(addrs[0]);
+        let addr = resolve_loopback(url, host, port)?;
         Ok(Target { uri, addr })
+    }
+}
+
+/// Resolves `host:port` (from `url`, for messages) and refuses it unless
+/// every address is loopback (127.0.0.0/8, ::1). Prefers IPv4.
+pub fn resolve_loopback(url: &str, host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("{url}: cannot resolve host {host:?}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{url}: host {host:?} resolved to no address");
+    }
+    let foreign: Vec<String> = addrs
+        .iter()
+        .filter(|a| !is_loopback(a.ip()))
+        .map(|a| a.ip().to_string())
+        .collect();
+    if !foreign.is_empty() {
+        bail!(
+            "refusing to target {url}: host {host:?} resolves to non-loopback address(es) {}; \
+             wsgate-bench only sends load to 127.0.0.0/8 or ::1",
+            foreign.join(", ")
+        );
+    }
+    // Prefer IPv4 (servers commonly bind 127.0.0.1 only; "localhost" may list ::1 first).
+    Ok(addrs
+        .iter()
+        .copied()
+        .find(SocketAddr::is_ipv4)
+        .unwrap_or(addrs[0]))
+}
+
+/// A validated plain-HTTP target (an admin listener): `http://HOST:PORT`
+/// whose host resolves only to loopback addresses.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    pub addr: SocketAddr,
+    /// `host:port`, for the Host header.
+    pub authority: String,
+}
+
+impl HttpTarget {
+    pub fn parse(url: &str) -> anyhow::Result<HttpTarget> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("invalid URL {url:?}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => bail!("{url}: unsupported scheme {other:?}, expected http://"),
+            None => bail!("{url}: missing scheme, expected http://HOST:PORT"),
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            bail!("{url}: give the base URL only (http://HOST:PORT), without a path");
+        }
+        let authority = uri
+            .authority()
+            .with_context(|| format!("{url}: missing host"))?
+            .as_str()
+            .to_string();
+        if authority.contains('@') {
+            bail!("{url}: credentials in the URL are not supported");
+        }
+        let host = uri.host().with_context(|| format!("{url}: missing host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = resolve_loopback(url, host, port)?;
+        Ok(HttpTarget { addr, authority })
     }
 }
 

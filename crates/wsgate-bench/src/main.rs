@@ -8,6 +8,7 @@ mod common;
 mod echo;
 mod http1;
 mod idle;
+mod revoke;
 mod tickets;
 mod upgrade;
 
@@ -40,6 +41,10 @@ enum Mode {
     /// Browser ticket flow in a loop: POST /v1/tickets → upgrade with the
     /// ticket → close (→ replay must be refused): round trips/s and latency.
     Tickets(tickets::TicketsArgs),
+    /// Open sockets for many subjects, then revoke subjects one at a time
+    /// (POST /admin/v1/revoke, possibly on another node) and time each
+    /// subject's close frames (4403); the other sockets must stay open.
+    Revoke(revoke::RevokeArgs),
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect.
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
             Mode::Echo(args) => echo::run(args, json).await,
             Mode::Idle(args) => idle::run(args, json, nofile).await,
             Mode::Tickets(args) => tickets::run(args, json).await,
+            Mode::Revoke(args) => revoke::run(args, json, nofile).await,
         }
     });
     match result {
