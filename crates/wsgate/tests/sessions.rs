@@ -386,3 +386,17 @@ async fn max_session_forces_reauthentication() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(next_text(&mut ws).await.contains("auth_expiring"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refresh_reaches_every_node() {
+    let cfg = cluster_config(&unique_prefix("cluster-refresh"));
+    let a = Gateway::start_with_env(&cfg, &ENV);
+    let b = Gateway::start_with_env(&cfg, &ENV);
+    a.events("revocations_loaded", 1);
+    b.events("revocations_loaded", 1);
+    let (mut on_b, _) = bearer(&b.url(), &token("lee")).await.open();
+    let r = admin(&a, "POST", "/admin/v1/refresh", json!({"sub": "lee"})).await;
+    assert_eq!(r.json(), json!({"refreshed": 0}));
+    assert!(next_text(&mut on_b).await.contains("auth_expiring"));
+    assert_eq!(close_code(&mut on_b, Duration::from_secs(5)).await.0, 4401);
+}

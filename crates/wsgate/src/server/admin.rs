@@ -61,6 +61,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         },
         (Method::POST, "/admin/v1/refresh") => match target(req).await {
             Ok(t) => {
+                if app.store.is_shared() {
+                    let payload = crate::store::refresh_to_json(&app.node_id, &t);
+                    if let Err(e) = app.store.announce_refresh(&payload).await {
+                        app.metrics.store_errors.inc();
+                        tracing::warn!(event = "store_error", op = "announce_refresh", error = %e);
+                        return respond::reject(wsgate_core::Reason::StoreUnavailable, false);
+                    }
+                }
                 let n = app.registry.signal(&t, Control::Reauth);
                 respond::json(StatusCode::OK, &json!({"refreshed": n}))
             }

@@ -156,6 +156,12 @@ async fn revocation_feed(app: Arc<App>) {
             Some(crate::store::Feed::Revoked(r)) => {
                 admin::apply(&app, r);
             }
+            Some(crate::store::Feed::Refresh { node, target }) => {
+                // The node that took the call already asked its own sessions.
+                if node != app.node_id {
+                    app.registry.signal(&target, crate::app::Control::Reauth);
+                }
+            }
             Some(crate::store::Feed::Resync) => loop {
                 match app.store.revocations(crate::clock::now_ms()).await {
                     Ok(all) => {

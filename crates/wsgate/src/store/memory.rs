@@ -208,6 +208,10 @@ impl Store for MemoryStore {
 
     fn watch_hub(&self, _tx: mpsc::Sender<String>) {}
 
+    async fn announce_refresh(&self, _payload: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn renew_user_slots(
         &self,
         _held: &[(String, String)],

@@ -92,6 +92,9 @@ pub trait Store: Send + Sync + 'static {
     /// included) to `tx`, resubscribing after reconnects.
     fn watch_hub(&self, tx: mpsc::Sender<String>);
 
+    /// Announces an admin refresh to the other nodes (shared store only).
+    async fn announce_refresh(&self, payload: &str) -> Result<(), StoreError>;
+
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -107,6 +110,40 @@ pub enum Feed {
     /// Reload everything with [`Store::revocations`]: the feed (re)connected
     /// or fell behind.
     Resync,
+    /// An admin refresh made on node `node`: matching sessions must
+    /// re-authenticate (nothing is stored: it concerns live sessions only).
+    Refresh {
+        node: String,
+        target: wsgate_core::revocation::Target,
+    },
+}
+
+/// An admin refresh as announced: `{"op":"refresh","node","kind","value"}`.
+pub fn refresh_to_json(node: &str, t: &wsgate_core::revocation::Target) -> String {
+    serde_json::json!({"op": "refresh", "node": node, "kind": t.kind(), "value": t.value()})
+        .to_string()
+}
+
+/// Parses a feed payload: a revocation, a refresh, or (unknown) a resync.
+pub fn feed_from_json(s: &str) -> Feed {
+    if let Some(r) = revocation_from_json(s) {
+        return Feed::Revoked(r);
+    }
+    let parsed = serde_json::from_str::<serde_json::Value>(s)
+        .ok()
+        .and_then(|v| {
+            if v.get("op")?.as_str()? != "refresh" {
+                return None;
+            }
+            Some(Feed::Refresh {
+                node: v.get("node")?.as_str()?.to_owned(),
+                target: wsgate_core::revocation::Target::from_parts(
+                    v.get("kind")?.as_str()?,
+                    v.get("value")?.as_str()?,
+                )?,
+            })
+        });
+    parsed.unwrap_or(Feed::Resync)
 }
 
 /// A revocation as stored and announced: `{"kind","value","at","until"}`.

@@ -293,10 +293,7 @@ impl Inner {
     async fn watch(self: Arc<Self>, tx: mpsc::Sender<Feed>) {
         let channel = self.revocations_key();
         self.subscribe_loop(channel, tx, Some(Feed::Resync), |payload| {
-            Some(match super::revocation_from_json(&payload) {
-                Some(r) => Feed::Revoked(r),
-                None => Feed::Resync,
-            })
+            Some(super::feed_from_json(&payload))
         })
         .await;
     }
@@ -458,6 +455,19 @@ impl Store for RedisStore {
 
     fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {
         tokio::spawn(self.inner.clone().watch(tx));
+    }
+
+    async fn announce_refresh(&self, payload: &str) -> Result<(), StoreError> {
+        let key = self.inner.revocations_key();
+        self.inner
+            .bounded("announce_refresh", |mut m| async move {
+                redis::cmd("PUBLISH")
+                    .arg(&key)
+                    .arg(payload)
+                    .query_async::<()>(&mut m)
+                    .await
+            })
+            .await
     }
 
     async fn hub_publish(&self, payload: &str) -> Result<(), StoreError> {
