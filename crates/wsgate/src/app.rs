@@ -27,6 +27,8 @@ pub struct App {
     pub session_policy: SessionPolicy,
     pub ws_config: WebSocketConfig,
     pub registry: Registry,
+    /// Per-user egress monitoring.
+    pub egress: crate::egress::Egress,
     /// The channel hub (used when `backend.kind = "hub"`).
     pub hub: crate::backend::hub::Hub,
     /// First-message sockets not yet authenticated (their own small cap).
@@ -176,6 +178,7 @@ impl App {
             session_policy,
             ws_config,
             registry: Registry::default(),
+            egress: crate::egress::Egress::new(config.limits.egress_alert_bytes_per_min),
             hub: crate::backend::hub::Hub::new(
                 config
                     .hub

@@ -219,6 +219,12 @@ pub struct LimitsConfig {
     pub pending_handshakes_per_ip: u32,
     /// Messages queued towards one client before backpressure applies.
     pub outgoing_queue: usize,
+    /// Bytes one user may receive per minute (all sockets of the node)
+    /// before an `egress_alert` is logged and counted; 0 = off. A user
+    /// suddenly pulling far more than usual is a sign of a stolen token.
+    pub egress_alert_bytes_per_min: u64,
+    /// Also close the socket that crossed the threshold (1008).
+    pub egress_alert_close: bool,
 }
 
 impl Default for LimitsConfig {
@@ -235,6 +241,8 @@ impl Default for LimitsConfig {
             max_unauthenticated: 1000,
             pending_handshakes_per_ip: 64,
             outgoing_queue: 256,
+            egress_alert_bytes_per_min: 0,
+            egress_alert_close: false,
         }
     }
 }
@@ -2162,6 +2170,14 @@ mod redact {
             int(v.pending_handshakes_per_ip),
         );
         t.insert("outgoing_queue".into(), int(v.outgoing_queue));
+        t.insert(
+            "egress_alert_bytes_per_min".into(),
+            Value::Integer(i64::try_from(v.egress_alert_bytes_per_min).unwrap_or(i64::MAX)),
+        );
+        t.insert(
+            "egress_alert_close".into(),
+            Value::Boolean(v.egress_alert_close),
+        );
         t
     }
 

@@ -224,6 +224,31 @@ struct AuthMessage<'a> {
     token: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// Feeds the egress monitor; logs and counts an alert once per user and
+/// minute. Returns whether this socket must close (`egress_alert_close`).
+fn egress_exceeded(app: &App, meter: &mut crate::egress::Meter, sub: &str, n: u64) -> bool {
+    use crate::egress::Verdict;
+    match meter.record(&app.egress, sub, n, now_ms()) {
+        None | Some(Verdict::Ok) => false,
+        Some(Verdict::Alert { bytes }) => {
+            app.metrics.egress_alerts.inc();
+            tracing::warn!(
+                event = "egress_alert",
+                sub,
+                bytes_this_minute = bytes,
+                limit = app.egress.limit(),
+                action = if app.config.limits.egress_alert_close {
+                    "close"
+                } else {
+                    "log"
+                },
+            );
+            app.config.limits.egress_alert_close
+        }
+        Some(Verdict::Over) => app.config.limits.egress_alert_close,
+    }
+}
+
 /// Per-socket message rate: `per_sec` with a burst of twice that (SPEC 2).
 struct MessageRate {
     per_sec: f64,
@@ -298,6 +323,9 @@ where
     );
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = tokio::time::Instant::now();
+    let mut meter = crate::egress::Meter::new(&app.egress);
+    let sessions_gauge = metrics.sessions(transport);
+    sessions_gauge.inc();
     let mut hub = (app.config.backend.kind == crate::config::BackendKind::Hub)
         .then(|| app.hub.session(id, limits.outgoing_queue));
     let ended = loop {
@@ -377,6 +405,11 @@ where
                             bytes_out += n;
                             metrics.messages_out.inc();
                             metrics.bytes_out.inc_by(n);
+                            if egress_exceeded(&app, &mut meter, &verified.sub, n) {
+                                let (code, reason) = (close::POLICY, "egress limit");
+                                close_with(&mut ws, code, reason).await;
+                                break Ended { code, reason };
+                            }
                         }
                         _ = &mut timer => {}
                     }
@@ -399,6 +432,11 @@ where
                         bytes_out += n;
                         metrics.messages_out.inc();
                         metrics.bytes_out.inc_by(n);
+                        if egress_exceeded(&app, &mut meter, &verified.sub, n) {
+                            let (code, reason) = (close::POLICY, "egress limit");
+                            close_with(&mut ws, code, reason).await;
+                            break Ended { code, reason };
+                        }
                     }
                     _ => {
                         let (code, reason) = (close::TRY_AGAIN_LATER, "slow consumer");
@@ -459,6 +497,7 @@ where
         h.leave(&app);
     }
     metrics.connections_active.dec();
+    sessions_gauge.dec();
     metrics.close(ended.code);
     tracing::info!(
         event = "close",

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod dev;
+pub mod egress;
 pub mod limiter;
 pub mod log;
 pub mod metrics;

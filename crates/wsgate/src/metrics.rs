@@ -44,6 +44,13 @@ pub struct Metrics {
     pub revocations: Counter,
     pub tickets_issued: Counter,
     pub store_errors: Counter,
+    pub egress_alerts: Counter,
+    sessions: Family<TransportLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
 }
 
 impl Default for Metrics {
@@ -110,6 +117,18 @@ impl Metrics {
             "Store operations that failed (each failed closed)",
             store_errors.clone(),
         );
+        let egress_alerts = Counter::default();
+        registry.register(
+            "wsgate_egress_alerts",
+            "Users who crossed limits.egress_alert_bytes_per_min in a minute",
+            egress_alerts.clone(),
+        );
+        let sessions = Family::<TransportLabels, Gauge>::default();
+        registry.register(
+            "wsgate_sessions_active",
+            "Open sessions by the transport they authenticated with",
+            sessions.clone(),
+        );
         let counter = |f: &Family<DirectionLabels, Counter>, d| {
             f.get_or_create(&DirectionLabels { direction: d }).clone()
         };
@@ -128,7 +147,18 @@ impl Metrics {
             revocations,
             tickets_issued,
             store_errors,
+            egress_alerts,
+            sessions,
         }
+    }
+
+    /// Open sessions of one transport (incremented at open, decremented at close).
+    pub fn sessions(&self, t: Transport) -> Gauge {
+        self.sessions
+            .get_or_create(&TransportLabels {
+                transport: t.as_str(),
+            })
+            .clone()
     }
 
     /// Counts one upgrade attempt.

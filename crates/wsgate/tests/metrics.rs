@@ -126,3 +126,41 @@ async fn counts_match_driven_traffic() {
     // /metrics is on the admin listener only.
     assert_eq!(http(gw.addr, "GET", "/metrics", &[], "").await.status, 404);
 }
+
+#[tokio::test]
+async fn egress_alert_logs_counts_and_optionally_closes() {
+    let gw = Gateway::start(&base_config("[limits]\negress_alert_bytes_per_min = 1000"));
+    let (mut ws, _) = bearer(&gw.url(), &token("hog")).await.open();
+    let (_other, _) = bearer(&gw.url(), &token("calm")).await.open();
+    let big = "x".repeat(600);
+    for _ in 0..3 {
+        assert_eq!(echo(&mut ws, &big).await, big);
+    }
+    let alerts = gw.events("egress_alert", 1);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["sub"], "hog");
+    assert_eq!(alerts[0]["level"], "warn");
+    let text = scrape(&gw).await;
+    assert_eq!(sample(&text, "wsgate_egress_alerts_total"), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, "wsgate_sessions_active{transport=\"bearer\"}"),
+        2.0,
+        "{text}"
+    );
+    // Logging only: the socket stays open.
+    assert_eq!(echo(&mut ws, "ok").await, "ok");
+
+    let strict = Gateway::start(&base_config(
+        "[limits]\negress_alert_bytes_per_min = 1000\negress_alert_close = true",
+    ));
+    let (mut ws, _) = bearer(&strict.url(), &token("hog")).await.open();
+    assert_eq!(echo(&mut ws, &big).await, big);
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::Text(big.clone().into()),
+    )
+    .await
+    .expect("send");
+    let (code, reason) = close_code(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!((code, reason.as_str()), (1008, "egress limit"));
+}

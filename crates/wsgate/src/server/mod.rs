@@ -144,6 +144,7 @@ async fn revocation_feed(app: Arc<App>) {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
             _ = prune.tick() => {
+                app.egress.prune(crate::clock::now_ms());
                 app.revocations
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
