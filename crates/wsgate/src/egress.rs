@@ -134,7 +134,8 @@ impl Meter {
 mod tests {
     use super::*;
 
-    const T0: i64 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+    // A whole minute, so windows start at T0.
+    const T0: i64 = 1_800_000_000_000;
 
     #[test]
     fn alerts_once_per_minute_then_over() {
