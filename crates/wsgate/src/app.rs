@@ -27,6 +27,9 @@ pub struct App {
     pub session_policy: SessionPolicy,
     pub ws_config: WebSocketConfig,
     pub registry: Registry,
+    /// TLS certificates of the listeners, when configured (hot-reloadable).
+    pub tls_main: Option<crate::tls::Tls>,
+    pub tls_admin: Option<crate::tls::Tls>,
     /// Per-user egress monitoring.
     pub egress: crate::egress::Egress,
     /// The channel hub (used when `backend.kind = "hub"`).
@@ -100,6 +103,17 @@ impl App {
                 OriginPolicy::default()
             }
         };
+        let mut load_tls = |name: &str, t: &Option<crate::config::TlsConfig>| {
+            t.as_ref().and_then(|t| match crate::tls::Tls::load(t) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    problems.push(format!("{name}.tls: {e}"));
+                    None
+                }
+            })
+        };
+        let tls_main = load_tls("server", &config.server.tls);
+        let tls_admin = load_tls("admin", &config.admin.tls);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -178,6 +192,8 @@ impl App {
             session_policy,
             ws_config,
             registry: Registry::default(),
+            tls_main,
+            tls_admin,
             egress: crate::egress::Egress::new(config.limits.egress_alert_bytes_per_min),
             hub: crate::backend::hub::Hub::new(
                 config

@@ -78,6 +78,9 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     tokio::spawn(prune_limiter(app.clone()));
     tokio::spawn(revocation_feed(app.clone()));
     tokio::spawn(renew_leases(app.clone()));
+    if app.tls_main.is_some() || app.tls_admin.is_some() {
+        tokio::spawn(reload_certs(app.clone()));
+    }
     if app.store.is_shared() {
         tokio::spawn(hub_relay(app.clone()));
     }
@@ -237,6 +240,48 @@ async fn hub_relay(app: Arc<App>) {
     }
 }
 
+/// Reloads TLS certificates on SIGHUP and when their files change (checked
+/// every 5 s). A pair that fails to load is logged and the old one kept.
+async fn reload_certs(app: Arc<App>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        #[cfg(unix)]
+        let forced = match hup.as_mut() {
+            Some(h) => tokio::select! {
+                _ = h.recv() => true,
+                _ = tick.tick() => false,
+            },
+            None => {
+                tick.tick().await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            tick.tick().await;
+            false
+        };
+        for (name, cert) in [("server", &app.tls_main), ("admin", &app.tls_admin)] {
+            let Some(cert) = cert.as_ref().map(|t| &t.cert) else {
+                continue;
+            };
+            if !forced && !cert.changed() {
+                continue;
+            }
+            match cert.reload() {
+                Ok(()) => tracing::info!(event = "tls_reloaded", listener = name),
+                Err(e) => tracing::error!(
+                    event = "tls_reload_failed",
+                    listener = name,
+                    error = e.as_str()
+                ),
+            }
+        }
+    }
+}
+
 /// Renews this node's cluster-wide per-user slots well before they lapse.
 async fn renew_leases(app: Arc<App>) {
     let lease = crate::app::USER_SLOT_LEASE;
@@ -286,7 +331,28 @@ async fn accept_loop(
     }
 }
 
-async fn serve_conn(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, which: Listener) {
+async fn serve_conn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, which: Listener) {
+    let tls = match which {
+        Listener::Main => app.tls_main.as_ref(),
+        Listener::Admin => app.tls_admin.as_ref(),
+    };
+    match tls.map(|t| t.acceptor.clone()) {
+        None => serve_io(app, stream, peer, which).await,
+        Some(acceptor) => {
+            // The TLS handshake counts against the same deadline as the head.
+            let timeout = app.config.server.handshake_timeout;
+            // Failed or slow handshakes just end; rustls sent its alert.
+            if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                serve_io(app, tls, peer, which).await;
+            }
+        }
+    }
+}
+
+async fn serve_io<S>(app: Arc<App>, mut stream: S, peer: SocketAddr, which: Listener)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let server = &app.config.server;
     let timeout = server.handshake_timeout;
     let max_head = server.max_header_bytes;
