@@ -49,6 +49,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Per-IP handshake rate (decided before any token is verified).
     pub limiter: HandshakeLimiter,
+    /// Unfinished handshakes per peer IP (`limits.pending_handshakes_per_ip`).
+    pub pending: crate::limiter::PendingHandshakes,
     pub trusted_proxies: TrustedProxies,
     /// Last result of the periodic store check (`/readyz`).
     pub store_ready: AtomicBool,
@@ -221,6 +223,7 @@ impl App {
                 config.limits.handshake_burst_per_ip,
                 LIMITER_MAX_KEYS,
             ),
+            pending: crate::limiter::PendingHandshakes::default(),
             trusted_proxies: TrustedProxies::new(config.trusted_proxies.cidrs.clone())
                 .with_header(config.trusted_proxies.header),
             store_ready: AtomicBool::new(true),

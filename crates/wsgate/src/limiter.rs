@@ -105,6 +105,46 @@ struct Limited {
 }
 
 /// Per-IP handshake rate limiter; share it behind an `Arc`.
+/// Connections per peer IP whose first request head has not arrived yet:
+/// one address cannot hold thousands of half-open handshakes (slowloris).
+/// The table holds only IPs with an unfinished handshake, so it is bounded
+/// by the number of open connections.
+#[derive(Default)]
+pub struct PendingHandshakes {
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+}
+
+/// A pending handshake; released on drop.
+pub struct PendingGuard<'a> {
+    table: &'a PendingHandshakes,
+    ip: IpAddr,
+}
+
+impl PendingHandshakes {
+    /// Takes a slot for `ip`, or `None` when it already has `cap` (0: no cap).
+    pub fn acquire(&self, ip: IpAddr, cap: u32) -> Option<PendingGuard<'_>> {
+        let mut g = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = g.entry(ip).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PendingGuard { table: self, ip })
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = self.table.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = g.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub struct HandshakeLimiter {
     /// `None`: unlimited.
     limited: Option<Limited>,

@@ -681,3 +681,75 @@ async fn silent_peer_closes_4408() {
     }
     assert_eq!(echo(&mut ws, "alive").await, "alive");
 }
+
+/// A TCP connection from another loopback address (an "attacker" IP).
+async fn connect_from(src: &str, to: std::net::SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{src}:0").parse().expect("addr"))
+        .expect("bind");
+    sock.connect(to).await.expect("connect")
+}
+
+#[tokio::test]
+async fn slow_heads_do_not_delay_valid_clients_and_are_capped_per_ip() {
+    let gw = Gateway::start_with_env(
+        &base_config(""),
+        &[("WSGATE_LIMITS__PENDING_HANDSHAKES_PER_IP", "1000")],
+    );
+    // 300 slowloris sockets from 127.0.0.2, each sending a partial head.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = connect_from("127.0.0.2", gw.addr).await;
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        slow.push(s);
+    }
+    // A valid client is served at once meanwhile.
+    let started = std::time::Instant::now();
+    let (mut ws, _) = bearer(&gw.url(), &token("valid")).await.open();
+    assert_eq!(echo(&mut ws, "fast").await, "fast");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // handshake_timeout is 1s: every slow socket is dropped by then.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for s in &mut slow {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+    }
+
+    // With a cap of 5 pending handshakes per IP, the 6th is refused at once.
+    let capped = Gateway::start_with_env(
+        &base_config(""),
+        &[("WSGATE_LIMITS__PENDING_HANDSHAKES_PER_IP", "5")],
+    );
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect_from("127.0.0.3", capped.addr).await;
+        s.write_all(b"GET /ws HTTP/1.1\r\n").await.expect("write");
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut sixth = connect_from("127.0.0.3", capped.addr).await;
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), sixth.read_to_string(&mut out)).await;
+    assert!(out.starts_with("HTTP/1.1 429"), "{out}");
+    assert!(out.contains("rate_limited") && out.to_ascii_lowercase().contains("retry-after"));
+    // Another address is unaffected.
+    bearer(&capped.url(), &token("other")).await.open();
+}
+
+#[tokio::test]
+async fn global_connection_cap() {
+    let gw = Gateway::start_with_env(&base_config(""), &[("WSGATE_LIMITS__MAX_CONNECTIONS", "2")]);
+    let (_a, _) = bearer(&gw.url(), &token("g1")).await.open();
+    let (_b, _) = bearer(&gw.url(), &token("g2")).await.open();
+    let h = bearer(&gw.url(), &token("g3"))
+        .await
+        .refused(429, "too_many_connections");
+    assert!(h.get("retry-after").is_some());
+}

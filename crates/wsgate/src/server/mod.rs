@@ -356,10 +356,32 @@ where
     let server = &app.config.server;
     let timeout = server.handshake_timeout;
     let max_head = server.max_header_bytes;
-    let buf = match read_head(&mut stream, max_head, timeout).await {
+    // Behind a trusted proxy every client shares the proxy's address: the
+    // per-IP limits then apply to forwarded addresses, after the head.
+    let cap = if app.trusted_proxies.contains(peer.ip()) {
+        0
+    } else {
+        app.config.limits.pending_handshakes_per_ip
+    };
+    let Some(pending) = app.pending.acquire(peer.ip(), cap) else {
+        upgrade::log_early_rejection(peer.ip(), Reason::RateLimited);
+        app.metrics.handshake(Err(Reason::RateLimited), None);
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = stream
+                .write_all(&respond::reject_raw(Reason::RateLimited))
+                .await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        return;
+    };
+    let head = read_head(&mut stream, max_head, timeout).await;
+    drop(pending);
+    let buf = match head {
         Head::Complete(buf) => buf,
         Head::TooLarge => {
             upgrade::log_early_rejection(peer.ip(), Reason::HeadersTooLarge);
+            app.metrics.handshake(Err(Reason::HeadersTooLarge), None);
             let _ = tokio::time::timeout(timeout, async {
                 let _ = stream
                     .write_all(&respond::reject_raw(Reason::HeadersTooLarge))

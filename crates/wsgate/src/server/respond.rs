@@ -52,8 +52,12 @@ pub fn reject(reason: Reason, token_presented: bool) -> Response<Body> {
 pub fn reject_raw(reason: Reason) -> Vec<u8> {
     let body = serde_json::json!({"error": reason.code(), "message": reason.message()}).to_string();
     let status = reason.status();
+    let retry = reason
+        .retry_after_secs()
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\n{retry}Content-Length: {}\r\n\r\n{}",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
         body.len(),
