@@ -105,6 +105,13 @@ impl App {
                 OriginPolicy::default()
             }
         };
+        if config.server.proxy_protocol {
+            // Never silently ignore it: without parsing, the PROXY header
+            // would be read as HTTP and client IPs would be wrong.
+            problems.push(
+                "server.proxy_protocol: PROXY protocol is not supported by this build yet".into(),
+            );
+        }
         let mut load_tls = |name: &str, t: &Option<crate::config::TlsConfig>| {
             t.as_ref().and_then(|t| match crate::tls::Tls::load(t) {
                 Ok(c) => Some(c),
