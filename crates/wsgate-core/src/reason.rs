@@ -171,27 +171,12 @@ impl Reason {
             _ => None,
         }
     }
-
-    /// Who caused it, for logs: the client, or us / our dependencies.
-    pub const fn blame(self) -> Blame {
-        match self {
-            Reason::StoreUnavailable | Reason::Draining => Blame::Server,
-            _ => Blame::Client,
-        }
-    }
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.code())
     }
-}
-
-/// Whose fault a refusal is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
-    Client,
-    Server,
 }
 
 /// WebSocket close codes of SPEC 5.1.
