@@ -105,11 +105,11 @@ impl App {
                 OriginPolicy::default()
             }
         };
-        if config.server.proxy_protocol {
-            // Never silently ignore it: without parsing, the PROXY header
-            // would be read as HTTP and client IPs would be wrong.
+        if config.server.proxy_protocol && config.trusted_proxies.cidrs.is_empty() {
+            // Fail closed: without trusted balancers every connection would
+            // be dropped, and trusting everyone would let clients spoof.
             problems.push(
-                "server.proxy_protocol: PROXY protocol is not supported by this build yet".into(),
+                "server.proxy_protocol: list the load balancers in trusted_proxies.cidrs".into(),
             );
         }
         let mut load_tls = |name: &str, t: &Option<crate::config::TlsConfig>| {

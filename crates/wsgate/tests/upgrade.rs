@@ -753,3 +753,30 @@ async fn global_connection_cap() {
         .refused(429, "too_many_connections");
     assert!(h.get("retry-after").is_some());
 }
+
+#[tokio::test]
+async fn proxy_protocol_from_trusted_balancers_only() {
+    let gw = Gateway::start(
+        &base_config("[trusted_proxies]\ncidrs = [\"127.0.0.1/32\"]").replace(
+            "max_header_bytes = 16384",
+            "max_header_bytes = 16384\nproxy_protocol = true",
+        ),
+    );
+    let upgrade_req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("behind-lb")
+    );
+    let with_v1 = format!("PROXY TCP4 203.0.113.50 127.0.0.1 5555 8080\r\n{upgrade_req}");
+    let resp = raw(gw.addr, with_v1.as_bytes()).await;
+    assert_eq!(status_of(&resp), "101", "{resp}");
+    let ev = gw.events("handshake", 1);
+    assert_eq!(ev[0]["ip"], "203.0.113.50");
+    // No header: dropped without an answer.
+    assert!(raw(gw.addr, upgrade_req.as_bytes()).await.is_empty());
+    // A PROXY header from a peer that is not a trusted balancer: dropped.
+    let mut s = connect_from("127.0.0.2", gw.addr).await;
+    s.write_all(with_v1.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+}

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod head;
+pub mod proxy;
 pub mod respond;
 pub mod tickets;
 pub mod upgrade;
@@ -332,6 +333,27 @@ async fn accept_loop(
 }
 
 async fn serve_conn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, which: Listener) {
+    if which == Listener::Main && app.config.server.proxy_protocol {
+        // Only trusted balancers may name the client; anyone else could
+        // spoof any address with a PROXY header.
+        if !app.trusted_proxies.contains(peer.ip()) {
+            return;
+        }
+        let mut stream = stream;
+        let timeout = app.config.server.handshake_timeout;
+        let Ok((source, rest)) = proxy::read(&mut stream, timeout).await else {
+            return;
+        };
+        let client = SocketAddr::new(source.unwrap_or(peer.ip()), peer.port());
+        return serve_tls_or_plain(app, Rewind::new(rest, stream), client, which).await;
+    }
+    serve_tls_or_plain(app, stream, peer, which).await
+}
+
+async fn serve_tls_or_plain<S>(app: Arc<App>, stream: S, peer: SocketAddr, which: Listener)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tls = match which {
         Listener::Main => app.tls_main.as_ref(),
         Listener::Admin => app.tls_admin.as_ref(),
