@@ -780,3 +780,49 @@ async fn proxy_protocol_from_trusted_balancers_only() {
     let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
 }
+
+#[tokio::test]
+async fn file_descriptor_exhaustion_neither_spins_nor_crashes() {
+    let gw = Gateway::start_with_nofile(&base_config(""), 64);
+    // Far more connections than descriptors: the kernel queues them, the
+    // gateway's accept fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(gw.addr)).await
+        {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = gw.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = gw.cpu_ticks() - before;
+    // Backing off, not spinning: well under one core-second in two seconds.
+    assert!(
+        used < 60,
+        "gateway used {used} ticks in 2 s while out of descriptors"
+    );
+    assert!(
+        !gw.events("accept_error", 1).is_empty(),
+        "EMFILE was not reported"
+    );
+    // Once the descriptors come back, service resumes.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            upgrade(
+                &gw.url(),
+                &[("authorization", &format!("Bearer {}", token("back")))],
+            ),
+        )
+        .await
+        {
+            Ok(Upgrade::Open(..)) => break,
+            _ => assert!(std::time::Instant::now() < deadline, "did not recover"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -312,6 +312,8 @@ async fn accept_loop(
     which: Listener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut accept_errors: u64 = 0;
+    let mut last_logged = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -324,8 +326,16 @@ async fn accept_loop(
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning;
-                // the pending connection stays in the backlog.
-                tracing::warn!(event = "accept_error", error = %e);
+                // the pending connection stays in the backlog. Logged at
+                // most every 10 s with a count, not 20 lines a second.
+                accept_errors += 1;
+                if last_logged
+                    .is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(event = "accept_error", error = %e, count = accept_errors);
+                    accept_errors = 0;
+                    last_logged = Some(tokio::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -84,6 +84,32 @@ impl Gateway {
         Self::spawn(cmd, dir, env)
     }
 
+    /// Like `start`, with the process's open-file limit set to `nofile`.
+    pub fn start_with_nofile(config: &str, nofile: u32) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wsgate.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -n {nofile} && exec \"$0\" serve --config \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_wsgate"))
+            .arg(&path);
+        Self::spawn(cmd, dir, &[])
+    }
+
+    /// CPU time (user + system) the process has used, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        n(11) + n(12)
+    }
+
     /// Dev mode: no config, in an empty directory.
     pub fn start_dev(env: &[(&str, &str)]) -> (Gateway, String) {
         let dir = tempfile::tempdir().expect("tempdir");
