@@ -144,3 +144,31 @@ fn mismatched_key_is_a_clear_startup_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn admin_listener_speaks_tls_too() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = write_cert(dir.path());
+    let cfg = base_config("").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[admin.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            dir.path().join("cert.pem").display(),
+            dir.path().join("key.pem").display()
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(gw.admin).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = connector(&cert).connect(name, tcp).await.expect("tls");
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("wsgate_connections_active"),
+        "{out}"
+    );
+}
