@@ -311,6 +311,18 @@ return 1
 ";
 
 impl Inner {
+    /// `PUBLISH channel payload`, bounded like every call.
+    async fn publish(&self, what: &str, channel: &str, payload: &str) -> Result<(), StoreError> {
+        self.bounded(what, |mut m| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<()>(&mut m)
+                .await
+        })
+        .await
+    }
+
     fn hub_key(&self) -> String {
         format!("{}hub", self.prefix)
     }
@@ -459,28 +471,12 @@ impl Store for RedisStore {
 
     async fn announce_refresh(&self, payload: &str) -> Result<(), StoreError> {
         let key = self.inner.revocations_key();
-        self.inner
-            .bounded("announce_refresh", |mut m| async move {
-                redis::cmd("PUBLISH")
-                    .arg(&key)
-                    .arg(payload)
-                    .query_async::<()>(&mut m)
-                    .await
-            })
-            .await
+        self.inner.publish("announce_refresh", &key, payload).await
     }
 
     async fn hub_publish(&self, payload: &str) -> Result<(), StoreError> {
         let key = self.inner.hub_key();
-        self.inner
-            .bounded("hub_publish", |mut m| async move {
-                redis::cmd("PUBLISH")
-                    .arg(&key)
-                    .arg(payload)
-                    .query_async::<()>(&mut m)
-                    .await
-            })
-            .await
+        self.inner.publish("hub_publish", &key, payload).await
     }
 
     fn watch_hub(&self, tx: mpsc::Sender<String>) {
