@@ -151,6 +151,13 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         print_problems(&[e]);
         return ExitCode::from(1);
     }
+    if cfg.dev_mode && cfg.admin.token.is_none() {
+        // Dev mode: a random admin token (printed in the banner) so the
+        // admin API can be tried; the admin listener is loopback-only here.
+        cfg.admin.token = Some(wsgate::config::Secret::new(
+            wsgate::mint::random_id(18).into_bytes(),
+        ));
+    }
     for w in cfg.warnings() {
         tracing::warn!(event = "config_warning", msg = w.as_str());
     }
@@ -204,7 +211,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             dev_mode = app.config.dev_mode,
         );
         if app.config.dev_mode {
-            banner(&app, running.addr);
+            banner(&app, running.addr, running.admin_addr);
         }
         wsgate::server::wait_for_shutdown(running).await;
         ExitCode::SUCCESS
@@ -212,13 +219,21 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
 }
 
 /// Dev mode banner on stderr (stdout carries the JSON logs).
-fn banner(app: &App, addr: std::net::SocketAddr) {
+fn banner(app: &App, addr: std::net::SocketAddr, admin_addr: std::net::SocketAddr) {
     let token = wsgate::dev::dev_token(app, "dev-user", &["user".to_string()]).unwrap_or_default();
+    let admin = app
+        .config
+        .admin
+        .token
+        .as_ref()
+        .map(|s| String::from_utf8_lossy(s.expose()).into_owned())
+        .unwrap_or_default();
     eprintln!(
         "\n  wsgate DEV MODE: not for production (random secret, loopback only)\n\n  \
          demo page:  http://{addr}/\n  websocket:  ws://{addr}{path}\n  \
-         token (sub=dev-user, 1h):\n    {token}\n\n  try:  websocat -H 'Authorization: Bearer {token}' ws://{addr}{path}\n",
-        path = app.config.server.path
+         token (sub=dev-user, 1h):\n    {token}\n\n  try:  websocat -H 'Authorization: Bearer {token}' ws://{addr}{path}\n\n  \
+         admin API:  http://{admin_addr}/admin/v1/sessions  (Authorization: Bearer {admin})\n",
+        path = app.config.server.path,
     );
 }
 

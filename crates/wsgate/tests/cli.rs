@@ -154,6 +154,27 @@ async fn dev_mode_banner_login_and_socket() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(gw.logs().iter().any(|l| l.contains("DEV MODE")));
+    // The banner also carries a random admin token for trying the admin API.
+    let admin_line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("admin API:"))
+        .expect("admin line");
+    let admin_token = admin_line
+        .rsplit("Bearer ")
+        .next()
+        .expect("token")
+        .trim_end_matches(')')
+        .to_string();
+    let r = http(
+        gw.admin,
+        "GET",
+        "/admin/v1/sessions",
+        &[("authorization", &format!("Bearer {admin_token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
     // Dev mode runs the hub: subscribe and publish to oneself.
     let (mut ws, _) = bearer(&gw.url(), &banner_token).await.open();
     let ack = echo(
