@@ -9,6 +9,7 @@ mod echo;
 mod http1;
 mod idle;
 mod revoke;
+mod slowloris;
 mod tickets;
 mod upgrade;
 
@@ -45,6 +46,9 @@ enum Mode {
     /// (POST /admin/v1/revoke, possibly on another node) and time each
     /// subject's close frames (4403); the other sockets must stay open.
     Revoke(revoke::RevokeArgs),
+    /// Keep N unfinished request heads pending (slowloris), spread over many
+    /// loopback source addresses, reopening each one the gateway drops.
+    Slowloris(slowloris::SlowlorisArgs),
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect.
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
             Mode::Idle(args) => idle::run(args, json, nofile).await,
             Mode::Tickets(args) => tickets::run(args, json).await,
             Mode::Revoke(args) => revoke::run(args, json, nofile).await,
+            Mode::Slowloris(args) => slowloris::run(args, json, nofile).await,
         }
     });
     match result {
