@@ -536,6 +536,19 @@ pub fn fmt_counts<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
 }
 
 /// Prints a labelled line of the human-readable report.
+/// The "errors" rows of a human report: the total by category, then one
+/// example per category.
+pub fn error_rows(total: u64, counts: &BTreeMap<String, u64>, examples: &BTreeMap<String, String>) {
+    if total == 0 {
+        row("errors", 0);
+        return;
+    }
+    row("errors", format!("{total}  ({})", fmt_counts(counts)));
+    for (cat, ex) in examples {
+        row("", format!("e.g. [{cat}] {ex}"));
+    }
+}
+
 pub fn row(label: &str, value: impl std::fmt::Display) {
     println!("  {label:<22} {value}");
 }

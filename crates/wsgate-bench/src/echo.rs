@@ -17,7 +17,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 
 use crate::common::{
-    client_config, close_ws, fmt_counts, new_histogram, open_ws, record, round2, round3, row,
+    client_config, close_ws, error_rows, new_histogram, open_ws, record, round2, round3, row,
     status_map, Auth, ErrorTally, Failure, LatencySummary, OpenFailures, Stop, Target, Transport,
     Ws,
 };
@@ -246,17 +246,7 @@ fn print_human(r: &Report, failures: &OpenFailures) {
     if r.mismatched > 0 {
         row("MISMATCHED echoes", r.mismatched);
     }
-    if r.errors_total > 0 {
-        row(
-            "errors",
-            format!("{}  ({})", r.errors_total, fmt_counts(&r.errors)),
-        );
-        for (cat, ex) in &r.error_examples {
-            row("", format!("e.g. [{cat}] {ex}"));
-        }
-    } else {
-        row("errors", 0);
-    }
+    error_rows(r.errors_total, &r.errors, &r.error_examples);
     row("elapsed", format!("{:.3} s", r.elapsed_s));
     row("rate", format!("{:.1} messages/s", r.messages_per_s));
     row("rtt", r.rtt_us.line());

@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::common::{
-    client_config, close_ws, fmt_counts, handshake, new_histogram, read_tokens, record, round2,
-    round3, row, status_map, ErrorTally, Failure, Handshake, LatencySummary, Stop, Target,
+    client_config, close_ws, error_rows, fmt_counts, handshake, new_histogram, read_tokens, record,
+    round2, round3, row, status_map, ErrorTally, Failure, Handshake, LatencySummary, Stop, Target,
 };
 use crate::http1;
 
@@ -412,17 +412,7 @@ fn print_human(r: &Report) {
     for (status, ex) in &r.replay.examples {
         row("", format!("e.g. replay answered {status}: {ex}"));
     }
-    if r.errors_total > 0 {
-        row(
-            "errors",
-            format!("{}  ({})", r.errors_total, fmt_counts(&r.errors)),
-        );
-        for (cat, ex) in &r.error_examples {
-            row("", format!("e.g. [{cat}] {ex}"));
-        }
-    } else {
-        row("errors", 0);
-    }
+    error_rows(r.errors_total, &r.errors, &r.error_examples);
     if r.strict {
         row("strict", if r.ok { "ok" } else { "FAILED" });
     }

@@ -14,8 +14,8 @@ use serde::Serialize;
 use tokio::time::{timeout, Instant};
 
 use crate::common::{
-    client_config, close_ws, fmt_counts, new_histogram, record, round2, round3, row, status_map,
-    Auth, ErrorTally, Handshake, LatencySummary, Stop, Target, Transport,
+    client_config, close_ws, error_rows, fmt_counts, new_histogram, record, round2, round3, row,
+    status_map, Auth, ErrorTally, Handshake, LatencySummary, Stop, Target, Transport,
 };
 
 /// Safety cap on a `--count` run that was given no `--duration`.
@@ -233,17 +233,7 @@ fn print_human(r: &Report, tally: &Tally) {
     } else {
         row("rejected", 0);
     }
-    if r.errors_total > 0 {
-        row(
-            "errors",
-            format!("{}  ({})", r.errors_total, fmt_counts(&r.errors)),
-        );
-        for (cat, ex) in &r.error_examples {
-            row("", format!("e.g. [{cat}] {ex}"));
-        }
-    } else {
-        row("errors", 0);
-    }
+    error_rows(r.errors_total, &r.errors, &r.error_examples);
     if r.close_errors > 0 {
         row(
             "close errors",
