@@ -709,13 +709,14 @@ async fn slow_heads_do_not_delay_valid_clients_and_are_capped_per_ip() {
     let started = std::time::Instant::now();
     let (mut ws, _) = bearer(&gw.url(), &token("valid")).await.open();
     assert_eq!(echo(&mut ws, "fast").await, "fast");
+    // Served long before the slow heads' 3 s deadline: nothing waited on them.
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
     );
-    // handshake_timeout is 1s: every slow socket is dropped by then.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every slow socket is dropped once its deadline passes.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     for s in &mut slow {
         let mut buf = [0u8; 16];
         let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
