@@ -536,6 +536,29 @@ pub fn fmt_counts<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
 }
 
 /// Prints a labelled line of the human-readable report.
+/// Upper bound of a run bounded only by `--count`.
+pub const COUNT_RUN_CAP: Duration = Duration::from_secs(600);
+
+/// How long a loop mode runs: `--duration`, else up to [`COUNT_RUN_CAP`]
+/// when only `--count` bounds it, else 10 s; checks the counts first.
+pub fn run_length(
+    concurrency: usize,
+    count: Option<u64>,
+    duration: Option<Duration>,
+) -> anyhow::Result<Duration> {
+    if concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    if count == Some(0) {
+        anyhow::bail!("--count must be at least 1");
+    }
+    Ok(match (duration, count) {
+        (Some(d), _) => d,
+        (None, Some(_)) => COUNT_RUN_CAP,
+        (None, None) => Duration::from_secs(10),
+    })
+}
+
 /// The "errors" rows of a human report: the total by category, then one
 /// example per category.
 pub fn error_rows(total: u64, counts: &BTreeMap<String, u64>, examples: &BTreeMap<String, String>) {

@@ -34,12 +34,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::common::{
     client_config, close_ws, error_rows, fmt_counts, handshake, new_histogram, read_tokens, record,
-    round2, round3, row, status_map, ErrorTally, Failure, Handshake, LatencySummary, Stop, Target,
+    round2, round3, row, run_length, status_map, ErrorTally, Failure, Handshake, LatencySummary,
+    Stop, Target,
 };
 use crate::http1;
-
-/// Safety cap on a `--count` run that was given no `--duration`.
-const COUNT_RUN_CAP: Duration = Duration::from_secs(600);
 
 /// The path tickets are minted on (SPEC 4).
 const MINT_PATH: &str = "/v1/tickets";
@@ -202,17 +200,7 @@ pub async fn run(args: TicketsArgs, json: bool) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    if args.count == Some(0) {
-        bail!("--count must be at least 1");
-    }
-    let run_for = match (args.duration, args.count) {
-        (Some(d), _) => d,
-        (None, Some(_)) => COUNT_RUN_CAP,
-        (None, None) => Duration::from_secs(10),
-    };
+    let run_for = run_length(args.concurrency, args.count, args.duration)?;
 
     let stop = Stop::new();
     stop.on_ctrl_c();

@@ -8,18 +8,14 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use anyhow::bail;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::time::{timeout, Instant};
 
 use crate::common::{
     client_config, close_ws, error_rows, fmt_counts, new_histogram, record, round2, round3, row,
-    status_map, Auth, ErrorTally, Handshake, LatencySummary, Stop, Target, Transport,
+    run_length, status_map, Auth, ErrorTally, Handshake, LatencySummary, Stop, Target, Transport,
 };
-
-/// Safety cap on a `--count` run that was given no `--duration`.
-const COUNT_RUN_CAP: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,17 +98,7 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
         args.token_file.as_deref(),
         args.origin.as_deref(),
     )?);
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    if args.count == Some(0) {
-        bail!("--count must be at least 1");
-    }
-    let run_for = match (args.duration, args.count) {
-        (Some(d), _) => d,
-        (None, Some(_)) => COUNT_RUN_CAP,
-        (None, None) => Duration::from_secs(10),
-    };
+    let run_for = run_length(args.concurrency, args.count, args.duration)?;
 
     let stop = Stop::new();
     stop.on_ctrl_c();
