@@ -32,11 +32,15 @@ pub enum Reason {
     TooManyConnections,
     StoreUnavailable,
     Draining,
+    /// The upstream refused, failed or did not answer `101` (`backend.kind = "upstream"`).
+    UpstreamUnavailable,
+    /// The upstream did not complete its handshake within `backend.connect_timeout`.
+    UpstreamTimeout,
 }
 
 impl Reason {
     /// Every variant, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::BadUpgrade,
         Reason::UnsupportedVersion,
         Reason::TokenTooLarge,
@@ -60,6 +64,8 @@ impl Reason {
         Reason::TooManyConnections,
         Reason::StoreUnavailable,
         Reason::Draining,
+        Reason::UpstreamUnavailable,
+        Reason::UpstreamTimeout,
     ];
 
     /// The stable reason code of SPEC 3 (JSON `error`, log `reason`, metric label).
@@ -88,6 +94,8 @@ impl Reason {
             Reason::TooManyConnections => "too_many_connections",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::Draining => "draining",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -113,6 +121,8 @@ impl Reason {
             Reason::OriginNotAllowed | Reason::CsrfFailed => StatusCode::FORBIDDEN,
             Reason::RateLimited | Reason::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             Reason::StoreUnavailable | Reason::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -124,7 +134,9 @@ impl Reason {
             Reason::Revoked => close::REVOKED,
             Reason::RateLimited => close::RATE_LIMITED,
             Reason::Draining => close::GOING_AWAY,
-            Reason::StoreUnavailable => close::TRY_AGAIN_LATER,
+            Reason::StoreUnavailable | Reason::UpstreamUnavailable | Reason::UpstreamTimeout => {
+                close::TRY_AGAIN_LATER
+            }
             _ => close::AUTH_FAILED,
         }
     }
@@ -155,6 +167,8 @@ impl Reason {
             Reason::TooManyConnections => "too many connections",
             Reason::StoreUnavailable => "the session store is unavailable",
             Reason::Draining => "the gateway is shutting down",
+            Reason::UpstreamUnavailable => "the upstream service is unavailable",
+            Reason::UpstreamTimeout => "the upstream service did not answer in time",
         }
     }
 
@@ -167,7 +181,10 @@ impl Reason {
     pub const fn retry_after_secs(self) -> Option<u32> {
         match self {
             Reason::RateLimited | Reason::TooManyConnections => Some(1),
-            Reason::StoreUnavailable | Reason::Draining => Some(5),
+            Reason::StoreUnavailable
+            | Reason::Draining
+            | Reason::UpstreamUnavailable
+            | Reason::UpstreamTimeout => Some(5),
             _ => None,
         }
     }
@@ -211,6 +228,8 @@ mod tests {
                 "origin_not_allowed" | "csrf_failed" => 403,
                 "rate_limited" | "too_many_connections" => 429,
                 "store_unavailable" | "draining" => 503,
+                "upstream_unavailable" => 502,
+                "upstream_timeout" => 504,
                 _ => 401,
             };
             expect(r, s);

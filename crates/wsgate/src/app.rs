@@ -34,6 +34,8 @@ pub struct App {
     pub egress: crate::egress::Egress,
     /// The channel hub (used when `backend.kind = "hub"`).
     pub hub: crate::backend::hub::Hub,
+    /// The upstream service (used when `backend.kind = "upstream"`).
+    pub upstream: Option<crate::backend::upstream::Upstream>,
     /// First-message sockets not yet authenticated (their own small cap).
     pub unauthenticated: AtomicUsize,
     /// Revocations in force, kept in step with the store's feed.
@@ -186,6 +188,14 @@ impl App {
                 ttl_ms: ms(config.tickets.ttl),
             }
         });
+        let upstream = if config.backend.kind == crate::config::BackendKind::Upstream {
+            match crate::backend::upstream::Upstream::load(&config.backend) {
+                Ok(u) => Some(u),
+                Err(e) => return Err(vec![e]),
+            }
+        } else {
+            None
+        };
         let dev_signer = if config.dev_mode {
             config.auth.keys.first().and_then(|k| match &k.source {
                 KeySource::Secret(s) => Some(EncodingKey::from_secret(s.expose())),
@@ -217,6 +227,7 @@ impl App {
                     })
                     .collect(),
             ),
+            upstream,
             unauthenticated: AtomicUsize::new(0),
             revocations: RwLock::new(RevocationSet::new()),
             draining: AtomicBool::new(false),

@@ -2,7 +2,10 @@
 //! session's timers, driven by the pure [`Session`] state machine.
 
 use crate::app::{App, Control, SessionInfo, Slot};
+use crate::backend::hub::HubSession;
+use crate::backend::upstream::{Io, UpstreamWs};
 use crate::clock::{now_ms, until};
+use crate::outbox::Outbox;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -14,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use wsgate_core::reason::close;
 use wsgate_core::session::{Action, Session};
@@ -30,21 +33,25 @@ pub struct SessionStart {
     slot: Slot,
     session: Session,
     control: mpsc::Receiver<Control>,
+    /// The upstream WebSocket, already open (`backend.kind = "upstream"`).
+    upstream: Option<Box<UpstreamWs>>,
 }
 
 impl SessionStart {
     /// Starts the session's state machine and registers it, before `101`
     /// is sent: from the client's first frame on, the admin API sees it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         app: &App,
+        id: u64,
         ip: IpAddr,
         origin: Option<String>,
         transport: Transport,
         verified: Verified,
         mut slot: Slot,
+        upstream: Option<Box<UpstreamWs>>,
     ) -> Self {
         let now = now_ms();
-        let id = app.next_id();
         let session = Session::new(
             app.session_policy,
             verified.sub.clone(),
@@ -75,6 +82,7 @@ impl SessionStart {
             slot,
             session,
             control,
+            upstream,
         }
     }
 }
@@ -111,6 +119,7 @@ pub async fn first_message<S>(
     guard: Unauthenticated,
     ip: IpAddr,
     origin: Option<String>,
+    request: Option<crate::backend::upstream::ClientRequest>,
 ) -> Option<SessionStart>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -137,8 +146,12 @@ where
         Ok(Err(None)) => return None,
         Ok(Err(Some(reason))) => return fail(app, ws, ip, reason).await,
         Err(_) => {
-            close_with(ws, close::AUTH_FAILED, "authentication timeout").await;
-            log_unauthenticated_close(app, ip, "authentication timeout");
+            close_with(
+                ws,
+                frame(close::AUTH_FAILED, "authentication timeout".into()),
+            )
+            .await;
+            log_unauthenticated_close(app, ip, close::AUTH_FAILED, "authentication timeout");
             return None;
         }
     };
@@ -170,7 +183,27 @@ where
         Ok(s) => s,
         Err(r) => return fail(app, ws, ip, r).await,
     };
-    let start = SessionStart::new(app, ip, origin, Transport::FirstMessage, verified, slot);
+    let id = app.next_id();
+    let upstream = match &request {
+        None => None,
+        Some(r) => match crate::backend::upstream::open(app, r, ip, &verified, id).await {
+            Ok((ws, _protocol)) => Some(ws),
+            Err(reason) => {
+                drop(slot);
+                return fail(app, ws, ip, reason).await;
+            }
+        },
+    };
+    let start = SessionStart::new(
+        app,
+        id,
+        ip,
+        origin,
+        Transport::FirstMessage,
+        verified,
+        slot,
+        upstream,
+    );
     let ok = Action::SendAuthOk {
         sub: start.verified.sub.clone(),
         exp: start.session.exp_secs(),
@@ -196,17 +229,24 @@ where
     if let Some(m) = action_message(&Action::SendAuthFail { reason }) {
         let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
     }
-    close_with(ws, close::AUTH_FAILED, "authentication failed").await;
-    log_unauthenticated_close(app, ip, reason.code());
+    // Authenticated, but the upstream could not be opened: 1013 (SPEC 5.1).
+    let (code, text) = match reason {
+        wsgate_core::Reason::UpstreamUnavailable | wsgate_core::Reason::UpstreamTimeout => {
+            (close::TRY_AGAIN_LATER, "upstream unavailable")
+        }
+        _ => (close::AUTH_FAILED, "authentication failed"),
+    };
+    close_with(ws, frame(code, text.into())).await;
+    log_unauthenticated_close(app, ip, code, reason.code());
     None
 }
 
 /// The close line of a socket that never authenticated.
-fn log_unauthenticated_close(app: &App, ip: IpAddr, reason: &str) {
-    app.metrics.close(close::AUTH_FAILED);
+fn log_unauthenticated_close(app: &App, ip: IpAddr, code: u16, reason: &str) {
+    app.metrics.close(code);
     tracing::info!(
         event = "close",
-        code = close::AUTH_FAILED,
+        code,
         reason,
         transport = Transport::FirstMessage.as_str(),
         ip = %ip,
@@ -285,14 +325,126 @@ impl MessageRate {
     }
 }
 
-/// Why the session ended, for the close log line.
+/// Why the session ended: the log line's code and reason, and the close
+/// frames still to send on each side.
 struct Ended {
     code: u16,
     reason: &'static str,
+    /// Close frame for the client; `None` when the client is gone or has
+    /// already closed (tungstenite answered its close).
+    client: Option<CloseFrame>,
+    /// Close frame for the upstream; `None` when it closed first.
+    upstream: Option<CloseFrame>,
+    /// Deliver what is queued before closing (a peer closed in order).
+    flush: bool,
+}
+
+impl Ended {
+    /// The gateway ends the session: both sides get `code`.
+    fn by_gateway(code: u16, reason: &'static str) -> Self {
+        Ended {
+            code,
+            reason,
+            client: Some(frame(code, reason.into())),
+            upstream: Some(frame(code, reason.into())),
+            flush: false,
+        }
+    }
+
+    /// The client went away without a close frame.
+    fn client_lost() -> Self {
+        Ended {
+            code: 1006,
+            reason: "connection lost",
+            client: None,
+            upstream: Some(frame(close::GOING_AWAY, "client gone".into())),
+            flush: false,
+        }
+    }
+}
+
+fn frame(code: u16, reason: Utf8Bytes) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(code),
+        reason,
+    }
+}
+
+/// A close received from one peer, as relayed to the other: the reserved
+/// codes (1005 no code, 1006, 1015) are never sent on the wire.
+fn relayed(f: &Option<CloseFrame>) -> CloseFrame {
+    match f {
+        Some(f) if !matches!(u16::from(f.code), 1005 | 1006 | 1015) => f.clone(),
+        _ => frame(close::NORMAL, Utf8Bytes::default()),
+    }
+}
+
+/// Per-session traffic counters for the close line.
+#[derive(Default)]
+struct Traffic {
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Queues a data message for the client, with accounting and the egress
+/// monitor; returns why the session must end, if it must.
+fn to_client<S>(
+    app: &App,
+    out: &mut Outbox<S>,
+    t: &mut Traffic,
+    meter: &mut crate::egress::Meter,
+    sub: &str,
+    m: Message,
+) -> Option<Ended>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let n = m.len() as u64;
+    out.push(m);
+    t.bytes_out += n;
+    app.metrics.messages_out.inc();
+    app.metrics.bytes_out.inc_by(n);
+    egress_exceeded(app, meter, sub, n).then(|| Ended::by_gateway(close::POLICY, "egress limit"))
+}
+
+/// Per-socket queue towards the client: enough to keep the socket busy,
+/// small enough that a stalled peer holds little memory.
+const CLIENT_QUEUE: usize = 16;
+/// Queue towards the upstream, same reasoning.
+const UPSTREAM_QUEUE: usize = 16;
+
+type UpstreamIn = futures_util::stream::SplitStream<UpstreamWs>;
+
+async fn drive_upstream(out: &mut Option<Outbox<Box<dyn Io>>>) -> Result<(), WsError> {
+    match out {
+        Some(o) => o.drive().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_upstream(input: &mut Option<UpstreamIn>) -> Option<Result<Message, WsError>> {
+    match input {
+        Some(i) => i.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_delivery(hub: &mut Option<HubSession>) -> Option<Utf8Bytes> {
+    match hub {
+        Some(h) => h.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn slowed(signal: &Option<Arc<tokio::sync::Notify>>) {
+    match signal {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a session until it closes.
-pub async fn run<S>(app: Arc<App>, mut ws: WebSocketStream<S>, start: SessionStart)
+pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, start: SessionStart)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -305,9 +457,9 @@ where
         slot,
         mut session,
         mut control,
+        upstream,
     } = start;
-    let mut bytes_in: u64 = 0;
-    let mut bytes_out: u64 = 0;
+    let mut traffic = Traffic::default();
     let metrics = &app.metrics;
     metrics.connections_active.inc();
     let limits = &app.config.limits;
@@ -326,14 +478,23 @@ where
     let mut meter = crate::egress::Meter::new(&app.egress);
     let sessions_gauge = metrics.sessions(transport);
     sessions_gauge.inc();
-    let mut hub = (app.config.backend.kind == crate::config::BackendKind::Hub)
+    let (sink, mut client_in) = ws.split();
+    let mut client_out = Outbox::new(sink, CLIENT_QUEUE);
+    // The upstream's halves, when the backend is `upstream`.
+    let (mut up_out, mut up_in) = match upstream {
+        Some(u) => {
+            let (sink, input) = (*u).split();
+            (Some(Outbox::new(sink, UPSTREAM_QUEUE)), Some(input))
+        }
+        None => (None, None),
+    };
+    let relay = app.upstream.as_ref().filter(|_| up_out.is_some());
+    let mut hub = (up_out.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
         .then(|| app.hub.session(id, limits.outgoing_queue));
+    let hub_slow = hub.as_ref().map(|h| h.slow_signal());
     let ended = loop {
         let Some(wake) = session.next_wakeup() else {
-            break Ended {
-                code: close::EXPIRED,
-                reason: "token expired",
-            };
+            break Ended::by_gateway(close::EXPIRED, "token expired");
         };
         if armed_for != Some(wake) {
             timer.as_mut().reset(
@@ -341,149 +502,165 @@ where
             );
             armed_for = Some(wake);
         }
+        // Backpressure: read a side only while what it produces has room.
+        let read_client = client_out.has_room() && up_out.as_ref().is_none_or(|o| o.has_room());
+        let read_backend = client_out.has_room();
         tokio::select! {
-            msg = ws.next() => {
+            r = client_out.drive(), if client_out.busy() => {
+                if r.is_err() {
+                    break Ended::client_lost();
+                }
+            }
+            r = drive_upstream(&mut up_out), if up_out.as_ref().is_some_and(|o| o.busy()) => {
+                if r.is_err() {
+                    break Ended {
+                        upstream: None,
+                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+                    };
+                }
+            }
+            msg = client_in.next(), if read_client => {
                 last_seen = tokio::time::Instant::now();
                 if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
-                    let (code, reason) = (close::RATE_LIMITED, "message rate exceeded");
-                    close_with(&mut ws, code, reason).await;
-                    break Ended { code, reason };
+                    break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
                 }
-                let reply = match msg {
-                    None => break Ended { code: 1006, reason: "connection lost" },
-                    Some(Ok(Message::Close(frame))) => {
-                        // tungstenite answers the close; drive it out.
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
-                        let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
-                        break Ended { code, reason: "closed by client" };
+                let data = match msg {
+                    None => break Ended::client_lost(),
+                    Some(Ok(Message::Close(f))) => {
+                        // tungstenite queued the answer; it is flushed below.
+                        break Ended {
+                            code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
+                            reason: "closed by client",
+                            client: None,
+                            upstream: Some(relayed(&f)),
+                            flush: true,
+                        };
+                    }
+                    Some(Ok(Message::Ping(p))) => {
+                        // Answered here by tungstenite; the upstream sees it too.
+                        if let Some(o) = up_out.as_mut() {
+                            o.push(Message::Ping(p));
+                        }
+                        continue;
                     }
                     Some(Ok(Message::Text(t))) => {
-                        bytes_in += t.len() as u64;
+                        traffic.bytes_in += t.len() as u64;
                         metrics.messages_in.inc();
                         metrics.bytes_in.inc_by(t.len() as u64);
-                        match control_message(&app, &mut session, &mut verified, id, t.as_str()) {
-                            Some((reply, refreshed)) => {
-                                if let (true, Some(h)) = (refreshed, hub.as_mut()) {
-                                    h.recheck(&app, &verified);
-                                }
-                                Some(reply)
+                        if let Some((reply, refreshed)) = control_message(&app, &mut session, &mut verified, id, t.as_str()) {
+                            if let (true, Some(h)) = (refreshed, hub.as_mut()) {
+                                h.recheck(&app, &verified);
                             }
-                            None => match hub.as_mut() {
-                                Some(h) => h.handle(&app, &verified, t.as_str()).map(|r| Message::Text(r.into())),
-                                None => Some(Message::Text(t)),
-                            },
+                            client_out.push(reply);
+                            continue;
                         }
+                        if relay.is_some_and(|r| !r.message_allowed(t.as_str())) {
+                            metrics.schema_rejections.inc();
+                            break Ended::by_gateway(close::INVALID_PAYLOAD, "message does not match the schema");
+                        }
+                        Message::Text(t)
                     }
                     Some(Ok(Message::Binary(b))) => {
-                        bytes_in += b.len() as u64;
+                        traffic.bytes_in += b.len() as u64;
                         metrics.messages_in.inc();
                         metrics.bytes_in.inc_by(b.len() as u64);
-                        if hub.is_some() {
-                            // The hub speaks JSON text only.
-                            Some(Message::Text(r#"{"type":"error","id":null,"reason":"bad_request"}"#.into()))
-                        } else {
-                            Some(Message::Binary(b))
-                        }
+                        Message::Binary(b)
                     }
-                    Some(Ok(_)) => None,
+                    Some(Ok(_)) => continue,
                     Some(Err(e)) => {
                         let (code, reason) = error_close(&e);
-                        if code != 1006 {
-                            close_with(&mut ws, code, reason).await;
-                        }
-                        break Ended { code, reason };
+                        break if code == 1006 {
+                            Ended::client_lost()
+                        } else {
+                            Ended::by_gateway(code, reason)
+                        };
                     }
                 };
+                let reply = if let Some(o) = up_out.as_mut() {
+                    o.push(data);
+                    None
+                } else if let Some(h) = hub.as_mut() {
+                    let answer = match &data {
+                        Message::Text(t) => h.handle(&app, &verified, t.as_str()),
+                        // The hub speaks JSON text only.
+                        _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
+                    };
+                    answer.map(|a| Message::Text(a.into()))
+                } else {
+                    Some(data)
+                };
                 if let Some(m) = reply {
-                    let n = m.len() as u64;
-                    // A peer that does not read cannot hold the deadline back.
-                    tokio::select! {
-                        r = ws.send(m) => {
-                            if r.is_err() {
-                                break Ended { code: 1006, reason: "connection lost" };
-                            }
-                            bytes_out += n;
-                            metrics.messages_out.inc();
-                            metrics.bytes_out.inc_by(n);
-                            if egress_exceeded(&app, &mut meter, &verified.sub, n) {
-                                let (code, reason) = (close::POLICY, "egress limit");
-                                close_with(&mut ws, code, reason).await;
-                                break Ended { code, reason };
-                            }
-                        }
-                        _ = &mut timer => {}
+                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                        break e;
                     }
                 }
             }
-            Some(d) = async {
-                match hub.as_mut() {
-                    Some(h) => h.rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if hub.as_ref().is_some_and(|h| h.is_slow()) {
-                    let (code, reason) = (close::TRY_AGAIN_LATER, "slow consumer");
-                    close_with(&mut ws, code, reason).await;
-                    break Ended { code, reason };
-                }
-                let n = d.len() as u64;
-                match tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Text(d))).await {
-                    Ok(Ok(())) => {
-                        bytes_out += n;
-                        metrics.messages_out.inc();
-                        metrics.bytes_out.inc_by(n);
-                        if egress_exceeded(&app, &mut meter, &verified.sub, n) {
-                            let (code, reason) = (close::POLICY, "egress limit");
-                            close_with(&mut ws, code, reason).await;
-                            break Ended { code, reason };
-                        }
-                    }
-                    _ => {
-                        let (code, reason) = (close::TRY_AGAIN_LATER, "slow consumer");
-                        close_with(&mut ws, code, reason).await;
-                        break Ended { code, reason };
+            m = next_upstream(&mut up_in), if read_backend => match m {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                        break e;
                     }
                 }
+                Some(Ok(Message::Ping(p))) => client_out.push(Message::Ping(p)),
+                Some(Ok(Message::Close(f))) => {
+                    break Ended {
+                        code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
+                        reason: "closed by upstream",
+                        client: Some(relayed(&f)),
+                        upstream: None,
+                        flush: true,
+                    };
+                }
+                Some(Ok(_)) => {}
+                None => {
+                    break Ended {
+                        upstream: None,
+                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+                    };
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
+                    let (code, reason) = error_close(&e);
+                    break Ended {
+                        upstream: (code != 1006).then(|| frame(code, reason.into())),
+                        client: Some(frame(close::INTERNAL, "upstream error".into())),
+                        ..Ended::by_gateway(close::INTERNAL, "upstream error")
+                    };
+                }
+            },
+            Some(d) = next_delivery(&mut hub), if read_backend => {
+                if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, Message::Text(d)) {
+                    break e;
+                }
+            }
+            _ = slowed(&hub_slow) => {
+                break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() >= limits.idle_timeout {
-                    let (code, reason) = (close::IDLE, "idle timeout");
-                    close_with(&mut ws, code, reason).await;
-                    break Ended { code, reason };
+                    break Ended::by_gateway(close::IDLE, "idle timeout");
                 }
-                // Bounded: a peer that does not read is caught by idle_timeout.
-                let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Ping(Default::default()))).await;
+                // A peer that does not read is caught by idle_timeout, since
+                // its full queue also stops us reading it.
+                client_out.push(Message::Ping(Default::default()));
             }
             Some(c) = control.recv() => match c {
-                Control::Revoke => {
-                    session.close();
-                    let (code, reason) = (close::REVOKED, "session revoked");
-                    close_with(&mut ws, code, reason).await;
-                    break Ended { code, reason };
-                }
-                Control::Drain => {
-                    session.close();
-                    let (code, reason) = (close::GOING_AWAY, "server shutting down");
-                    close_with(&mut ws, code, reason).await;
-                    break Ended { code, reason };
-                }
+                Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
+                Control::Drain => break Ended::by_gateway(close::GOING_AWAY, "server shutting down"),
                 Control::Reauth => {
                     if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
                         app.registry.set_deadline(id, session.deadline());
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
+                        client_out.push(m);
                     }
                 }
             },
             _ = &mut timer => {
                 match session.on_tick(now_ms()) {
-                    Some(Action::Close { code, reason }) => {
-                        close_with(&mut ws, code, reason).await;
-                        break Ended { code, reason };
-                    }
+                    Some(Action::Close { code, reason }) => break Ended::by_gateway(code, reason),
                     Some(other) => {
                         if let Some(m) = action_message(&other) {
-                            bytes_out += m.len() as u64;
-                            let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
+                            traffic.bytes_out += m.len() as u64;
+                            client_out.push(m);
                         }
                     }
                     // Woke a hair early (monotonic vs wall clock): re-arm.
@@ -496,6 +673,38 @@ where
     if let Some(h) = hub.as_mut() {
         h.leave(&app);
     }
+    let grace = if ended.flush {
+        CLOSE_GRACE
+    } else {
+        Duration::ZERO
+    };
+    let client_side = async {
+        let sink = client_out.finish(grace).await;
+        if let Ok(mut ws) = sink.reunite(client_in) {
+            match ended.client {
+                Some(f) => close_with(&mut ws, f).await,
+                // Flush tungstenite's answer to the client's close.
+                None => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                }
+            }
+        }
+    };
+    let upstream_side = async {
+        let (Some(out), Some(input)) = (up_out, up_in) else {
+            return;
+        };
+        let sink = out.finish(grace).await;
+        if let Ok(mut ws) = sink.reunite(input) {
+            match ended.upstream {
+                Some(f) => close_with(&mut ws, f).await,
+                None => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                }
+            }
+        }
+    };
+    tokio::join!(client_side, upstream_side);
     metrics.connections_active.dec();
     sessions_gauge.dec();
     metrics.close(ended.code);
@@ -508,8 +717,8 @@ where
         transport = transport.as_str(),
         ip = %ip,
         duration_ms = opened.elapsed().as_millis() as u64,
-        bytes_in,
-        bytes_out,
+        bytes_in = traffic.bytes_in,
+        bytes_out = traffic.bytes_out,
     );
     drop(slot);
 }
@@ -586,14 +795,10 @@ fn error_close(e: &WsError) -> (u16, &'static str) {
 }
 
 /// Sends a close frame and waits briefly for the peer's answer.
-async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &'static str)
+async fn close_with<S>(ws: &mut WebSocketStream<S>, frame: CloseFrame)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if ws.close(Some(frame)).await.is_ok() {
             // Read until the peer's close (or EOF) completes the handshake.

@@ -16,6 +16,7 @@ pub mod limiter;
 pub mod log;
 pub mod metrics;
 pub mod mint;
+pub mod outbox;
 pub mod server;
 pub mod store;
 pub mod tls;

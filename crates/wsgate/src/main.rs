@@ -114,10 +114,6 @@ fn check(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = wsgate::backend::check_supported(cfg.backend.kind) {
-        print_problems(&[e]);
-        return ExitCode::from(1);
-    }
     let redacted = cfg.redacted();
     if let Err(problems) = App::new(cfg) {
         print_problems(&problems);
@@ -147,10 +143,6 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             LogFormat::Human => wsgate::log::Format::Human,
         },
     );
-    if let Err(e) = wsgate::backend::check_supported(cfg.backend.kind) {
-        print_problems(&[e]);
-        return ExitCode::from(1);
-    }
     if cfg.dev_mode && cfg.admin.token.is_none() {
         // Dev mode: a random admin token (printed in the banner) so the
         // admin API can be tried; the admin listener is loopback-only here.

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub tickets_issued: Counter,
     pub store_errors: Counter,
     pub egress_alerts: Counter,
+    pub schema_rejections: Counter,
+    pub upstream_connect: Histogram,
     sessions: Family<TransportLabels, Gauge>,
 }
 
@@ -123,6 +125,19 @@ impl Metrics {
             "Users who crossed limits.egress_alert_bytes_per_min in a minute",
             egress_alerts.clone(),
         );
+        let schema_rejections = Counter::default();
+        registry.register(
+            "wsgate_schema_rejections",
+            "Client messages refused by backend.message_schema_file (closed 1007)",
+            schema_rejections.clone(),
+        );
+        // 100 us .. ~3 s: loopback upstreams at the bottom, wss across a WAN at the top.
+        let upstream_connect = Histogram::new(exponential_buckets(1e-4, 2.0, 16));
+        registry.register(
+            "wsgate_upstream_connect_seconds",
+            "Time to open the upstream WebSocket (TCP, TLS and handshake)",
+            upstream_connect.clone(),
+        );
         let sessions = Family::<TransportLabels, Gauge>::default();
         registry.register(
             "wsgate_sessions_active",
@@ -148,6 +163,8 @@ impl Metrics {
             tickets_issued,
             store_errors,
             egress_alerts,
+            schema_rejections,
+            upstream_connect,
             sessions,
         }
     }

@@ -24,6 +24,8 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 struct Subscriber {
     tx: mpsc::Sender<Utf8Bytes>,
     slow: Arc<AtomicBool>,
+    /// Wakes the socket's task the first time its queue is found full.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Channels of this node.
@@ -113,7 +115,11 @@ impl Hub {
             match s.tx.try_send(msg.clone()) {
                 Ok(()) => n += 1,
                 // Full: the socket cannot keep up; it will be closed.
-                Err(mpsc::error::TrySendError::Full(_)) => s.slow.store(true, Ordering::Relaxed),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !s.slow.swap(true, Ordering::Relaxed) {
+                        s.wake.notify_one();
+                    }
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
@@ -132,6 +138,7 @@ impl Hub {
             sub_handle: Subscriber {
                 tx,
                 slow: Arc::new(AtomicBool::new(false)),
+                wake: Arc::new(tokio::sync::Notify::new()),
             },
             rx,
             channels: HashSet::new(),
@@ -169,6 +176,11 @@ impl HubSession {
     /// Whether the hub found this socket's queue full.
     pub fn is_slow(&self) -> bool {
         self.sub_handle.slow.load(Ordering::Relaxed)
+    }
+
+    /// Notified once when the hub finds this socket's queue full.
+    pub fn slow_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.sub_handle.wake.clone()
     }
 
     /// Handles one client text message; returns the answer, if any.

@@ -3,6 +3,7 @@
 
 use super::respond::{reject, Body};
 use crate::app::{App, Slot};
+use crate::backend::upstream::{self, ClientRequest, UpstreamWs};
 use crate::clock::now_ms;
 use crate::conn::{self, SessionStart};
 use base64::engine::general_purpose::STANDARD;
@@ -62,12 +63,15 @@ struct Accepted {
 enum Admission {
     /// Authenticated on the upgrade.
     Session {
+        id: u64,
         verified: Verified,
         transport: Transport,
         slot: Slot,
+        upstream: Option<Box<UpstreamWs>>,
     },
-    /// First-message auth (SPEC 5.2): authenticated after 101, or closed 4001.
-    Pending(conn::Unauthenticated),
+    /// First-message auth (SPEC 5.2): authenticated after 101, or closed
+    /// 4001. Keeps the request when the upstream is opened after auth.
+    Pending(conn::Unauthenticated, Option<ClientRequest>),
 }
 
 /// Handles `GET <server.path>`: decides, logs, answers `101` or a rejection.
@@ -107,13 +111,15 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
             let origin = attempt.origin.take();
             let start = match acc.admission {
                 Admission::Session {
+                    id,
                     verified,
                     transport,
                     slot,
+                    upstream,
                 } => Ok(SessionStart::new(
-                    &app, ip, origin, transport, verified, slot,
+                    &app, id, ip, origin, transport, verified, slot, upstream,
                 )),
-                Admission::Pending(guard) => Err((guard, origin)),
+                Admission::Pending(guard, request) => Err((guard, origin, request)),
             };
             tokio::spawn(async move {
                 // The upgrade fails only if the peer left before 101 was read.
@@ -128,8 +134,8 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
                 .await;
                 let start = match start {
                     Ok(s) => s,
-                    Err((guard, origin)) => {
-                        match conn::first_message(&app, &mut ws, guard, ip, origin).await {
+                    Err((guard, origin, request)) => {
+                        match conn::first_message(&app, &mut ws, guard, ip, origin, request).await {
                             Some(s) => s,
                             None => return,
                         }
@@ -248,9 +254,13 @@ async fn decide(
         if app.config.auth.first_message {
             a.transport = Some(Transport::FirstMessage);
             let guard = conn::Unauthenticated::acquire(app)?;
+            let request = app.upstream.as_ref().map(|_| ClientRequest {
+                headers: headers.clone(),
+                query: query.map(str::to_owned),
+            });
             return Ok(Accepted {
-                admission: Admission::Pending(guard),
-                protocol: choose_protocol(app, headers, Transport::FirstMessage),
+                admission: Admission::Pending(guard, request),
+                protocol: choose_protocol(app, headers, Transport::FirstMessage, None),
                 key,
             });
         }
@@ -285,12 +295,27 @@ async fn decide(
         }
     }
     let slot = app.acquire_slot_everywhere(&verified.sub).await?;
-    let protocol = choose_protocol(app, headers, cred.transport);
+    // Last: the upstream is opened only for a client that passed every
+    // check, and before 101 so its refusal is the client's 502/504.
+    let id = app.next_id();
+    let (upstream, chosen) = if app.upstream.is_some() {
+        let request = ClientRequest {
+            headers: headers.clone(),
+            query: query.map(str::to_owned),
+        };
+        let (ws, chosen) = upstream::open(app, &request, a.ip, &verified, id).await?;
+        (Some(ws), chosen)
+    } else {
+        (None, None)
+    };
+    let protocol = choose_protocol(app, headers, cred.transport, chosen);
     Ok(Accepted {
         admission: Admission::Session {
+            id,
             verified,
             transport: cred.transport,
             slot,
+            upstream,
         },
         protocol,
         key,
@@ -328,18 +353,23 @@ async fn redeem_ticket(app: &App, token: &str) -> Result<Verified, Reason> {
     }
 }
 
-/// The one subprotocol echoed in `101`: an application protocol the
-/// backend accepts, else the sentinel when the token came that way.
-fn choose_protocol(app: &App, headers: &HeaderMap, transport: Transport) -> Option<String> {
-    let offered = credential::offered_protocols(headers).ok()?;
-    let split = credential::split_offered(&offered, &app.config.auth.subprotocol);
-    let accepted = crate::backend::accepted_protocols(app);
-    if let Some(p) = split
-        .application
-        .iter()
-        .find(|p| accepted.iter().any(|a| a == *p))
-    {
-        return Some((*p).to_owned());
+/// The one subprotocol echoed in `101`: the application protocol the
+/// upstream chose (echo and the hub accept none), else the sentinel when
+/// the token came that way.
+fn choose_protocol(
+    app: &App,
+    headers: &HeaderMap,
+    transport: Transport,
+    upstream_chose: Option<String>,
+) -> Option<String> {
+    if let Some(p) = upstream_chose {
+        // The upstream may only pick what it was offered: the client's
+        // application protocols (tungstenite checks this on the 101).
+        let offered = credential::offered_protocols(headers).ok()?;
+        let split = credential::split_offered(&offered, &app.config.auth.subprotocol);
+        if split.application.contains(&p.as_str()) {
+            return Some(p);
+        }
     }
     (transport == Transport::Subprotocol).then(|| app.config.auth.subprotocol.clone())
 }

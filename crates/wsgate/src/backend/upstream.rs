@@ -1,0 +1,542 @@
+//! The `upstream` backend (SPEC 6): one WebSocket to `backend.upstream` per
+//! accepted client, opened before the client's `101` so that a refusing or
+//! silent upstream becomes `502`/`504` and never a half-open tunnel.
+//!
+//! The upstream learns who the client is from `X-Wsgate-*` headers (signed
+//! with `backend.identity_secret` when set) and never sees the client's
+//! credential: `Authorization`, the session cookie, the ticket/token query
+//! parameters and the token subprotocol are removed, and any `X-Wsgate-*`
+//! header the client sent is dropped so it cannot forge an identity.
+
+use crate::config::{AuthConfig, BackendConfig};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Uri};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+use wsgate_core::credential;
+use wsgate_core::Reason;
+
+/// Either a plain or a TLS stream to the upstream.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// An open WebSocket to the upstream.
+pub type UpstreamWs = WebSocketStream<Box<dyn Io>>;
+
+/// Identity headers sent upstream.
+pub const SUB: &str = "x-wsgate-sub";
+pub const SESSION: &str = "x-wsgate-session";
+pub const CLAIMS: &str = "x-wsgate-claims";
+pub const TIMESTAMP: &str = "x-wsgate-timestamp";
+pub const SIGNATURE: &str = "x-wsgate-signature";
+
+/// Headers that describe this hop or this handshake, never the client:
+/// rebuilt for the upstream connection rather than copied.
+const HOP_BY_HOP: [&str; 16] = [
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-authorization",
+    "proxy-connection",
+    "host",
+    "content-length",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "authorization",
+];
+
+/// Where and how to reach the upstream; built once at startup.
+pub struct Upstream {
+    host: String,
+    port: u16,
+    authority: String,
+    path: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    identity_key: Option<aws_lc_rs::hmac::Key>,
+    timeout: Duration,
+    schema: Option<jsonschema::Validator>,
+}
+
+/// Who the client is, as forwarded upstream.
+pub struct Identity<'a> {
+    pub sub: &'a str,
+    pub session: u64,
+    pub claims: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+impl Upstream {
+    /// Reads the backend configuration; errors are startup errors.
+    pub fn load(cfg: &BackendConfig) -> Result<Self, String> {
+        let url = cfg
+            .upstream
+            .as_deref()
+            .ok_or("backend.upstream is required")?;
+        let uri: Uri = url.parse().map_err(|e| format!("backend.upstream: {e}"))?;
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err("backend.upstream: must be ws:// or wss://".into()),
+        };
+        let authority = uri
+            .authority()
+            .ok_or("backend.upstream: no host")?
+            .as_str()
+            .to_owned();
+        let bracketed = uri.host().ok_or("backend.upstream: no host")?;
+        let host = bracketed
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let tls = if secure {
+            let roots = roots(cfg.upstream_ca_file.as_deref())?;
+            let config = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| format!("backend.upstream: {host:?} is not a valid TLS name: {e}"))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let identity_key = cfg
+            .identity_secret
+            .as_ref()
+            .map(|s| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, s.expose()));
+        let schema = match &cfg.message_schema_file {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read(p)
+                    .map_err(|e| format!("backend.message_schema_file: {}: {e}", p.display()))?;
+                let json: serde_json::Value = serde_json::from_slice(&text)
+                    .map_err(|e| format!("backend.message_schema_file: {}: {e}", p.display()))?;
+                // Built without remote resolvers: a `$ref` to a URL is an
+                // error here, never a fetch.
+                let v = jsonschema::validator_for(&json).map_err(|e| {
+                    format!(
+                        "backend.message_schema_file: {}: not a valid JSON Schema: {e}",
+                        p.display()
+                    )
+                })?;
+                Some(v)
+            }
+        };
+        Ok(Upstream {
+            host,
+            port,
+            authority,
+            path,
+            tls,
+            identity_key,
+            timeout: cfg.connect_timeout,
+            schema,
+        })
+    }
+
+    /// Whether a client text message may be forwarded (SPEC 6 schema).
+    pub fn message_allowed(&self, text: &str) -> bool {
+        match &self.schema {
+            None => true,
+            Some(v) => serde_json::from_str::<serde_json::Value>(text)
+                .map(|j| v.is_valid(&j))
+                .unwrap_or(false),
+        }
+    }
+
+    /// Opens the upstream WebSocket for one client. Returns the socket and
+    /// the application subprotocol the upstream chose, if any.
+    pub async fn connect(
+        &self,
+        auth: &AuthConfig,
+        client: &HeaderMap,
+        query: Option<&str>,
+        client_ip: std::net::IpAddr,
+        who: &Identity<'_>,
+        ws_config: WebSocketConfig,
+    ) -> Result<(UpstreamWs, Option<String>), Reason> {
+        let req = self.request(auth, client, query, client_ip, who, crate::clock::now_ms())?;
+        let attempt = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| fail("connect", &e))?;
+            let _ = tcp.set_nodelay(true);
+            let io: Box<dyn Io> = match &self.tls {
+                None => Box::new(tcp),
+                Some((connector, name)) => Box::new(
+                    connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| fail("tls", &e))?,
+                ),
+            };
+            let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(ws_config))
+                .await
+                .map_err(|e| fail("handshake", &e))?;
+            let protocol = resp
+                .headers()
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Ok((ws, protocol))
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(event = "upstream_error", stage = "timeout", upstream = %self.authority);
+                Err(Reason::UpstreamTimeout)
+            }
+        }
+    }
+
+    /// The upstream handshake request: the client's headers minus its
+    /// credential and this hop's headers, plus the identity.
+    fn request(
+        &self,
+        auth: &AuthConfig,
+        client: &HeaderMap,
+        query: Option<&str>,
+        client_ip: std::net::IpAddr,
+        who: &Identity<'_>,
+        now_ms: i64,
+    ) -> Result<Request<()>, Reason> {
+        let path = match forwarded_query(auth, query) {
+            Some(q) if self.path.contains('?') => format!("{}&{q}", self.path),
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        };
+        let mut req = Request::get(path.as_str())
+            .body(())
+            .map_err(|_| Reason::UpstreamUnavailable)?;
+        let h = req.headers_mut();
+        for (name, value) in client {
+            if forwardable(name) {
+                h.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(c) = strip_cookie(client, &auth.cookie_name) {
+            h.insert(header::COOKIE, c);
+        }
+        let ip = HeaderValue::from_str(&client_ip.to_string())
+            .map_err(|_| Reason::UpstreamUnavailable)?;
+        h.insert(HeaderName::from_static("x-forwarded-for"), ip);
+        let protocols = app_protocols(client, &auth.subprotocol);
+        if !protocols.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&protocols.join(", ")) {
+                h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+            }
+        }
+        let fixed = [
+            (header::HOST, self.authority.clone()),
+            (header::CONNECTION, "Upgrade".into()),
+            (header::UPGRADE, "websocket".into()),
+            (header::SEC_WEBSOCKET_VERSION, "13".into()),
+            (header::SEC_WEBSOCKET_KEY, generate_key()),
+        ];
+        for (name, value) in fixed {
+            let v = HeaderValue::from_str(&value).map_err(|_| Reason::UpstreamUnavailable)?;
+            h.insert(name, v);
+        }
+        for (name, value) in self.identity_headers(who, now_ms) {
+            let v = HeaderValue::from_str(&value).map_err(|_| Reason::UpstreamUnavailable)?;
+            h.insert(HeaderName::from_static(name), v);
+        }
+        Ok(req)
+    }
+
+    /// `X-Wsgate-Sub` (base64url when not plain visible ASCII, see
+    /// docs/backends.md), `X-Wsgate-Session`, `X-Wsgate-Claims`, and with a
+    /// secret `X-Wsgate-Timestamp` + `X-Wsgate-Signature`.
+    fn identity_headers(&self, who: &Identity<'_>, now_ms: i64) -> Vec<(&'static str, String)> {
+        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(who.claims).unwrap_or_default());
+        let sub = header_safe_sub(who.sub);
+        let session = who.session.to_string();
+        let mut out = vec![(SUB, sub), (SESSION, session), (CLAIMS, claims)];
+        if let Some(key) = &self.identity_key {
+            let ts = (now_ms / 1000).to_string();
+            let sig = sign(key, &out[0].1, &out[1].1, &out[2].1, &ts);
+            out.push((TIMESTAMP, ts));
+            out.push((SIGNATURE, sig));
+        }
+        out
+    }
+}
+
+/// What the upstream handshake needs from the client's request; kept
+/// past `101` only for first-message auth, where the upstream is opened
+/// after the client authenticates.
+pub struct ClientRequest {
+    pub headers: HeaderMap,
+    pub query: Option<String>,
+}
+
+/// Opens the upstream for an authenticated client, timing it.
+pub async fn open(
+    app: &crate::app::App,
+    req: &ClientRequest,
+    ip: std::net::IpAddr,
+    verified: &wsgate_core::verify::Verified,
+    id: u64,
+) -> Result<(Box<UpstreamWs>, Option<String>), Reason> {
+    let Some(up) = &app.upstream else {
+        return Err(Reason::UpstreamUnavailable);
+    };
+    let who = Identity {
+        sub: &verified.sub,
+        session: id,
+        claims: &verified.claims,
+    };
+    let t0 = std::time::Instant::now();
+    let r = up
+        .connect(
+            &app.config.auth,
+            &req.headers,
+            req.query.as_deref(),
+            ip,
+            &who,
+            app.ws_config,
+        )
+        .await;
+    app.metrics
+        .upstream_connect
+        .observe(t0.elapsed().as_secs_f64());
+    r.map(|(ws, p)| (Box::new(ws), p))
+}
+
+/// `v1=<base64url HMAC-SHA256>` over the identity headers exactly as sent,
+/// one per line, so an upstream can check them without re-encoding.
+pub fn sign(
+    key: &aws_lc_rs::hmac::Key,
+    sub: &str,
+    session: &str,
+    claims: &str,
+    ts: &str,
+) -> String {
+    let input = format!("v1\n{sub}\n{session}\n{claims}\n{ts}");
+    let tag = aws_lc_rs::hmac::sign(key, input.as_bytes());
+    format!("v1={}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+}
+
+/// A `sub` is forwarded verbatim when it is visible ASCII; anything else
+/// (spaces, UTF-8) as `b64:<base64url>` so the header stays unambiguous.
+fn header_safe_sub(sub: &str) -> String {
+    if !sub.is_empty() && sub.bytes().all(|b| b.is_ascii_graphic()) && !sub.starts_with("b64:") {
+        sub.to_owned()
+    } else {
+        format!("b64:{}", URL_SAFE_NO_PAD.encode(sub))
+    }
+}
+
+fn forwardable(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    !(HOP_BY_HOP.contains(&n)
+        || n == "cookie"
+        || n.starts_with("x-wsgate-")
+        || n == "x-forwarded-for"
+        || n == "forwarded")
+}
+
+/// The client's application subprotocols: the sentinel and the token that
+/// follows it are the credential and stay here.
+fn app_protocols(client: &HeaderMap, sentinel: &str) -> Vec<String> {
+    let Ok(offered) = credential::offered_protocols(client) else {
+        return Vec::new();
+    };
+    credential::split_offered(&offered, sentinel)
+        .application
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect()
+}
+
+/// The client's `Cookie` header(s) without the session cookie; `None`
+/// when nothing is left.
+fn strip_cookie(client: &HeaderMap, session_cookie: &str) -> Option<HeaderValue> {
+    let mut kept: Vec<&str> = Vec::new();
+    for v in client.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            let pair = pair.trim();
+            let name = pair.split('=').next().unwrap_or("").trim();
+            if !pair.is_empty() && name != session_cookie {
+                kept.push(pair);
+            }
+        }
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join("; ")).ok()
+}
+
+/// The client's query string without the credential parameters (ticket,
+/// query token, CSRF value); `None` when nothing is left.
+fn forwarded_query(auth: &AuthConfig, query: Option<&str>) -> Option<String> {
+    let q = query?;
+    let secret = |k: &str| k == auth.ticket_param || k == auth.query_param || k == "csrf";
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| {
+            let raw = kv.split('=').next().unwrap_or("");
+            let name = form_urlencoded::parse(raw.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            !kv.is_empty() && !secret(&name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Logs an upstream failure (never the request, which may carry claims).
+fn fail(stage: &'static str, e: &dyn std::fmt::Display) -> Reason {
+    tracing::warn!(event = "upstream_error", stage, error = %e);
+    Reason::UpstreamUnavailable
+}
+
+/// The trust anchors for `wss://`: the configured CA file, else the
+/// system's roots.
+fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(p) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
+                .and_then(|it| it.collect())
+                .map_err(|e| format!("backend.upstream_ca_file: {}: {e}", p.display()))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("backend.upstream_ca_file: {}: {e}", p.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("backend.upstream: no trusted root certificates for wss:// (set backend.upstream_ca_file)".into());
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> AuthConfig {
+        crate::config::Config::dev(&[]).unwrap().auth
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn query_loses_credentials_only() {
+        let a = auth();
+        let q = format!(
+            "room=1&{}=abc&{}=def&csrf=x&b=2",
+            a.ticket_param, a.query_param
+        );
+        assert_eq!(forwarded_query(&a, Some(&q)).as_deref(), Some("room=1&b=2"));
+        assert_eq!(
+            forwarded_query(&a, Some(&format!("{}=t", a.ticket_param))),
+            None
+        );
+        // An encoded parameter name is still recognised.
+        assert_eq!(
+            forwarded_query(&a, Some("%74icket=t&x=1")).as_deref(),
+            Some("x=1")
+        );
+    }
+
+    #[test]
+    fn session_cookie_is_removed_others_kept() {
+        let h = headers(&[
+            ("cookie", "a=1; session=SECRET; b=2"),
+            ("cookie", "session=X"),
+        ]);
+        let v = strip_cookie(&h, "session").unwrap();
+        assert_eq!(v.to_str().unwrap(), "a=1; b=2");
+        assert!(strip_cookie(&headers(&[("cookie", "session=S")]), "session").is_none());
+    }
+
+    #[test]
+    fn credential_and_hop_headers_are_not_forwarded() {
+        for n in [
+            "authorization",
+            "cookie",
+            "x-wsgate-sub",
+            "x-wsgate-signature",
+            "sec-websocket-protocol",
+            "host",
+            "connection",
+            "x-forwarded-for",
+        ] {
+            assert!(!forwardable(&HeaderName::from_static(n)), "{n}");
+        }
+        for n in ["origin", "user-agent", "x-request-id", "accept-language"] {
+            assert!(forwardable(&HeaderName::from_static(n)), "{n}");
+        }
+    }
+
+    #[test]
+    fn token_subprotocol_stays_here() {
+        let h = headers(&[("sec-websocket-protocol", "jwt, eyJ.a.b, chat.v2")]);
+        assert_eq!(app_protocols(&h, "jwt"), vec!["chat.v2".to_owned()]);
+    }
+
+    #[test]
+    fn odd_subjects_are_encoded() {
+        assert_eq!(header_safe_sub("user-1"), "user-1");
+        assert_eq!(
+            header_safe_sub("a b"),
+            format!("b64:{}", URL_SAFE_NO_PAD.encode("a b"))
+        );
+        assert!(header_safe_sub("b64:x").starts_with("b64:"));
+        assert!(header_safe_sub("é").starts_with("b64:"));
+    }
+
+    #[test]
+    fn signature_covers_every_identity_header() {
+        let key = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            b"0123456789abcdef0123456789abcdef",
+        );
+        let s = sign(&key, "u", "1", "e30", "100");
+        assert!(s.starts_with("v1="));
+        assert_ne!(s, sign(&key, "v", "1", "e30", "100"));
+        assert_ne!(s, sign(&key, "u", "2", "e30", "100"));
+        assert_ne!(s, sign(&key, "u", "1", "e31", "100"));
+        assert_ne!(s, sign(&key, "u", "1", "e30", "101"));
+    }
+}
