@@ -224,9 +224,12 @@ impl Upstream {
             Some(q) => format!("{}?{q}", self.path),
             None => self.path.clone(),
         };
-        let mut req = Request::get(path.as_str())
+        // tungstenite wants the absolute URL; only its path goes on the wire.
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{}{path}", self.authority);
+        let mut req = Request::get(url.as_str())
             .body(())
-            .map_err(|_| Reason::UpstreamUnavailable)?;
+            .map_err(|e| fail("request", &e))?;
         let h = req.headers_mut();
         for (name, value) in client {
             if forwardable(name) {
@@ -236,8 +239,7 @@ impl Upstream {
         if let Some(c) = strip_cookie(client, &auth.cookie_name) {
             h.insert(header::COOKIE, c);
         }
-        let ip = HeaderValue::from_str(&client_ip.to_string())
-            .map_err(|_| Reason::UpstreamUnavailable)?;
+        let ip = HeaderValue::from_str(&client_ip.to_string()).map_err(|e| fail("request", &e))?;
         h.insert(HeaderName::from_static("x-forwarded-for"), ip);
         let protocols = app_protocols(client, &auth.subprotocol);
         if !protocols.is_empty() {
@@ -253,11 +255,11 @@ impl Upstream {
             (header::SEC_WEBSOCKET_KEY, generate_key()),
         ];
         for (name, value) in fixed {
-            let v = HeaderValue::from_str(&value).map_err(|_| Reason::UpstreamUnavailable)?;
+            let v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;
             h.insert(name, v);
         }
         for (name, value) in self.identity_headers(who, now_ms) {
-            let v = HeaderValue::from_str(&value).map_err(|_| Reason::UpstreamUnavailable)?;
+            let v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;
             h.insert(HeaderName::from_static(name), v);
         }
         Ok(req)

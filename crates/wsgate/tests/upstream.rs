@@ -1,0 +1,580 @@
+//! The upstream backend (SPEC 6) against a real upstream WebSocket server
+//! started by each test on 127.0.0.1.
+// Test helpers: a failed setup step should panic on the spot.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
+mod common;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderMap;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+const ADMIN: &str = "admin-token-0123456789";
+const IDENTITY_SECRET: &str = "identity-secret-0123456789abcdef-0123";
+
+/// What the upstream saw of one connection.
+struct Seen {
+    uri: String,
+    headers: HeaderMap,
+    /// Everything the gateway sent, in order (data, pings, the close).
+    events: mpsc::UnboundedReceiver<Message>,
+}
+
+/// How the test upstream behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Echoes data; `close:<code>:<reason>` makes it close; `ping` makes it ping.
+    Echo,
+    /// Answers the upgrade with `200 OK`.
+    Http200,
+    /// Accepts TCP and never answers.
+    Silent,
+    /// Sends 64 KiB binary messages as fast as it can, counting them.
+    Flood,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    async fn start(mode: Mode) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let counter = counter.clone();
+                tokio::spawn(serve(s, mode, tx, counter));
+            }
+        });
+        Upstream { addr, seen, sent }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/app?upstream=1", self.addr)
+    }
+
+    async fn next(&mut self) -> Seen {
+        tokio::time::timeout(Duration::from_secs(10), self.seen.recv())
+            .await
+            .expect("upstream connection in time")
+            .expect("upstream running")
+    }
+}
+
+async fn serve(
+    mut s: TcpStream,
+    mode: Mode,
+    tx: mpsc::UnboundedSender<Seen>,
+    sent: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    match mode {
+        Mode::Silent => {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+            return;
+        }
+        Mode::Http200 => {
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await;
+            return;
+        }
+        _ => {}
+    }
+    let (req_tx, req_rx) = std::sync::mpsc::channel();
+    let callback = move |req: &Request, mut resp: Response| {
+        // Picks the first application protocol offered, as a server would.
+        if let Some(p) = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+        {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", p.trim().parse().unwrap());
+        }
+        let _ = req_tx.send((req.uri().to_string(), req.headers().clone()));
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, callback).await else {
+        return;
+    };
+    let (uri, headers) = req_rx.recv().unwrap();
+    let (ev_tx, events) = mpsc::unbounded_channel();
+    let _ = tx.send(Seen {
+        uri,
+        headers,
+        events,
+    });
+    if mode == Mode::Flood {
+        let chunk = vec![7u8; 64 * 1024];
+        while ws.send(Message::Binary(chunk.clone().into())).await.is_ok() {
+            sent.fetch_add(1, Ordering::SeqCst);
+        }
+        return;
+    }
+    while let Some(Ok(m)) = ws.next().await {
+        let _ = ev_tx.send(m.clone());
+        match m {
+            Message::Text(t) if t.starts_with("close:") => {
+                let mut it = t.splitn(3, ':').skip(1);
+                let code: u16 = it.next().unwrap().parse().unwrap();
+                let reason = it.next().unwrap_or("").to_owned();
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    }))
+                    .await;
+            }
+            Message::Text(t) if t.as_str() == "ping" => {
+                let _ = ws.send(Message::Ping(b"up".to_vec().into())).await;
+            }
+            Message::Text(_) | Message::Binary(_) if ws.send(m.clone()).await.is_err() => return,
+            _ => {}
+        }
+    }
+}
+
+fn config(upstream: &str, extra: &str) -> String {
+    base_config(extra).replace(
+        "kind = \"echo\"",
+        &format!("kind = \"upstream\"\nupstream = {upstream:?}\nidentity_secret_env = \"TEST_IDENTITY_SECRET\""),
+    )
+}
+
+fn start(upstream: &str, extra: &str) -> Gateway {
+    Gateway::start_with_env(
+        &config(upstream, extra),
+        &[
+            ("WSGATE_ADMIN_TOKEN", ADMIN),
+            ("TEST_IDENTITY_SECRET", IDENTITY_SECRET),
+        ],
+    )
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Checks the signature the way docs/backends.md tells an upstream to.
+fn signature_ok(h: &HeaderMap) -> bool {
+    let get = |n| header(h, n).unwrap_or("");
+    let input = format!(
+        "v1\n{}\n{}\n{}\n{}",
+        get("x-wsgate-sub"),
+        get("x-wsgate-session"),
+        get("x-wsgate-claims"),
+        get("x-wsgate-timestamp")
+    );
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, IDENTITY_SECRET.as_bytes());
+    let Some(sig) = get("x-wsgate-signature").strip_prefix("v1=") else {
+        return false;
+    };
+    let Ok(tag) = URL_SAFE_NO_PAD.decode(sig) else {
+        return false;
+    };
+    aws_lc_rs::hmac::verify(&key, input.as_bytes(), &tag).is_ok()
+}
+
+async fn next_event(seen: &mut Seen) -> Message {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), seen.events.recv()).await {
+            Ok(Some(Message::Pong(_))) => continue,
+            Ok(Some(m)) => return m,
+            other => panic!("expected an upstream event, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn identity_is_forwarded_and_the_credential_is_not() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    let tok = token("alice");
+    let url = format!("{}?room=7", gw.url());
+    let (mut ws, _) = upgrade(
+        &url,
+        &[
+            ("authorization", &format!("Bearer {tok}")),
+            ("cookie", "session=not-the-token; theme=dark"),
+            ("x-wsgate-sub", "mallory"),
+            ("x-wsgate-claims", "e30"),
+            ("x-request-id", "req-42"),
+            ("origin", "http://app.test"),
+        ],
+    )
+    .await
+    .open();
+    let seen = up.next().await;
+    let h = &seen.headers;
+    assert_eq!(header(h, "x-wsgate-sub"), Some("alice"));
+    assert_eq!(
+        h.get_all("x-wsgate-sub").iter().count(),
+        1,
+        "client's copy dropped"
+    );
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(header(h, "x-wsgate-claims").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "alice");
+    let session: u64 = header(h, "x-wsgate-session").unwrap().parse().unwrap();
+    assert!(session > 0);
+    assert!(signature_ok(h), "signature verifies: {h:?}");
+    assert!(h.get("authorization").is_none());
+    assert_eq!(header(h, "cookie"), Some("theme=dark"));
+    assert_eq!(header(h, "x-request-id"), Some("req-42"));
+    assert_eq!(header(h, "origin"), Some("http://app.test"));
+    assert_eq!(header(h, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.uri, "/app?upstream=1&room=7");
+    // X-Wsgate-Claims is the token's payload by definition; what makes it
+    // a credential, the signature, is never forwarded.
+    let signature = tok.rsplit('.').next().unwrap();
+    for (name, v) in h {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        assert!(
+            !v.contains(signature) && !v.contains(&tok),
+            "credential in {name}"
+        );
+    }
+    // A forged signature is detectable by the upstream.
+    let mut forged = h.clone();
+    forged.insert("x-wsgate-sub", "mallory".parse().unwrap());
+    assert!(!signature_ok(&forged));
+    assert_eq!(echo(&mut ws, "hello").await, "hello");
+    // The session the upstream was told about is the one the admin API lists.
+    let list = http(
+        gw.admin,
+        "GET",
+        "/admin/v1/sessions?sub=alice",
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(list["sessions"][0]["id"], json!(session), "{list}");
+}
+
+#[tokio::test]
+async fn token_subprotocol_stays_and_the_application_protocol_passes() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    let tok = token("bob");
+    let (mut ws, resp) = upgrade(
+        &gw.url(),
+        &[("sec-websocket-protocol", &format!("jwt, {tok}, chat.v2"))],
+    )
+    .await
+    .open();
+    // The upstream chose chat.v2; the client gets exactly that one.
+    assert_eq!(
+        resp.get("sec-websocket-protocol")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "chat.v2"
+    );
+    let seen = up.next().await;
+    assert_eq!(
+        header(&seen.headers, "sec-websocket-protocol"),
+        Some("chat.v2")
+    );
+    assert_eq!(echo(&mut ws, "x").await, "x");
+}
+
+#[tokio::test]
+async fn ticket_param_is_not_forwarded() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    let auth = format!("Bearer {}", token("carol"));
+    let r = http(
+        gw.addr,
+        "POST",
+        "/v1/tickets",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let url = format!("{}?lang=en&ticket={ticket}", gw.url());
+    let (_ws, _) = upgrade(&url, &[]).await.open();
+    let seen = up.next().await;
+    assert_eq!(seen.uri, "/app?upstream=1&lang=en");
+    assert_eq!(header(&seen.headers, "x-wsgate-sub"), Some("carol"));
+}
+
+#[tokio::test]
+async fn frames_are_relayed_intact_both_ways() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    let (mut ws, _) = bearer(&gw.url(), &token("dave")).await.open();
+    let mut seen = up.next().await;
+    assert_eq!(echo(&mut ws, "héllo").await, "héllo");
+    assert_eq!(next_event(&mut seen).await, Message::Text("héllo".into()));
+    // 1 MiB binary, every byte checked.
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+    ws.send(Message::Binary(big.clone().into())).await.unwrap();
+    let back = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => break b,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected binary, got {other:?}"),
+        }
+    };
+    assert!(back.as_ref() == big.as_slice(), "1 MiB intact");
+    assert!(matches!(next_event(&mut seen).await, Message::Binary(b) if b.len() == big.len()));
+    // A message in three fragments arrives whole.
+    for (part, op, fin) in [
+        ("frag", OpCode::Data(Data::Text), false),
+        ("men", OpCode::Data(Data::Continue), false),
+        ("ted", OpCode::Data(Data::Continue), true),
+    ] {
+        ws.send(Message::Frame(Frame::message(
+            part.as_bytes().to_vec(),
+            op,
+            fin,
+        )))
+        .await
+        .unwrap();
+    }
+    assert_eq!(next_text(&mut ws).await, "fragmented");
+    assert_eq!(
+        next_event(&mut seen).await,
+        Message::Text("fragmented".into())
+    );
+    // Pings cross in both directions.
+    ws.send(Message::Ping(b"cli".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut seen).await,
+        Message::Ping(b"cli".to_vec().into())
+    );
+    ws.send(Message::Text("ping".into())).await.unwrap();
+    let got_ping = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Ping(p)))) => break p,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected ping, got {other:?}"),
+        }
+    };
+    assert_eq!(got_ping.as_ref(), b"up");
+}
+
+#[tokio::test]
+async fn close_codes_are_relayed_both_ways() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    // Client closes: the upstream sees the client's code and reason.
+    let (mut ws, _) = bearer(&gw.url(), &token("erin")).await.open();
+    let mut seen = up.next().await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "done here".into(),
+    }))
+    .await
+    .unwrap();
+    match next_event(&mut seen).await {
+        Message::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4000, "done here"))
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    // Upstream closes: the client sees the upstream's code and reason.
+    let (mut ws, _) = bearer(&gw.url(), &token("erin")).await.open();
+    let _seen = up.next().await;
+    ws.send(Message::Text("close:4321:see you".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        (4321, "see you".into())
+    );
+    let closes = gw.events("close", 2);
+    assert!(closes.iter().any(|c| c["code"] == 4321), "{closes:?}");
+}
+
+#[tokio::test]
+async fn revocation_and_expiry_close_both_sides() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    let (mut ws, _) = bearer(&gw.url(), &token("frank")).await.open();
+    let mut seen = up.next().await;
+    let r = http(
+        gw.admin,
+        "POST",
+        "/admin/v1/revoke",
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        r#"{"sub":"frank"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 4403);
+    match next_event(&mut seen).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4403),
+        other => panic!("expected close, got {other:?}"),
+    }
+    // Expiry: 4401 on both sides (exp in 1 s, leeway 1 s).
+    let (mut ws, _) = bearer(&gw.url(), &hs(&claims("grace", 1))).await.open();
+    let mut seen = up.next().await;
+    assert_eq!(close_code(&mut ws, Duration::from_secs(6)).await.0, 4401);
+    match next_event(&mut seen).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4401),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn upstream_down_or_not_websocket_is_502() {
+    // A port nobody listens on.
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let gw = start(&format!("ws://{addr}/ws"), "");
+    bearer(&gw.url(), &token("gina"))
+        .await
+        .refused(502, "upstream_unavailable");
+    let http200 = Upstream::start(Mode::Http200).await;
+    let gw2 = start(&http200.url(), "");
+    bearer(&gw2.url(), &token("gina"))
+        .await
+        .refused(502, "upstream_unavailable");
+    // No session was left behind, and the per-user slot is free again.
+    let m = http(gw2.admin, "GET", "/metrics", &[], "").await.body;
+    assert!(m.contains("wsgate_connections_active 0"), "{m}");
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_after_connect_timeout() {
+    let silent = Upstream::start(Mode::Silent).await;
+    let cfg = config(&silent.url(), "").replace(
+        "kind = \"upstream\"",
+        "kind = \"upstream\"\nconnect_timeout = \"500ms\"",
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("TEST_IDENTITY_SECRET", IDENTITY_SECRET)]);
+    let t0 = std::time::Instant::now();
+    bearer(&gw.url(), &token("hank"))
+        .await
+        .refused(504, "upstream_timeout");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn messages_failing_the_schema_close_1007() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        json!({
+            "type": "object",
+            "required": ["op"],
+            "properties": {"op": {"enum": ["say", "join"]}, "text": {"type": "string", "maxLength": 100}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let cfg = config(&up.url(), "").replace(
+        "kind = \"upstream\"",
+        &format!(
+            "kind = \"upstream\"\nmessage_schema_file = {:?}",
+            schema.display().to_string()
+        ),
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("TEST_IDENTITY_SECRET", IDENTITY_SECRET)]);
+    let (mut ws, _) = bearer(&gw.url(), &token("ivy")).await.open();
+    let mut seen = up.next().await;
+    let ok = r#"{"op":"say","text":"hi"}"#;
+    assert_eq!(echo(&mut ws, ok).await, ok);
+    assert_eq!(next_event(&mut seen).await, Message::Text(ok.into()));
+    ws.send(Message::Text(r#"{"op":"drop_tables"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 1007);
+    // The invalid message never reached the upstream.
+    match next_event(&mut seen).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1007),
+        other => panic!("expected close, got {other:?}"),
+    }
+    let m = http(gw.admin, "GET", "/metrics", &[], "").await.body;
+    assert!(m.contains("wsgate_schema_rejections_total 1"), "{m}");
+}
+
+#[tokio::test]
+async fn first_message_auth_opens_the_upstream_after_auth() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let cfg = config(&up.url(), "").replace("[auth]", "[auth]\nfirst_message = true");
+    let gw = Gateway::start_with_env(&cfg, &[("TEST_IDENTITY_SECRET", IDENTITY_SECRET)]);
+    let (mut ws, _) = upgrade(&gw.url(), &[]).await.open();
+    let auth = json!({"type": "auth", "token": token("jack")}).to_string();
+    let ok: Value = serde_json::from_str(&echo(&mut ws, &auth).await).unwrap();
+    assert_eq!(ok["type"], "auth_ok");
+    let seen = up.next().await;
+    assert_eq!(header(&seen.headers, "x-wsgate-sub"), Some("jack"));
+    assert_eq!(echo(&mut ws, "after auth").await, "after auth");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_slows_the_upstream() {
+    let mut up = Upstream::start(Mode::Flood).await;
+    let gw = start(&up.url(), "[limits]\nidle_timeout = \"60s\"");
+    let (mut ws, _) = bearer(&gw.url(), &token("kim")).await.open();
+    let _seen = up.next().await;
+    // The client reads nothing for a while: the upstream must stall once
+    // the kernel buffers and the gateway's small queues are full.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = up.sent.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = up.sent.load(Ordering::SeqCst);
+    assert_eq!(
+        stalled, later,
+        "upstream kept sending into a stalled client"
+    );
+    // 64 KiB messages: socket buffers on loopback hold a few MiB; an
+    // unbounded relay would have taken thousands.
+    assert!(stalled < 400, "{stalled} messages buffered");
+    // Reading resumes the flow, every message intact.
+    for _ in 0..(stalled + 50) {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(b.len(), 64 * 1024),
+            Ok(Some(Ok(Message::Ping(_)))) => {}
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+    assert!(up.sent.load(Ordering::SeqCst) > stalled);
+}
