@@ -313,3 +313,71 @@ async fn publishes_reach_subscribers_on_every_node() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_closed_1013_without_slowing_publishers() {
+    let gw = Gateway::start_with_env(
+        &config().replace("[log]", "[limits]\noutgoing_queue = 8\n[log]"),
+        &[("WSGATE_ADMIN_TOKEN", ADMIN)],
+    );
+    let (mut slow, _) = bearer(&gw.url(), &with_roles("sloth", &["user"]))
+        .await
+        .open();
+    let (mut fast, _) = bearer(&gw.url(), &with_roles("hare", &["user"]))
+        .await
+        .open();
+    for ws in [&mut slow, &mut fast] {
+        let r = ask(
+            ws,
+            json!({"type": "subscribe", "channel": "public:feed", "id": 1}),
+        )
+        .await;
+        assert_eq!(r["type"], "ack");
+    }
+    // The fast subscriber drains its socket while the slow one reads nothing.
+    let reader = tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            futures_util::StreamExt::next(&mut fast),
+        )
+        .await
+        {
+            if m.is_text() {
+                n += 1;
+            }
+        }
+        n
+    });
+    let blob = "x".repeat(64 * 1024);
+    let body = json!({"channel": "public:feed", "data": blob}).to_string();
+    let auth = format!("Bearer {ADMIN}");
+    let t0 = std::time::Instant::now();
+    let mut delivered = 0;
+    for _ in 0..300 {
+        let r = http(
+            gw.admin,
+            "POST",
+            "/admin/v1/publish",
+            &[("authorization", &auth)],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        delivered += r.json()["delivered"].as_u64().unwrap_or(0);
+    }
+    // Publishing never waited on the stalled socket.
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(
+        delivered >= 300,
+        "the fast subscriber got every publish: {delivered}"
+    );
+    // The slow socket gets what was already in flight, then 1013.
+    let (code, reason) = close_code(&mut slow, std::time::Duration::from_secs(10)).await;
+    assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
+    assert_eq!(reader.await.unwrap(), 300);
+}

@@ -578,3 +578,68 @@ async fn a_client_that_does_not_read_slows_the_upstream() {
     }
     assert!(up.sent.load(Ordering::SeqCst) > stalled);
 }
+
+/// A TLS echo upstream for localhost with a fresh self-signed certificate;
+/// returns its port and the certificate's PEM file.
+async fn tls_upstream(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = dir.join("upstream-ca.pem");
+    std::fs::write(&pem, ck.cert.pem()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes()).unwrap();
+    let cfg = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, pem)
+}
+
+#[tokio::test]
+async fn wss_upstream_is_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca) = tls_upstream(dir.path()).await;
+    let url = format!("wss://localhost:{port}/app");
+    // Trusted through backend.upstream_ca_file: relayed over TLS.
+    let cfg = config(&url, "").replace(
+        "kind = \"upstream\"",
+        &format!(
+            "kind = \"upstream\"\nupstream_ca_file = {:?}",
+            ca.display().to_string()
+        ),
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("TEST_IDENTITY_SECRET", IDENTITY_SECRET)]);
+    let (mut ws, _) = bearer(&gw.url(), &token("lena")).await.open();
+    assert_eq!(echo(&mut ws, "over tls").await, "over tls");
+    // With only the system roots the self-signed upstream is not trusted:
+    // 502, never a relay to an unverified peer.
+    let gw2 = start(&url, "");
+    bearer(&gw2.url(), &token("lena"))
+        .await
+        .refused(502, "upstream_unavailable");
+    assert!(gw2
+        .logs()
+        .iter()
+        .any(|l| l.contains("upstream_error") && l.contains("\"stage\":\"tls\"")));
+}

@@ -87,7 +87,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 /// (`from: null`) to this node's subscribers.
 async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
-    let Ok(body) = Limited::new(req.into_body(), MAX_BODY).collect().await else {
+    // A delivery is at most what a client may receive, plus the envelope.
+    let limit = app.config.limits.max_message_bytes.max(MAX_BODY);
+    let Ok(body) = Limited::new(req.into_body(), limit).collect().await else {
         return bad("body too large or unreadable");
     };
     let Ok(v) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
