@@ -6,6 +6,7 @@
 
 mod common;
 mod echo;
+mod fanout;
 mod http1;
 mod idle;
 mod revoke;
@@ -49,6 +50,9 @@ enum Mode {
     /// Keep N unfinished request heads pending (slowloris), spread over many
     /// loopback source addresses, reopening each one the gateway drops.
     Slowloris(slowloris::SlowlorisArgs),
+    /// N sockets subscribed to one hub channel; the admin API publishes to
+    /// it and each publish's time to first and last delivery is measured.
+    Fanout(fanout::FanoutArgs),
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect.
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
             Mode::Tickets(args) => tickets::run(args, json).await,
             Mode::Revoke(args) => revoke::run(args, json, nofile).await,
             Mode::Slowloris(args) => slowloris::run(args, json, nofile).await,
+            Mode::Fanout(args) => fanout::run(args, json, nofile).await,
         }
     });
     match result {

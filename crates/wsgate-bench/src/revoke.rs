@@ -347,12 +347,7 @@ pub async fn run(args: RevokeArgs, json: bool, nofile: u64) -> anyhow::Result<i3
     let stop = Stop::new();
     stop.on_ctrl_c();
 
-    let mut client = AdminClient {
-        target: admin.clone(),
-        token: admin_token,
-        conn: None,
-        connects: 0,
-    };
+    let mut client = AdminClient::new(admin.clone(), admin_token);
     // Pre-flight: a wrong admin token or address fails here, before any
     // socket is opened.
     match timeout(
@@ -1020,7 +1015,7 @@ async fn echo_check(
 }
 
 /// A keep-alive HTTP/1.1 connection to the admin listener.
-struct AdminClient {
+pub(crate) struct AdminClient {
     target: HttpTarget,
     token: String,
     conn: Option<(TcpStream, Vec<u8>)>,
@@ -1028,6 +1023,16 @@ struct AdminClient {
 }
 
 impl AdminClient {
+    /// A keep-alive client for the admin listener at `target`.
+    pub(crate) fn new(target: HttpTarget, token: String) -> AdminClient {
+        AdminClient {
+            target,
+            token,
+            conn: None,
+            connects: 0,
+        }
+    }
+
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\n",
@@ -1050,7 +1055,7 @@ impl AdminClient {
         self.exchange(&req, Some(t0)).await
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: &str,
         path: &str,
