@@ -11,6 +11,7 @@ mod http1;
 mod idle;
 mod revoke;
 mod slowloris;
+mod storm;
 mod tickets;
 mod upgrade;
 
@@ -53,6 +54,9 @@ enum Mode {
     /// N sockets subscribed to one hub channel; the admin API publishes to
     /// it and each publish's time to first and last delivery is measured.
     Fanout(fanout::FanoutArgs),
+    /// Expiry storm: N sockets whose tokens share one `exp`; when does each
+    /// get its 4401, and are new upgrades served meanwhile?
+    Storm(storm::StormArgs),
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in effect.
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             Mode::Revoke(args) => revoke::run(args, json, nofile).await,
             Mode::Slowloris(args) => slowloris::run(args, json, nofile).await,
             Mode::Fanout(args) => fanout::run(args, json, nofile).await,
+            Mode::Storm(args) => storm::run(args, json, nofile).await,
         }
     });
     match result {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Expiry storm (issue 10): CONNECTIONS (default 15000) sockets whose tokens
+# all expire at the same second. Reports when each got its 4401 relative
+# to the deadline, and the latency of probe upgrades (a long-lived token,
+# one every 10 ms) from 1 s before the deadline until the storm is over.
+# Gateway on core 0, generator on core 1.
+#
+#   crates/wsgate-bench/bench-storm.sh     (after cargo build --release -p wsgate -p wsgate-bench)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+B=${CARGO_TARGET_DIR:-$repo/target}/release
+T=$(mktemp -d)
+gw_pid=
+cleanup() { [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export WSGATE_JWT_SECRET
+N=${CONNECTIONS:-15000}
+# Time to open N sockets at ~3k/s, plus margin.
+TTL=$(( N / 2000 + 12 ))
+"$B/wsgate" token --sub storm --ttl "${TTL}s" >"$T/storm.tok"
+"$B/wsgate" token --sub probe --ttl 1h >"$T/probe.tok"
+taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1 &
+gw_pid=$!
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+taskset -c 1 "$B/wsgate-bench" storm --url ws://127.0.0.1:18080/ws --token-file "$T/storm.tok" \
+    --probe-token-file "$T/probe.tok" --connections "$N" 2>/dev/null
