@@ -20,10 +20,11 @@ for i in $(seq 1 4); do "$B/wsgate" token --sub "bench-$i" --ttl 1h; done >"$T/h
 for n in ${SIZES:-1000 15000}; do
     taskset -c 0 "$B/wsgate" serve --config "$here/configs/fanout.toml" >"$T/gw.log" 2>&1 &
     gw_pid=$!
-    for _ in $(seq 1 50); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -sf http://127.0.0.1:19091/readyz >/dev/null || { echo "gateway not ready (port 18080/19091 busy?)" >&2; cat "$T/gw.log" >&2; exit 1; }
     echo "== $n subscribers"
     taskset -c 1 "$B/wsgate-bench" fanout --url ws://127.0.0.1:18080/ws --token-file "$T/hs.tok" \
         --admin-url http://127.0.0.1:19091 --connections "$n" --publishes "${PUBLISHES:-20}" \
-        --open-concurrency 256 2>/dev/null | sed 's/^/  /'
+        --open-concurrency 64 2>/dev/null | sed 's/^/  /'
     kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=
 done

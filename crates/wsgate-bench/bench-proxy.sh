@@ -26,7 +26,8 @@ taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1 &
 echo_pid=$!; pids+=("$echo_pid")
 taskset -c 0 "$B/wsgate" serve --config "$here/configs/proxy.toml" >"$T/gw.log" 2>&1 &
 gw_pid=$!; pids+=("$gw_pid")
-for _ in $(seq 1 50); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -sf http://127.0.0.1:19091/readyz >/dev/null || { echo "gateway not ready (port 18080/19091 busy?)" >&2; cat "$T/gw.log" >&2; exit 1; }
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 run() { # name url [args...]

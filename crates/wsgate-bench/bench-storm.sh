@@ -23,6 +23,7 @@ TTL=$(( N / 2000 + 12 ))
 "$B/wsgate" token --sub probe --ttl 1h >"$T/probe.tok"
 taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1 &
 gw_pid=$!
-for _ in $(seq 1 50); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -sf http://127.0.0.1:19091/readyz >/dev/null || { echo "gateway not ready (port 18080/19091 busy?)" >&2; cat "$T/gw.log" >&2; exit 1; }
 taskset -c 1 "$B/wsgate-bench" storm --url ws://127.0.0.1:18080/ws --token-file "$T/storm.tok" \
     --probe-token-file "$T/probe.tok" --connections "$N" 2>/dev/null

@@ -164,6 +164,9 @@ pub async fn run(args: FanoutArgs, json: bool, nofile: u64) -> anyhow::Result<i3
     }
     drop(pending);
     eprintln!("{open} sockets subscribed to {}", args.channel);
+    if open == 0 {
+        bail!("no socket could subscribe: {}", failures.describe());
+    }
 
     let first = RefCell::new(new_histogram()?);
     let last = RefCell::new(new_histogram()?);
@@ -174,11 +177,16 @@ pub async fn run(args: FanoutArgs, json: bool, nofile: u64) -> anyhow::Result<i3
         let body = serde_json::json!({"channel": args.channel, "data": {"seq": seq, "pad": pad}})
             .to_string();
         let t0 = Instant::now();
-        let resp = admin.call("POST", "/admin/v1/publish", Some(&body)).await;
+        let resp = timeout(
+            args.timeout,
+            admin.call("POST", "/admin/v1/publish", Some(&body)),
+        )
+        .await;
         match resp {
-            Ok(r) if r.status == 200 => {}
-            Ok(r) => bail!("publish answered {}: {}", r.status, r.body_snippet()),
-            Err(f) => bail!("publish failed: {}", f.detail),
+            Ok(Ok(r)) if r.status == 200 => {}
+            Ok(Ok(r)) => bail!("publish answered {}: {}", r.status, r.body_snippet()),
+            Ok(Err(f)) => bail!("publish failed: {}", f.detail),
+            Err(_) => bail!("publish: no answer within {:?}", args.timeout),
         }
         let deadline = t0 + args.timeout;
         loop {
