@@ -460,7 +460,10 @@ export class WsgateClient {
       }
     } catch (e) {
       if (this.stopped) return;
-      this.emit("error", asError(e, "credential_failed"));
+      const err = asError(e, "credential_failed");
+      // The session behind the ticket request is gone: renew it next time.
+      if (err.status === 401) this.nextReason = "expired";
+      this.emit("error", err);
       this.afterFailure(CloseCodes.ABNORMAL, "credential unavailable", false);
       return;
     }

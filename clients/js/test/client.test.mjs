@@ -564,3 +564,30 @@ test("constructor checks its options", () => {
     globalThis.WebSocket = saved;
   }
 });
+
+test("ticket: a 401 from the ticket endpoint renews the session before the next try", async () => {
+  const { FakeWebSocket, nth } = fakeSockets();
+  let n = 0;
+  const renewed = [];
+  const fetch = async () => {
+    n++;
+    if (n === 1) return { ok: false, status: 401, json: async () => ({ error: "expired" }) };
+    return { ok: true, status: 201, json: async () => ({ ticket: "t.k.n" }) };
+  };
+  const c = new WsgateClient({
+    url: "ws://gw/ws",
+    transport: "ticket",
+    csrf: "c",
+    refreshSession: (ctx) => renewed.push(ctx.reason),
+    fetch,
+    WebSocket: FakeWebSocket,
+    backoff: FAST,
+  });
+  const errors = [];
+  c.on("error", (e) => errors.push([e.reason, e.status]));
+  void c.connect().catch(() => {});
+  await nth(0);
+  assert.deepEqual(errors, [["expired", 401]]);
+  assert.deepEqual(renewed, ["expired"]);
+  c.close();
+});
