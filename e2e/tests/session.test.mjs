@@ -54,7 +54,7 @@ test("a 4-second token: 4401, then a reconnect with a fresh token; in-band refre
     assert.equal(gw.events("handshake", { result: "accepted", sub: "ann" }).length, 2);
 
     // B outlives its first token by a margin, on the same socket.
-    const wait = (firstExpB + 1 + 3) * 1000 - Date.now();
+    const wait = (firstExpB + 1 + 4) * 1000 - Date.now();
     if (wait > 0) await sleep(wait);
     const b = await recorded(page, "b");
     assert.equal(b.opens.length, 1, "one socket, never reconnected");
