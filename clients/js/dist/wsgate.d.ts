@@ -118,6 +118,8 @@ export interface WsgateOptions {
     /** Defaults to `Math.random` (tests inject their own). */
     random?: () => number;
 }
+/** Where the client is: `waiting` is the backoff before a reconnect; `stopped` is final. */
+export type ClientState = "idle" | "connecting" | "open" | "waiting" | "stopped";
 /** The session's authentication state, as the `auth` event reports it. */
 export type AuthState = "connecting" | "authenticated" | "expiring" | "refreshed" | "refresh_failed" | "expired" | "revoked";
 export interface AuthEvent {
@@ -222,7 +224,7 @@ export declare class WsgateClient {
     private _state;
     constructor(opts: WsgateOptions);
     /** `idle`, `connecting`, `open`, `waiting` (to reconnect) or `stopped`. */
-    get state(): string;
+    get state(): ClientState;
     /** The session's expiry (Unix seconds) when known. */
     get exp(): number | undefined;
     /** The channels this client is subscribed to (re-subscribed after every reconnect). */

@@ -184,15 +184,21 @@ export class WsgateClient {
     }
     /** Closes for good (no reconnect). */
     close(code = CloseCodes.NORMAL, reason = "") {
+        if (this.stopped)
+            return;
         this.stop();
         const ws = this.ws;
-        if (ws) {
-            try {
-                ws.close(code, reason);
-            }
-            catch {
-                ws.close();
-            }
+        if (!ws) {
+            // Between attempts: no socket to close, but the app still hears of it.
+            this.emit("close", { code, reason, wasOpen: false, willReconnect: false });
+            return;
+        }
+        try {
+            ws.close(code, reason);
+        }
+        catch {
+            // Browsers only take 1000 and 3000-4999 from scripts.
+            ws.close();
         }
     }
     /** Sends raw text (non-hub backends). Throws when not open. */

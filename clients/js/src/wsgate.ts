@@ -118,6 +118,9 @@ export interface WsgateOptions {
   random?: () => number;
 }
 
+/** Where the client is: `waiting` is the backoff before a reconnect; `stopped` is final. */
+export type ClientState = "idle" | "connecting" | "open" | "waiting" | "stopped";
+
 /** The session's authentication state, as the `auth` event reports it. */
 export type AuthState =
   | "connecting"
@@ -313,7 +316,7 @@ export class WsgateClient {
   private subWaiters = new Map<string, Deferred[]>();
   private openWaiters: Deferred[] = [];
   private _exp: number | undefined;
-  private _state: "idle" | "connecting" | "open" | "waiting" | "stopped" = "idle";
+  private _state: ClientState = "idle";
 
   constructor(opts: WsgateOptions) {
     if (!opts || typeof opts.url !== "string") throw new TypeError("wsgate: url is required");
@@ -331,7 +334,7 @@ export class WsgateClient {
   }
 
   /** `idle`, `connecting`, `open`, `waiting` (to reconnect) or `stopped`. */
-  get state(): string {
+  get state(): ClientState {
     return this._state;
   }
 
@@ -372,14 +375,19 @@ export class WsgateClient {
 
   /** Closes for good (no reconnect). */
   close(code: number = CloseCodes.NORMAL, reason = ""): void {
+    if (this.stopped) return;
     this.stop();
     const ws = this.ws;
-    if (ws) {
-      try {
-        ws.close(code, reason);
-      } catch {
-        ws.close();
-      }
+    if (!ws) {
+      // Between attempts: no socket to close, but the app still hears of it.
+      this.emit("close", { code, reason, wasOpen: false, willReconnect: false });
+      return;
+    }
+    try {
+      ws.close(code, reason);
+    } catch {
+      // Browsers only take 1000 and 3000-4999 from scripts.
+      ws.close();
     }
   }
 

@@ -245,9 +245,14 @@ test("the app's close() stops reconnecting, also while waiting to reconnect", as
   const d = new WsgateClient({ url: "ws://gw/ws", transport: "cookie", WebSocket: FakeWebSocket, backoff: FAST });
   void d.connect().catch(() => {});
   (await nth(1)).drop(1006);
+  const dCloses = [];
+  d.on("close", (e) => dCloses.push(e));
   d.close();
   await sleep(200);
   assert.equal(sockets.length, 2, "the scheduled reconnect was cancelled");
+  assert.deepEqual(dCloses, [{ code: 1000, reason: "", wasOpen: false, willReconnect: false }]);
+  d.close();
+  assert.equal(dCloses.length, 1, "a second close() is a no-op");
 });
 
 test("auth_expiring: refreshes in-band with getToken, at most once a second", async () => {
