@@ -147,11 +147,18 @@ export async function launchBrowser() {
 
 /**
  * A page on another origin (another port of 127.0.0.1: same site, so the
- * browser attaches the gateway's cookie to requests it makes there).
+ * browser attaches the gateway's cookie to requests it makes there), with
+ * `files` (path -> JavaScript source) served beside it.
  */
-export async function startOtherOrigin(html) {
+export async function startOtherOrigin(html, files = {}) {
   const upgrades = [];
   const server = createServer((req, res) => {
+    const file = files[new URL(req.url, "http://x").pathname];
+    if (file !== undefined) {
+      res.writeHead(200, { "Content-Type": "text/javascript; charset=utf-8" });
+      res.end(file);
+      return;
+    }
     res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
     res.end(html);
   });

@@ -9,14 +9,19 @@ import { join } from "node:path";
 import { startGateway, launchBrowser, startOtherOrigin, devLogin, repo } from "../lib/harness.mjs";
 import { pageClient, recorded } from "../lib/page-client.mjs";
 
-let gw, browser;
+const dist = readFileSync(join(repo, "clients/js/dist/wsgate.js"), "utf8");
+let gw, browser, app;
 before(async () => {
-  gw = await startGateway();
+  // An application on another origin that the gateway allows (as
+  // app.example would be for ws.example), bundling the client itself.
+  app = await startOtherOrigin("<!doctype html><title>app</title><h1>app</h1>", { "/wsgate.js": dist });
+  gw = await startGateway({ WSGATE_ORIGINS__ALLOW: JSON.stringify([app.origin]) });
   browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();
   await gw?.stop();
+  await app?.close();
 });
 
 /** A fresh browser profile (own cookie jar) on the demo page's origin. */
@@ -31,7 +36,6 @@ test("the gateway serves the committed client build", async () => {
   const r = await fetch(gw.origin + "/dev/wsgate.js");
   assert.equal(r.status, 200);
   assert.match(r.headers.get("content-type"), /^text\/javascript/);
-  const dist = readFileSync(join(repo, "clients/js/dist/wsgate.js"), "utf8");
   assert.equal(await r.text(), dist, "the binary embeds clients/js/dist/wsgate.js as committed");
 });
 
@@ -149,6 +153,37 @@ test("ticket: fetched with the cookie and X-CSRF-Token, opens the socket, and is
     const replay = await gw.waitForLog((l) => l.event === "handshake" && l.reason === "ticket_replayed");
     assert.equal(replay.status, 401);
     assert.equal(replay.transport, "ticket");
+  } finally {
+    await ctx.close();
+  }
+});
+
+test("ticket from an app on another allowed origin: CORS preflight, cookie + CSRF, then the socket", async () => {
+  const { ctx, page } = await freshPage();
+  try {
+    // The user's session cookie comes from the gateway's site; the app page got the CSRF value from its backend.
+    const { csrf } = await devLogin(page, "ada");
+    const appPage = await ctx.newPage();
+    await appPage.goto(app.origin + "/");
+    const out = await appPage.evaluate(
+      async ([url, csrf]) => {
+        const { WsgateClient } = await import("/wsgate.js");
+        const c = new WsgateClient({ url, transport: "ticket", csrf });
+        const errors = [];
+        c.on("error", (e) => errors.push(e.reason));
+        await c.connect();
+        await c.subscribe("chat:app", () => {});
+        const r = { state: c.state, errors };
+        c.close();
+        return r;
+      },
+      [gw.wsUrl, csrf],
+    );
+    assert.deepEqual(out, { state: "open", errors: [] });
+    const issued = await gw.waitForLog((l) => l.event === "ticket_issued" && l.sub === "ada");
+    assert.equal(issued.transport, "cookie");
+    const hs = await gw.waitForLog((l) => l.event === "handshake" && l.sub === "ada");
+    assert.deepEqual([hs.result, hs.transport, hs.origin], ["accepted", "ticket", app.origin]);
   } finally {
     await ctx.close();
   }
