@@ -75,19 +75,20 @@ test("a 4-second token: 4401, then a reconnect with a fresh token; in-band refre
   }
 });
 
-test("revocation from the admin API ends the page's sockets with 4403; the client does not reconnect", async () => {
+test("revocation from the admin API ends the page's sockets (subprotocol, ticket, cookie) with 4403; the client does not reconnect", async () => {
   const { ctx, page } = await freshPage();
   try {
     await pageClient(page, "r1", { sub: "rita", transport: "subprotocol", backoff: { initialDelayMs: 100 } });
     await pageClient(page, "r2", { sub: "rita", transport: "ticket", backoff: { initialDelayMs: 100 } });
+    await pageClient(page, "r3", { sub: "rita", transport: "cookie", backoff: { initialDelayMs: 100 } });
     const r = await gw.admin("/admin/v1/revoke", { sub: "rita" });
-    assert.deepEqual(r, { status: 200, body: { closed: 2 } });
-    for (const name of ["r1", "r2"]) {
+    assert.deepEqual(r, { status: 200, body: { closed: 3 } });
+    for (const name of ["r1", "r2", "r3"]) {
       await waitForClient(page, name, (r) => r.closes.length >= 1, 5_000);
     }
     // Longer than several backoff steps: any reconnect would have happened.
     await sleep(2500);
-    for (const name of ["r1", "r2"]) {
+    for (const name of ["r1", "r2", "r3"]) {
       const rec = await recorded(page, name);
       assert.deepEqual(
         rec.closes.map((c) => [c.code, c.reason, c.willReconnect]),
@@ -99,8 +100,12 @@ test("revocation from the admin API ends the page's sockets with 4403; the clien
       assert.equal(rec.state, "stopped");
       assert.equal(rec.tokenReasons.length, name === "r1" ? 1 : 0, `${name}: no new credential asked for`);
     }
-    assert.equal(gw.events("handshake", { sub: "rita" }).length, 2, "no handshake after the revocation");
-    assert.equal(gw.events("close", { sub: "rita", code: 4403 }).length, 2);
+    assert.deepEqual(
+      gw.events("handshake", { sub: "rita" }).map((l) => [l.result, l.transport]),
+      [["accepted", "subprotocol"], ["accepted", "ticket"], ["accepted", "cookie"]],
+      "no handshake after the revocation",
+    );
+    assert.equal(gw.events("close", { sub: "rita", code: 4403 }).length, 3);
     // The revoked session's token is refused from now on.
     const again = await page.evaluate(
       ([url, token]) =>
