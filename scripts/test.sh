@@ -21,3 +21,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+
+# --- browser client and real-browser tests (clients/js, e2e/) ---
+echo "== scripts/e2e.sh"
+./scripts/e2e.sh
+# --- end browser tests ---

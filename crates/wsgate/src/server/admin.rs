@@ -134,6 +134,14 @@ async fn target(req: Request<Incoming>) -> Result<Target, Response<Body>> {
     found.ok_or_else(|| bad("give exactly one of sub, jti, sid"))
 }
 
+/// `POST /admin/v1/revoke`'s body and answer, for dev mode's `/dev/revoke`.
+pub(crate) async fn revoke_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    match target(req).await {
+        Ok(t) => revoke(app, t).await,
+        Err(r) => r,
+    }
+}
+
 /// Persists and announces a revocation, then closes this node's matching
 /// sessions at once (other nodes close theirs from the store's feed).
 async fn revoke(app: &Arc<App>, target: Target) -> Response<Body> {

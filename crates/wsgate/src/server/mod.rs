@@ -465,12 +465,8 @@ async fn route(
                 respond::method_not_allowed("GET")
             }
         }
-        (Listener::Main, "/dev/login") if app.config.dev_mode => {
-            if req.method() == Method::POST {
-                crate::dev::login(&app, req).await
-            } else {
-                respond::method_not_allowed("POST")
-            }
+        (Listener::Main, p) if app.config.dev_mode && p.starts_with("/dev/") => {
+            crate::dev::handle(app, req).await
         }
         _ => respond::not_found(),
     }
