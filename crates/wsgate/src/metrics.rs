@@ -46,6 +46,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub egress_alerts: Counter,
     sessions: Family<TransportLabels, Gauge>,
+    /// JWKS refreshes, reloads (keys/mod.rs).
+    pub keys: std::sync::Arc<crate::keys::KeyMetrics>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,6 +131,7 @@ impl Metrics {
             "Open sessions by the transport they authenticated with",
             sessions.clone(),
         );
+        let keys = crate::keys::KeyMetrics::register(&mut registry);
         let counter = |f: &Family<DirectionLabels, Counter>, d| {
             f.get_or_create(&DirectionLabels { direction: d }).clone()
         };
@@ -149,6 +152,7 @@ impl Metrics {
             store_errors,
             egress_alerts,
             sessions,
+            keys,
         }
     }
 
