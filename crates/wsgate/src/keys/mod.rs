@@ -453,7 +453,9 @@ impl Keys {
         for (t, mut rx) in waits {
             let _ = tokio::time::timeout(t + Duration::from_secs(1), rx.changed()).await;
         }
-        self.verify(token, crate::clock::now_ms())
+        // Once more, without asking for another refetch.
+        let st = self.state();
+        st.select(token)?.verify(token, crate::clock::now_ms())
     }
 
     /// Builds a key set from a freshly loaded configuration and swaps it in;
