@@ -188,6 +188,9 @@ fn wants_refetch(r: Reason) -> bool {
 
 // --- the whole key set -------------------------------------------------------
 
+/// One issuer as configured: (location, iss, audience, keys, sub prefix).
+type Entry<'a> = (String, Option<&'a str>, &'a [String], &'a [KeyConfig], &'a str);
+
 struct KeyState {
     issuers: Vec<Issuer>,
     sources: Vec<Arc<JwksSource>>,
@@ -218,7 +221,7 @@ impl KeyState {
             max_lifetime_ms: Some(ms(auth.max_token_lifetime)),
             forbidden_audience: Some(config.tickets.audience.clone()),
         };
-        let mut entries: Vec<(String, Option<&str>, &[String], &[KeyConfig], &str)> = Vec::new();
+        let mut entries: Vec<Entry<'_>> = Vec::new();
         if !auth.keys.is_empty() {
             entries.push((
                 "auth".into(),
