@@ -330,3 +330,152 @@ pub(super) fn render_extras(kt: &mut Table, k: &KeyConfig) {
         kt.insert("previous_until".into(), s(p.until_text.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use std::time::Duration;
+
+    const ORIGINS: &str = "[origins]\nallow = [\"https://app.example\"]\n";
+    const S1: &str = "0123456789abcdef0123456789abcdef";
+
+    fn load(text: &str) -> Result<Config, Vec<String>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wsgate.toml");
+        std::fs::write(&path, format!("{ORIGINS}{text}")).expect("write");
+        let env = vec![
+            ("S1".to_string(), S1.to_string()),
+            ("SHORT".to_string(), "short".to_string()),
+        ];
+        Config::load(&path, &env)
+    }
+
+    #[track_caller]
+    fn problem(text: &str, needle: &str) {
+        let p = load(text).expect_err("expected problems");
+        assert!(
+            p.iter().any(|l| l.contains(needle)),
+            "no {needle:?} in:\n{}",
+            p.join("\n")
+        );
+    }
+
+    #[test]
+    fn jwks_options() {
+        let c = load(
+            "[[auth.keys]]\njwks_url = \"https://idp.example/jwks\"\ncache_min = \"10s\"\n\
+             cache_max = \"2h\"\nrefetch_interval = \"1m\"\nfetch_timeout = \"2s\"\n",
+        )
+        .expect("valid");
+        let j = &c.auth.keys[0].jwks;
+        assert_eq!(
+            (
+                j.cache_min,
+                j.cache_max,
+                j.refetch_interval,
+                j.fetch_timeout
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(7200),
+                Duration::from_secs(60),
+                Duration::from_secs(2)
+            )
+        );
+        let out = c.redacted();
+        assert!(out.contains("cache_max = \"2h\""), "{out}");
+        problem(
+            "[[auth.keys]]\njwks_url = \"https://i/j\"\ncache_min = \"1h\"\ncache_max = \"1m\"\n",
+            "auth.keys[0].cache_max: 1m is shorter than cache_min 1h",
+        );
+        problem(
+            "[[auth.keys]]\njwks_url = \"https://i/j\"\nrefetch_interval = \"soon\"\n",
+            "auth.keys[0].refetch_interval: \"soon\" is not a duration",
+        );
+        problem(
+            "[[auth.keys]]\njwks_url = \"https://i/j\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "auth.keys[0].ca_file: cannot read",
+        );
+        problem(
+            "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\ncache_min = \"1m\"\n",
+            "auth.keys[0].cache_min: only applies to a jwks_url key",
+        );
+    }
+
+    #[test]
+    fn previous_secret() {
+        let c = load(
+            "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\nprevious_secret_env = \"S1\"\n\
+             previous_until = \"2030-01-01T00:00:00Z\"\n",
+        )
+        .expect("valid");
+        let p = c.auth.keys[0].previous.as_ref().expect("previous");
+        assert_eq!(p.until_text, "2030-01-01T00:00:00Z");
+        let out = c.redacted();
+        assert!(out.contains("previous_secret = \"[redacted]\""), "{out}");
+        assert!(!out.contains(S1), "{out}");
+        problem(
+            "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\nprevious_secret_env = \"S1\"\n",
+            "auth.keys[0].previous_until: required",
+        );
+        problem(
+            "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\nprevious_until = \"2030-01-01T00:00:00Z\"\n",
+            "given without previous_secret_env",
+        );
+        problem(
+            "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\nprevious_secret_env = \"S1\"\nprevious_until = \"tomorrow\"\n",
+            "is not an RFC 3339 time",
+        );
+        problem(
+            "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\nprevious_secret_env = \"SHORT\"\nprevious_until = \"2030-01-01T00:00:00Z\"\n",
+            "the previous secret is 5 bytes",
+        );
+        problem(
+            "[[auth.keys]]\njwks_url = \"https://i/j\"\nprevious_secret_env = \"S1\"\n",
+            "previous_secret_env: only applies to a secret_env / secret_file key",
+        );
+    }
+
+    #[test]
+    fn issuers() {
+        let c = load(
+            "[auth]\naudience = \"api\"\n[[auth.issuers]]\nissuer = \"https://a/\"\n\
+             [[auth.issuers.keys]]\njwks_url = \"https://a/jwks\"\n[[auth.issuers]]\n\
+             issuer = \"https://b/\"\naudience = [\"b1\", \"b2\"]\nsub_prefix = \"b:\"\n\
+             [[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n",
+        )
+        .expect("valid without [[auth.keys]]");
+        let i = &c.auth.issuers;
+        assert_eq!(i.len(), 2);
+        assert_eq!(
+            i[0].audience,
+            vec!["api".to_string()],
+            "inherits auth.audience"
+        );
+        assert_eq!(i[1].audience, vec!["b1".to_string(), "b2".to_string()]);
+        assert_eq!(i[1].sub_prefix, "b:");
+        let out = c.redacted();
+        assert!(out.contains("[[auth.issuers]]"), "{out}");
+        problem(
+            "[[auth.issuers]]\nissuer = \"https://a/\"\n[[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n\
+             [[auth.issuers]]\nissuer = \"https://a/\"\n[[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n",
+            "auth.issuers[1].issuer: \"https://a/\" is configured twice",
+        );
+        problem(
+            "[[auth.issuers]]\naudience = \"x\"\n[[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n",
+            "auth.issuers[0].issuer: required",
+        );
+        problem(
+            "[[auth.issuers]]\nissuer = \"https://a/\"\n",
+            "auth.issuers[0].keys: at least one",
+        );
+        problem(
+            "[[auth.issuers]]\nissuer = \"https://a/\"\n[[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"SHORT\"\n",
+            "auth.issuers[0].keys[0]: the HS256 secret is 5 bytes",
+        );
+        problem(
+            "[[auth.issuers]]\nissuer = \"https://a/\"\nbogus = 1\n[[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n",
+            "bogus",
+        );
+    }
+}

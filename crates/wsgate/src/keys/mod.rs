@@ -189,7 +189,13 @@ fn wants_refetch(r: Reason) -> bool {
 // --- the whole key set -------------------------------------------------------
 
 /// One issuer as configured: (location, iss, audience, keys, sub prefix).
-type Entry<'a> = (String, Option<&'a str>, &'a [String], &'a [KeyConfig], &'a str);
+type Entry<'a> = (
+    String,
+    Option<&'a str>,
+    &'a [String],
+    &'a [KeyConfig],
+    &'a str,
+);
 
 struct KeyState {
     issuers: Vec<Issuer>,

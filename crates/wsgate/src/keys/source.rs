@@ -117,19 +117,6 @@ impl JwksSource {
 
     /// Fetches now, then keeps the set fresh until retired.
     pub async fn run(self: Arc<Self>, metrics: Arc<KeyMetrics>) {
-        let fetcher = match Fetcher::new(self.opts.ca_file.as_deref(), self.opts.fetch_timeout) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(
-                    event = "jwks_refresh_failed",
-                    source = self.name.as_str(),
-                    url = self.url.as_str(),
-                    error = e.as_str()
-                );
-                metrics.refresh(&self.name, "startup", false);
-                return;
-            }
-        };
         let bounds = CacheBounds {
             min_ms: ms(self.opts.cache_min),
             max_ms: ms(self.opts.cache_max),
@@ -154,7 +141,13 @@ impl JwksSource {
                     .record(now_ms());
             }
             self.in_flight.store(true, Ordering::Release);
-            let outcome = self.fetch_once(&fetcher, bounds).await;
+            // A fresh trust store each time: a replaced CA file or system
+            // bundle is picked up without a restart.
+            let outcome = match Fetcher::new(self.opts.ca_file.as_deref(), self.opts.fetch_timeout)
+            {
+                Ok(fetcher) => self.fetch_once(&fetcher, bounds).await,
+                Err(e) => Err(e),
+            };
             self.in_flight.store(false, Ordering::Release);
             let ok = outcome.is_ok();
             metrics.refresh(&self.name, trigger, ok);
