@@ -705,3 +705,93 @@ subscribe = ["chat:*"]
     );
     assert_eq!(ask(&mut writer, sub("chat:lobby")).await["type"], "ack");
 }
+
+/// Sets and tokens shaped like two real IdPs' (see docs/identity-providers.md):
+/// Entra ID publishes RSA keys without `alg` (plus x5t/x5c/issuer members)
+/// and puts scopes in a space-separated `scp`; Keycloak mixes an encryption
+/// key into its set and nests roles in `realm_access.roles`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_shaped_sets_and_claims() {
+    let mut entra_key = jwk(Algorithm::RS256, "entra-kid");
+    let o = entra_key.as_object_mut().expect("obj");
+    o.remove("alg");
+    o.insert("use".into(), json!("sig"));
+    o.insert("x5t".into(), json!("bm90LWEtcmVhbC10aHVtYnByaW50"));
+    o.insert("x5c".into(), json!(["MIIC-not-a-real-cert"]));
+    o.insert(
+        "issuer".into(),
+        json!("https://login.microsoftonline.com/tid/v2.0"),
+    );
+    let entra = Idp::start(json!({"keys": [entra_key]})).await;
+    let mut enc = jwk(Algorithm::RS256, "kc-enc");
+    enc["use"] = json!("enc");
+    enc["alg"] = json!("RSA-OAEP");
+    let mut sig = jwk(Algorithm::ES256, "kc-sig");
+    sig["use"] = json!("sig");
+    let keycloak = Idp::start(json!({"keys": [enc, sig]})).await;
+    let keys = format!(
+        r#"[[auth.issuers]]
+issuer = "https://login.microsoftonline.com/tid/v2.0"
+audience = "11111111-2222-3333-4444-555555555555"
+[[auth.issuers.keys]]
+jwks_url = "{}"
+ca_file = "{}"
+alg = "RS256"
+[[auth.issuers]]
+issuer = "https://sso.test/realms/main"
+audience = "wsgate"
+[[auth.issuers.keys]]
+jwks_url = "{}"
+ca_file = "{}""#,
+        entra.url(),
+        entra.ca_file.display(),
+        keycloak.url(),
+        keycloak.ca_file.display()
+    );
+    let cfg = config_with_keys(&keys).replace("kind = \"echo\"", "kind = \"hub\"")
+        + r#"
+[[hub.grants]]
+claim = "scp"
+value = "chat.write"
+publish = ["chat:*"]
+[[hub.grants]]
+claim = "realm_access.roles"
+value = "admin"
+subscribe = ["*"]
+"#;
+    let gw = Gateway::start(&cfg);
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    let skipped = gw.events("jwks_key_skipped", 1);
+    assert!(
+        skipped
+            .iter()
+            .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("kc-enc"))),
+        "{skipped:?}"
+    );
+    let entra_token = idp_token(
+        Algorithm::RS256,
+        "entra-kid",
+        json!({"iss": "https://login.microsoftonline.com/tid/v2.0",
+               "aud": "11111111-2222-3333-4444-555555555555",
+               "scp": "User.Read chat.write", "roles": ["Chat.Reader"]}),
+    );
+    let kc_token = idp_token(
+        Algorithm::ES256,
+        "kc-sig",
+        json!({"iss": "https://sso.test/realms/main", "aud": ["wsgate", "account"],
+               "realm_access": {"roles": ["offline_access", "admin"]}}),
+    );
+    let (mut e, _) = bearer(&gw.url(), &entra_token).await.open();
+    let (mut k, _) = bearer(&gw.url(), &kc_token).await.open();
+    let publish = json!({"type": "publish", "channel": "chat:1", "data": "hi", "id": 1});
+    let subscribe = json!({"type": "subscribe", "channel": "chat:1", "id": 2});
+    assert_eq!(ask(&mut k, subscribe.clone()).await["type"], "ack");
+    assert_eq!(ask(&mut e, subscribe).await["reason"], "forbidden");
+    assert_eq!(ask(&mut e, publish.clone()).await["type"], "ack");
+    let got: Value = serde_json::from_str(&next_text(&mut k).await).expect("json");
+    assert_eq!(
+        (got["type"].as_str(), got["data"].as_str()),
+        (Some("message"), Some("hi"))
+    );
+    assert_eq!(ask(&mut k, publish).await["reason"], "forbidden");
+}
