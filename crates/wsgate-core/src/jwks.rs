@@ -12,7 +12,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, 
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
-/// Most keys taken from one set (a set is a handful in practice).
+/// Most keys taken from (and skipped entries reported for) one set; a set
+/// is a handful in practice.
 pub const MAX_KEYS: usize = 64;
 
 /// The usable keys of a JWK set, and a line per key skipped (no key
@@ -43,10 +44,12 @@ pub fn parse_set(
         if only_kid.is_some() && kid != only_kid {
             continue;
         }
-        if out.keys.len() >= MAX_KEYS {
-            out.skipped
-                .push(format!("{label}: more than {MAX_KEYS} keys in the set"));
-            continue;
+        if out.keys.len() >= MAX_KEYS || out.skipped.len() >= MAX_KEYS {
+            out.skipped.push(format!(
+                "{} more entries ignored: more than {MAX_KEYS} in the set",
+                items.len() - i
+            ));
+            break;
         }
         let jwk: Jwk = match serde_json::from_value(item.clone()) {
             Ok(j) => j,
@@ -356,6 +359,14 @@ mod tests {
         assert!(parse_set(b"nope", None, None).is_err());
         let only = parse_set(&doc, None, Some("ok")).expect("set");
         assert_eq!((only.keys.len(), only.skipped.len()), (1, 0));
+    }
+
+    #[test]
+    fn huge_sets_are_bounded() {
+        let many: Vec<Value> = (0..200).map(|i| json!({"kty": "XYZ", "kid": i})).collect();
+        let p = parse_set(&set(many), None, None).expect("set");
+        assert_eq!(p.skipped.len(), MAX_KEYS + 1);
+        assert!(p.skipped[MAX_KEYS].starts_with("136 more entries ignored"));
     }
 
     #[test]
