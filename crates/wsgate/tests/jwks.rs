@@ -299,6 +299,12 @@ async fn jwks_over_https_selects_keys_by_kid() {
         "{m}"
     );
     assert!(gw.events("jwks_refreshed", 1)[0]["kids"] == "rsa-1,ec-1,ed-1");
+    // Logs name kids and URLs, never key material.
+    let modulus = jwk(Algorithm::RS256, "x")["n"].as_str().expect("n")[..40].to_string();
+    let ec_x = jwk(Algorithm::ES256, "x")["x"].as_str().expect("x")[..20].to_string();
+    for line in gw.logs() {
+        assert!(!line.contains(&modulus) && !line.contains(&ec_x), "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
