@@ -596,7 +596,8 @@ async fn sighup_reloads_a_jwks_file_and_an_hs_secret_with_overlap() {
     write("keys.json", &set(&[(Algorithm::EdDSA, "f2")]).to_string());
     write("hs-old.txt", s1);
     write("hs.txt", s2);
-    let until = std::time::SystemTime::now() + Duration::from_secs(4);
+    // Seconds precision: the overlap ends 5 to 6 s from now.
+    let until = std::time::SystemTime::now() + Duration::from_secs(6);
     let until = humantime::format_rfc3339_seconds(until).to_string();
     std::fs::write(
         &config_path,
@@ -618,7 +619,7 @@ async fn sighup_reloads_a_jwks_file_and_an_hs_secret_with_overlap() {
         accepted(&gw, &hs_with(s1)).await,
         "previous secret in its overlap"
     );
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     bearer(&gw.url(), &hs_with(s1))
         .await
         .refused(401, "bad_signature");

@@ -488,18 +488,37 @@ impl Keys {
     }
 }
 
-/// Starts the JWKS sources and reloads keys on SIGHUP or when the config
-/// or a key file changes (checked every 5 s), like the TLS certificates.
-pub async fn run(app: Arc<App>) {
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+/// Starts the JWKS sources and the reload task. SIGHUP is hooked here,
+/// before the gateway says it is listening, so an early SIGHUP cannot take
+/// the default action (terminate).
+pub fn start(app: Arc<App>) {
     let keys = &app.verifier;
     for s in keys.state().sources.iter() {
         tokio::spawn(s.clone().run(keys.metrics.clone()));
     }
-    let Some(path) = app.config.source.clone() else {
+    if app.config.source.is_none() {
         return; // dev mode: nothing to reload from
-    };
+    }
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup = ();
+    tokio::spawn(run(app, hup));
+}
+
+/// Reloads keys on SIGHUP or when the config or a key file changes
+/// (checked every 5 s), like the TLS certificates.
+#[cfg_attr(not(unix), allow(unused_variables, unused_mut))]
+async fn run(app: Arc<App>, mut hup: Hangup) {
+    let keys = &app.verifier;
+    let Some(path) = app.config.source.clone() else {
+        return;
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Stamps of a reload that failed: not retried until the files change again.
