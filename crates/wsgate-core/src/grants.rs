@@ -4,6 +4,12 @@
 //! In a pattern `*` matches any run of characters and `{sub}` stands for
 //! the caller's own `sub`, taken literally (a `*` inside a sub is not a
 //! wildcard).
+//!
+//! A grant's `claim` is a claim name or a dotted path into nested objects
+//! (`realm_access.roles`, Keycloak): a top-level claim whose name is the
+//! whole string wins, so namespaced claims such as
+//! `https://example.com/roles` (Auth0) work as written. The OAuth `scope`
+//! and `scp` claims, when strings, are space-separated lists (RFC 8693 4.2).
 
 use serde_json::{Map, Value};
 
@@ -40,12 +46,41 @@ fn claim_matches(v: &Value, want: &str) -> bool {
     }
 }
 
+/// Deepest nesting a claim path may walk (bounded work per lookup).
+const MAX_PATH_DEPTH: usize = 8;
+
+/// The claim at `path`: the top-level claim named exactly `path`, else the
+/// value reached by walking its dot-separated segments through objects.
+pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut segments = path.split('.');
+    let mut v = claims.get(segments.next()?)?;
+    for (depth, seg) in segments.enumerate() {
+        if depth >= MAX_PATH_DEPTH {
+            return None;
+        }
+        v = v.as_object()?.get(seg)?;
+    }
+    Some(v)
+}
+
+/// Whether the claim at `path` is a space-separated list when a string.
+fn is_scope_claim(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    last == "scope" || last == "scp"
+}
+
 impl Grant {
     /// Whether this grant applies to a session with `claims`.
     pub fn applies(&self, claims: &Map<String, Value>) -> bool {
         match (&self.claim, &self.value) {
             (None, _) => true,
-            (Some(c), Some(want)) => claims.get(c).is_some_and(|v| claim_matches(v, want)),
+            (Some(c), Some(want)) => claim_at(claims, c).is_some_and(|v| match v {
+                Value::String(s) if is_scope_claim(c) => s.split(' ').any(|item| item == want),
+                v => claim_matches(v, want),
+            }),
             (Some(_), None) => false,
         }
     }
@@ -216,6 +251,74 @@ mod tests {
             "a",
             Action::Subscribe,
             "x"
+        ));
+    }
+
+    fn grant(claim: &str, value: &str) -> Vec<Grant> {
+        vec![Grant {
+            claim: Some(claim.into()),
+            value: Some(value.into()),
+            subscribe: vec!["*".into()],
+            publish: vec![],
+        }]
+    }
+
+    fn may(g: &[Grant], c: Value) -> bool {
+        allowed(g, &claims(c), "a", Action::Subscribe, "x")
+    }
+
+    #[test]
+    fn claim_paths() {
+        // Keycloak: nested object.
+        let g = grant("realm_access.roles", "admin");
+        assert!(may(
+            &g,
+            json!({"realm_access": {"roles": ["user", "admin"]}})
+        ));
+        assert!(!may(&g, json!({"realm_access": {"roles": ["user"]}})));
+        assert!(!may(&g, json!({"realm_access": ["admin"]})));
+        assert!(!may(&g, json!({"roles": ["admin"]})));
+        let g = grant("resource_access.my-app.roles", "editor");
+        assert!(may(
+            &g,
+            json!({"resource_access": {"my-app": {"roles": ["editor"]}}})
+        ));
+        // Auth0: a namespaced top-level claim containing dots.
+        let g = grant("https://example.com/roles", "admin");
+        assert!(may(&g, json!({"https://example.com/roles": ["admin"]})));
+        assert!(!may(&g, json!({"https://example": {"com/roles": ["x"]}})));
+        // Exact top-level names win over paths.
+        let g = grant("a.b", "1");
+        assert!(may(&g, json!({"a.b": "1", "a": {"b": "2"}})));
+        assert!(!may(&g, json!({"a.b": "2", "a": {"b": "1"}})));
+        // Depth is bounded.
+        let deep = format!("a{}", ".a".repeat(20));
+        let mut v = json!("x");
+        for _ in 0..21 {
+            v = json!({ "a": v });
+        }
+        assert!(!may(&grant(&deep, "x"), v));
+    }
+
+    #[test]
+    fn scope_strings_are_lists() {
+        let g = grant("scope", "write:chat");
+        assert!(may(&g, json!({"scope": "openid write:chat profile"})));
+        assert!(may(&g, json!({"scope": "write:chat"})));
+        assert!(!may(&g, json!({"scope": "openid write:chatty"})));
+        assert!(!may(&g, json!({"scope": "read:chat"})));
+        // Okta: scp as an array; Entra: scp as a string.
+        assert!(may(&grant("scp", "a"), json!({"scp": ["b", "a"]})));
+        assert!(may(&grant("scp", "a"), json!({"scp": "b a"})));
+        // Other string claims are not split.
+        assert!(!may(
+            &grant("roles", "admin"),
+            json!({"roles": "user admin"})
+        ));
+        // Auth0 RBAC: permissions array.
+        assert!(may(
+            &grant("permissions", "publish:news"),
+            json!({"permissions": ["publish:news"]})
         ));
     }
 

@@ -312,6 +312,32 @@ impl Verifier {
     }
 }
 
+/// The `iss` of a token, read WITHOUT verifying anything: only to choose
+/// which issuer's keys and rules verify it (the chosen verifier checks
+/// `iss` again). `Ok(None)`: no `iss` claim.
+pub fn unverified_issuer(token: &str) -> Result<Option<String>, Reason> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(p64), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Reason::MalformedToken);
+    };
+    #[derive(Deserialize)]
+    struct Iss {
+        #[serde(default)]
+        iss: Option<Value>,
+    }
+    let payload = URL_SAFE_NO_PAD
+        .decode(p64)
+        .map_err(|_| Reason::MalformedToken)?;
+    let p: Iss = serde_json::from_slice(&payload).map_err(|_| Reason::MalformedToken)?;
+    match p.iss {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Reason::MalformedToken),
+    }
+}
+
 /// `aud` as a list: a string or an array of strings.
 fn audiences(claims: &Map<String, Value>) -> Result<Option<Vec<&str>>, Reason> {
     match claims.get("aud") {
@@ -589,6 +615,17 @@ mod tests {
         );
         assert_eq!(v.verify(&mk(r#""x""#), NOW), Err(Reason::MalformedToken));
         assert!(v.verify(&mk("[]"), NOW).is_ok());
+    }
+
+    #[test]
+    fn issuer_peek() {
+        assert_eq!(unverified_issuer(&hs(base())), Ok(None));
+        let t = hs(with(base(), "iss", json!("https://a")));
+        assert_eq!(unverified_issuer(&t), Ok(Some("https://a".into())));
+        let t = hs(with(base(), "iss", json!(3)));
+        assert_eq!(unverified_issuer(&t), Err(Reason::MalformedToken));
+        assert_eq!(unverified_issuer("a.b"), Err(Reason::MalformedToken));
+        assert_eq!(unverified_issuer("a.!!.c"), Err(Reason::MalformedToken));
     }
 
     #[test]

@@ -21,7 +21,8 @@ use wsgate_core::Reason;
 /// Everything a connection needs, shared by all of them.
 pub struct App {
     pub config: Config,
-    pub verifier: Verifier,
+    /// Session-token keys of every issuer (reloadable; see keys/mod.rs).
+    pub verifier: crate::keys::Keys,
     pub origins: OriginPolicy,
     pub extract: ExtractPolicy,
     pub session_policy: SessionPolicy,
@@ -79,27 +80,10 @@ impl App {
     /// Builds the state; fails on keys the gateway cannot load.
     pub fn new(config: Config) -> Result<Arc<App>, Vec<String>> {
         let mut problems = Vec::new();
-        let mut keys = Vec::new();
-        for (i, k) in config.auth.keys.iter().enumerate() {
-            if matches!(k.source, KeySource::JwksUrl(_) | KeySource::JwksFile(_)) {
-                problems.push(format!(
-                    "auth.keys[{i}]: JWKS key sources are not supported by this build yet"
-                ));
-                continue;
-            }
-            let Some(alg) = k.alg else {
-                problems.push(format!("auth.keys[{i}].alg: required"));
-                continue;
-            };
-            match k.decoding_key() {
-                Ok(key) => keys.push(VerifyKey {
-                    kid: k.kid.clone(),
-                    alg,
-                    key,
-                }),
-                Err(e) => problems.push(format!("auth.keys[{i}]: {e}")),
-            }
-        }
+        let metrics = Metrics::new();
+        let keys = crate::keys::Keys::new(&config, metrics.keys.clone())
+            .map_err(|p| problems.extend(p))
+            .ok();
         let origins = match OriginPolicy::new(&config.origins.allow, config.origins.allow_missing) {
             Ok(p) => p,
             Err(bad) => {
@@ -125,17 +109,10 @@ impl App {
         };
         let tls_main = load_tls("server", &config.server.tls);
         let tls_admin = load_tls("admin", &config.admin.tls);
-        if !problems.is_empty() {
+        let (Some(keys), true) = (keys, problems.is_empty()) else {
             return Err(problems);
-        }
-        let auth = &config.auth;
-        let rules = ClaimRules {
-            issuer: auth.issuer.clone(),
-            audience: auth.audience.clone(),
-            leeway_ms: ms(auth.leeway),
-            max_lifetime_ms: Some(ms(auth.max_token_lifetime)),
-            forbidden_audience: Some(config.tickets.audience.clone()),
         };
+        let auth = &config.auth;
         let extract = ExtractPolicy {
             transports: auth.transports.clone(),
             cookie_name: auth.cookie_name.clone(),
@@ -205,7 +182,7 @@ impl App {
             None
         };
         Ok(Arc::new(App {
-            verifier: Verifier::new(keys, rules),
+            verifier: keys,
             origins,
             extract,
             session_policy,
@@ -235,7 +212,7 @@ impl App {
             node_id: crate::mint::random_id(9),
             dev_signer,
             store,
-            metrics: Metrics::new(),
+            metrics,
             limiter: HandshakeLimiter::new(
                 config.limits.handshakes_per_ip_per_sec,
                 config.limits.handshake_burst_per_ip,

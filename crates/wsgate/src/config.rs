@@ -6,11 +6,13 @@
 //! [`Config::redacted`]: only the names of the variables and files they come
 //! from do.
 
+mod keys;
 mod overrides;
 mod secret;
 #[cfg(test)]
 mod tests;
 
+pub use keys::{IssuerConfig, JwksOptions, PreviousSecret};
 pub use secret::{Secret, SecretSource};
 
 use ipnet::IpNet;
@@ -41,6 +43,8 @@ pub struct Config {
     pub hub: HubConfig,
     pub log: LogConfig,
     pub dev_mode: bool,
+    /// The file it was loaded from (reloaded on SIGHUP for keys); `None` in dev mode.
+    pub source: Option<PathBuf>,
 }
 
 /// `[server]`: the public listener.
@@ -123,6 +127,8 @@ pub struct AuthConfig {
     /// outlive the record of its revocation.
     pub max_token_lifetime: Duration,
     pub keys: Vec<KeyConfig>,
+    /// `[[auth.issuers]]`: more issuers, each with its own keys and audience.
+    pub issuers: Vec<IssuerConfig>,
 }
 
 /// One `[[auth.keys]]` entry.
@@ -132,6 +138,10 @@ pub struct KeyConfig {
     pub alg: Option<Algorithm>,
     pub kid: Option<String>,
     pub source: KeySource,
+    /// Fetching and caching (JWKS sources; defaults otherwise).
+    pub jwks: JwksOptions,
+    /// HS secrets: the previous secret, accepted during a rotation overlap.
+    pub previous: Option<PreviousSecret>,
 }
 
 /// Where a verification key comes from.
@@ -445,6 +455,7 @@ struct RawAuth {
     #[serde(deserialize_with = "de::duration")]
     max_token_lifetime: Duration,
     keys: Vec<RawKey>,
+    issuers: Vec<keys::RawIssuer>,
 }
 
 impl Default for RawAuth {
@@ -469,6 +480,7 @@ impl Default for RawAuth {
             max_session: Duration::ZERO,
             max_token_lifetime: Duration::from_secs(7 * 24 * 3600),
             keys: Vec::new(),
+            issuers: Vec::new(),
         }
     }
 }
@@ -483,6 +495,15 @@ struct RawKey {
     public_key_file: Option<PathBuf>,
     jwks_url: Option<String>,
     jwks_file: Option<PathBuf>,
+    // See config/keys.rs.
+    ca_file: Option<PathBuf>,
+    cache_min: Option<String>,
+    cache_max: Option<String>,
+    refetch_interval: Option<String>,
+    fetch_timeout: Option<String>,
+    previous_secret_env: Option<String>,
+    previous_secret_file: Option<PathBuf>,
+    previous_until: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -578,7 +599,9 @@ impl Config {
         let mut problems = Vec::new();
         let applied = overrides::apply(&mut table, env_vars, &mut problems);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Builder::new(base, env_vars, false, applied, problems).build(table)
+        let mut c = Builder::new(base, env_vars, false, applied, problems).build(table)?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
     }
 
     /// Dev mode (SPEC 1): loopback listeners, a random HS256 key
@@ -922,6 +945,7 @@ impl<'a> Builder<'a> {
             hub,
             log,
             dev_mode: self.dev,
+            source: None,
         })
     }
 
@@ -953,6 +977,8 @@ impl<'a> Builder<'a> {
                 alg: Some(Algorithm::HS256),
                 kid: None,
                 source: KeySource::Secret(Secret::random(32)),
+                jwks: JwksOptions::default(),
+                previous: None,
             },
         );
         if tickets.secret.is_none() {
@@ -1249,7 +1275,7 @@ impl<'a> Builder<'a> {
         if raw.expiry_warning.is_zero() {
             self.problem("auth.expiry_warning: must be greater than 0".into());
         }
-        if raw.keys.is_empty() && !self.dev {
+        if raw.keys.is_empty() && raw.issuers.is_empty() && !self.dev {
             self.problem(
                 "auth.keys: at least one [[auth.keys]] entry is required (alg with secret_env, \
                  secret_file or public_key_file, or a jwks_url / jwks_file)"
@@ -1260,7 +1286,7 @@ impl<'a> Builder<'a> {
         // earlier entry failed.
         let mut keys: Vec<(usize, KeyConfig)> = Vec::new();
         for (i, k) in raw.keys.into_iter().enumerate() {
-            if let Some(k) = self.build_key(i, k) {
+            if let Some(k) = self.build_key(&format!("auth.keys[{i}]"), k) {
                 keys.push((i, k));
             }
         }
@@ -1276,6 +1302,12 @@ impl<'a> Builder<'a> {
             }
         }
         let keys = keys.into_iter().map(|(_, k)| k).collect();
+        let issuers = self.build_issuers(
+            raw.issuers,
+            &raw.audience,
+            raw.issuer.as_deref(),
+            ticket_audience,
+        );
         AuthConfig {
             transports,
             cookie_name: raw.cookie_name,
@@ -1294,11 +1326,12 @@ impl<'a> Builder<'a> {
             max_session: (!raw.max_session.is_zero()).then_some(raw.max_session),
             max_token_lifetime: raw.max_token_lifetime,
             keys,
+            issuers,
         }
     }
 
-    fn build_key(&mut self, i: usize, raw: RawKey) -> Option<KeyConfig> {
-        let at = format!("auth.keys[{i}]");
+    fn build_key(&mut self, at: &str, mut raw: RawKey) -> Option<KeyConfig> {
+        let extras = keys::RawExtras::take(&mut raw);
         let alg = match raw.alg.as_deref() {
             None => None,
             Some(s) => match parse_alg(s) {
@@ -1423,10 +1456,13 @@ impl<'a> Builder<'a> {
         } else {
             return None;
         };
+        let (jwks, previous) = self.key_extras(at, extras, &source, alg)?;
         Some(KeyConfig {
             alg,
             kid: raw.kid,
             source,
+            jwks,
+            previous,
         })
     }
 
@@ -2101,33 +2137,53 @@ mod redact {
             "max_session".into(),
             dur(v.max_session.unwrap_or(Duration::ZERO)),
         );
-        let keys = v
-            .keys
-            .iter()
-            .map(|k| {
-                let mut kt = Table::new();
-                if let Some(a) = k.alg {
-                    kt.insert("alg".into(), s(alg_name(a)));
+        let key_table = |k: &KeyConfig| {
+            let mut kt = Table::new();
+            if let Some(a) = k.alg {
+                kt.insert("alg".into(), s(alg_name(a)));
+            }
+            if let Some(kid) = &k.kid {
+                kt.insert("kid".into(), s(kid.clone()));
+            }
+            match &k.source {
+                KeySource::Secret(sec) => secret(&mut kt, "secret", Some(sec), None),
+                KeySource::PublicKeyPem { path: p, .. } => {
+                    kt.insert("public_key_file".into(), path(p));
                 }
-                if let Some(kid) = &k.kid {
-                    kt.insert("kid".into(), s(kid.clone()));
+                KeySource::JwksUrl(u) => {
+                    kt.insert("jwks_url".into(), s(u.clone()));
                 }
-                match &k.source {
-                    KeySource::Secret(sec) => secret(&mut kt, "secret", Some(sec), None),
-                    KeySource::PublicKeyPem { path: p, .. } => {
-                        kt.insert("public_key_file".into(), path(p));
-                    }
-                    KeySource::JwksUrl(u) => {
-                        kt.insert("jwks_url".into(), s(u.clone()));
-                    }
-                    KeySource::JwksFile(p) => {
-                        kt.insert("jwks_file".into(), path(p));
-                    }
+                KeySource::JwksFile(p) => {
+                    kt.insert("jwks_file".into(), path(p));
                 }
-                Value::Table(kt)
-            })
-            .collect();
-        t.insert("keys".into(), Value::Array(keys));
+            }
+            keys::render_extras(&mut kt, k);
+            Value::Table(kt)
+        };
+        t.insert(
+            "keys".into(),
+            Value::Array(v.keys.iter().map(key_table).collect()),
+        );
+        if !v.issuers.is_empty() {
+            let issuers = v
+                .issuers
+                .iter()
+                .map(|i| {
+                    let mut it = Table::new();
+                    it.insert("issuer".into(), s(i.issuer.clone()));
+                    it.insert("audience".into(), list(&i.audience));
+                    if !i.sub_prefix.is_empty() {
+                        it.insert("sub_prefix".into(), s(i.sub_prefix.clone()));
+                    }
+                    it.insert(
+                        "keys".into(),
+                        Value::Array(i.keys.iter().map(key_table).collect()),
+                    );
+                    Value::Table(it)
+                })
+                .collect();
+            t.insert("issuers".into(), Value::Array(issuers));
+        }
         t
     }
 

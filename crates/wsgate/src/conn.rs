@@ -156,25 +156,24 @@ where
         }
     };
     let now = now_ms();
-    let verified = serde_json::from_str::<AuthMessage<'_>>(text.as_str())
+    let token = serde_json::from_str::<AuthMessage<'_>>(text.as_str())
         .ok()
         .filter(|m| m.kind == "auth")
         .and_then(|m| m.token)
-        .ok_or(Reason::MissingToken)
-        .and_then(|t| {
-            if t.len() > app.config.auth.max_token_bytes {
-                Err(Reason::TokenTooLarge)
-            } else {
-                app.verifier.verify(&t, now)
-            }
-        })
-        .and_then(|v| {
-            if app.is_revoked(&v, now) {
-                Err(Reason::Revoked)
-            } else {
-                Ok(v)
-            }
-        });
+        .ok_or(Reason::MissingToken);
+    // Like the upgrade, an unknown `kid` may wait for one JWKS refetch.
+    let verified = match token {
+        Err(r) => Err(r),
+        Ok(t) if t.len() > app.config.auth.max_token_bytes => Err(Reason::TokenTooLarge),
+        Ok(t) => app.verifier.verify_fresh(&t, now).await,
+    };
+    let verified = verified.and_then(|v| {
+        if app.is_revoked(&v, now) {
+            Err(Reason::Revoked)
+        } else {
+            Ok(v)
+        }
+    });
     let verified = match verified {
         Ok(v) => v,
         Err(r) => return fail(app, ws, ip, r).await,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod dev;
 pub mod egress;
+pub mod keys;
 pub mod limiter;
 pub mod log;
 pub mod metrics;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub schema_rejections: Counter,
     pub upstream_connect: Histogram,
     sessions: Family<TransportLabels, Gauge>,
+    /// JWKS refreshes, reloads (keys/mod.rs).
+    pub keys: std::sync::Arc<crate::keys::KeyMetrics>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +146,7 @@ impl Metrics {
             "Open sessions by the transport they authenticated with",
             sessions.clone(),
         );
+        let keys = crate::keys::KeyMetrics::register(&mut registry);
         let counter = |f: &Family<DirectionLabels, Counter>, d| {
             f.get_or_create(&DirectionLabels { direction: d }).clone()
         };
@@ -166,6 +169,7 @@ impl Metrics {
             schema_rejections,
             upstream_connect,
             sessions,
+            keys,
         }
     }
 

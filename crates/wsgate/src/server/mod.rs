@@ -79,6 +79,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     tokio::spawn(prune_limiter(app.clone()));
     tokio::spawn(revocation_feed(app.clone()));
     tokio::spawn(renew_leases(app.clone()));
+    crate::keys::start(app.clone());
     if app.tls_main.is_some() || app.tls_admin.is_some() {
         tokio::spawn(reload_certs(app.clone()));
     }

@@ -277,7 +277,8 @@ async fn decide(
         redeem_ticket(app, &cred.token).await?
     } else {
         let t0 = Instant::now();
-        let v = app.verifier.verify(&cred.token, now_ms());
+        // An unknown kid may wait for one rate-limited JWKS refetch.
+        let v = app.verifier.verify_fresh(&cred.token, now_ms()).await;
         app.metrics.verify_time(t0.elapsed());
         v?
     };
