@@ -74,6 +74,7 @@ build_s=$(($(date +%s) - t0))
 # --- run ---------------------------------------------------------------------
 WORK=$(mktemp -d)
 PIDS=()
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -93,7 +94,8 @@ wait_port() { # port, what, log
 }
 
 WSGATE_JWT_SECRET=$("$D/venv2/bin/python" -c 'import os,binascii; print(binascii.hexlify(os.urandom(32)).decode())')
-export WSGATE_JWT_SECRET
+WSGATE_IDENTITY_SECRET=$("$D/venv2/bin/python" -c 'import os,binascii; print(binascii.hexlify(os.urandom(32)).decode())')
+export WSGATE_JWT_SECRET WSGATE_IDENTITY_SECRET
 # One long-lived token: the suite opens one connection per case with the same
 # subprotocol credential (it cannot send headers or redeem tickets).
 TOKEN=$("$WSGATE" token --sub autobahn --ttl 2h)
@@ -120,6 +122,9 @@ listen = "127.0.0.1:$admin"
 
 [auth]
 transports = ["subprotocol"]
+
+[tickets]
+enabled = false
 
 [[auth.keys]]
 alg = "HS256"
@@ -149,7 +154,10 @@ EOF
 }
 start_gateway echo $'[backend]\nkind = "echo"'
 ECHO_PORT=$GW_PORT
-start_gateway upstream $'[backend]\nkind = "upstream"\nupstream = "ws://127.0.0.1:'"$UP_PORT"'"'
+start_gateway upstream "[backend]
+kind = \"upstream\"
+upstream = \"ws://127.0.0.1:$UP_PORT\"
+identity_secret_env = \"WSGATE_IDENTITY_SECRET\""
 PROXY_PORT=$GW_PORT
 
 rm -rf "$OUT"
