@@ -14,6 +14,7 @@
 #   AUTOBAHN_PROFILE  cargo profile of the gateway: debug | release (default debug)
 #   AUTOBAHN_CASES    case pattern                       (default "*")
 #   AUTOBAHN_OUT      report directory                   (default $AUTOBAHN_DIR/reports)
+#   AUTOBAHN_NO_BUILD non-empty: use the already built target/<profile>/wsgate
 # Without Python 2.7 the check is skipped (exit 0) with a message saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,18 +62,29 @@ install_s=$(($(date +%s) - t0))
 
 # --- build the gateway ----------------------------------------------------------
 t0=$(date +%s)
-echo "== cargo build -p wsgate ($PROFILE)"
-if [ "$PROFILE" = release ]; then
-  cargo build --quiet --release -p wsgate --bin wsgate
-else
-  cargo build --quiet -p wsgate --bin wsgate
-fi
 WSGATE=$(cargo metadata --format-version 1 --no-deps |
   "$D/venv2/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$PROFILE/wsgate
+if [ -n "${AUTOBAHN_NO_BUILD:-}" ]; then
+  # scripts/test.sh: `cargo test` has just built it (with the dev-dependencies'
+  # features unified in, which a plain `cargo build` would rebuild without).
+  [ -x "$WSGATE" ] || { echo "autobahn: AUTOBAHN_NO_BUILD is set but $WSGATE is missing"; exit 1; }
+  echo "== using $WSGATE"
+else
+  echo "== cargo build -p wsgate ($PROFILE)"
+  if [ "$PROFILE" = release ]; then
+    cargo build --quiet --release -p wsgate --bin wsgate
+  else
+    cargo build --quiet -p wsgate --bin wsgate
+  fi
+fi
 build_s=$(($(date +%s) - t0))
 
 # --- run ---------------------------------------------------------------------
 WORK=$(mktemp -d)
+# A private copy: another checkout sharing CARGO_TARGET_DIR may rebuild the
+# binary under us.
+cp "$WSGATE" "$WORK/wsgate"
+WSGATE=$WORK/wsgate
 PIDS=()
 # shellcheck disable=SC2317 # called by the trap
 cleanup() {
