@@ -172,8 +172,10 @@ upstream = \"ws://127.0.0.1:$UP_PORT\"
 identity_secret_env = \"WSGATE_IDENTITY_SECRET\""
 PROXY_PORT=$GW_PORT
 
-rm -rf "$OUT"
 mkdir -p "$OUT"
+# Only what a previous run wrote (OUT may be a directory with other things).
+find "$OUT" -maxdepth 1 \( -name 'index.*' -o -name '*_case_*' \) -delete
+rm -rf "$OUT/logs"
 cat >"$WORK/spec.json" <<EOF
 {"outdir": "$OUT",
  "servers": [
