@@ -26,3 +26,9 @@ cargo test --workspace
 echo "== scripts/e2e.sh"
 ./scripts/e2e.sh
 # --- end browser tests ---
+
+# --- Autobahn|Testsuite (RFC 6455 conformance, sections 1-10; docs/conformance.md).
+# ~80 s once installed, ~90 s more the first time; skipped without Python 2.7.
+echo "== autobahn"
+AUTOBAHN_NO_BUILD=1 ./scripts/autobahn.sh
+# --- end Autobahn
