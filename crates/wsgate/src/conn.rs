@@ -307,12 +307,9 @@ impl MessageRate {
         }
     }
 
-    /// Takes one message's token; `false` when the rate is exceeded.
-    /// A rate of 0 means unlimited.
+    /// Takes one message's token; `false` when the rate is exceeded
+    /// (the config guarantees a rate above 0).
     fn allow(&mut self, now: tokio::time::Instant) -> bool {
-        if self.per_sec == 0.0 {
-            return true;
-        }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
