@@ -21,3 +21,15 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+
+# --- hardening (issue 9): supply chain and fuzzing. The hardening tests
+# themselves (crates/wsgate/tests/hardening.rs, wsgate-core/tests/
+# wycheproof.rs) ran with cargo test above. WSGATE_FUZZ_SECONDS=0 skips
+# fuzzing (e.g. on a laptop); docs/fuzzing.md has the costs.
+echo "== cargo deny"
+./scripts/deny.sh
+if [ "${WSGATE_FUZZ_SECONDS:-60}" != "0" ]; then
+  echo "== fuzz (${WSGATE_FUZZ_SECONDS:-60}s per target)"
+  ./scripts/fuzz.sh "${WSGATE_FUZZ_SECONDS:-60}"
+fi
+# --- end hardening
