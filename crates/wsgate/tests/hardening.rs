@@ -1160,7 +1160,7 @@ async fn crlf_header_injection_via_subprotocol() {
     // Bare CR, NUL and obs-fold inside a header value: not HTTP/1.1.
     for inj in [
         format!("Sec-WebSocket-Protocol: jwt, {t}\rSet-Cookie: pwned=1"),
-        format!("Sec-WebSocket-Protocol: chat\0Set-Cookie: pwned=1"),
+        "Sec-WebSocket-Protocol: chat\0Set-Cookie: pwned=1".to_string(),
         "Sec-WebSocket-Protocol: chat,\r\n Set-Cookie: pwned=1".to_string(),
     ] {
         let r = raw(gw.addr, &head_with(&t, &[], &[&inj])).await;
