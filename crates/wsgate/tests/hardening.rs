@@ -1118,6 +1118,28 @@ async fn duplicate_upgrade_headers() {
 }
 
 #[tokio::test]
+async fn duplicate_host_headers() {
+    let gw = Gateway::start(&base_config(""));
+    let t = token("host");
+    // RFC 9112 3.2: a request with two Host fields is answered 400; a
+    // proxy routing on one and the gateway reading the other disagree.
+    for hosts in [
+        vec!["Host: gw.test", "Host: evil.test"],
+        vec!["Host: gw.test", "Host: gw.test"],
+        vec!["Host: gw.test, evil.test"],
+        vec![],
+    ] {
+        let r = raw(gw.addr, &head_with(&t, &["host"], &hosts)).await;
+        if hosts.len() == 1 {
+            // One field line, even an odd one, is one Host: not ours to judge.
+            assert_eq!(r.status, 101, "{hosts:?}: {}", r.head);
+        } else {
+            r.refused(400, "bad_upgrade");
+        }
+    }
+}
+
+#[tokio::test]
 async fn duplicate_origin_headers() {
     let gw = Gateway::start(&base_config(""));
     let t = token("o");
