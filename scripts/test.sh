@@ -32,3 +32,15 @@ echo "== scripts/e2e.sh"
 echo "== autobahn"
 AUTOBAHN_NO_BUILD=1 ./scripts/autobahn.sh
 # --- end Autobahn
+
+# --- hardening (issue 9): supply chain and fuzzing. The hardening tests
+# themselves (crates/wsgate/tests/hardening.rs, wsgate-core/tests/
+# wycheproof.rs) ran with cargo test above. WSGATE_FUZZ_SECONDS=0 skips
+# fuzzing (e.g. on a laptop); docs/fuzzing.md has the costs.
+echo "== cargo deny"
+./scripts/deny.sh
+if [ "${WSGATE_FUZZ_SECONDS:-30}" != "0" ]; then
+  echo "== fuzz (${WSGATE_FUZZ_SECONDS:-30}s per target)"
+  ./scripts/fuzz.sh "${WSGATE_FUZZ_SECONDS:-30}"
+fi
+# --- end hardening

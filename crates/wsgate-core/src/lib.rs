@@ -9,6 +9,7 @@
 pub mod client_ip;
 pub mod credential;
 pub mod grants;
+pub mod json;
 pub mod jwks;
 pub mod origin;
 pub mod reason;

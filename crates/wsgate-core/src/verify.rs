@@ -169,8 +169,10 @@ impl Verifier {
         let header_bytes = URL_SAFE_NO_PAD
             .decode(h64)
             .map_err(|_| Reason::MalformedToken)?;
-        let header: RawHeader =
-            serde_json::from_slice(&header_bytes).map_err(|_| Reason::MalformedToken)?;
+        // Duplicate member names are refused (see crate::json).
+        let header: RawHeader = crate::json::unique_object(&header_bytes)
+            .and_then(|h| serde_json::from_value(Value::Object(h)))
+            .map_err(|_| Reason::MalformedToken)?;
         match &header.crit {
             None => {}
             Some(Value::Array(a)) if a.is_empty() => {}
@@ -230,8 +232,7 @@ impl Verifier {
         let payload = URL_SAFE_NO_PAD
             .decode(p64)
             .map_err(|_| Reason::MalformedToken)?;
-        let claims: Map<String, Value> =
-            serde_json::from_slice(&payload).map_err(|_| Reason::MalformedToken)?;
+        let claims = crate::json::unique_object(&payload).map_err(|_| Reason::MalformedToken)?;
         Ok((alg, claims))
     }
 

@@ -133,6 +133,8 @@ where
                 // Pings may come first; anything else is not an auth message.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(_)) => return Err(Some(Reason::MissingToken)),
+                // Over max_message_bytes: a failed auth (answered, logged), not a silent drop.
+                Some(Err(WsError::Capacity(_))) => return Err(Some(Reason::TokenTooLarge)),
                 None | Some(Err(_)) => return Err(None),
             }
         }

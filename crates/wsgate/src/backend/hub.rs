@@ -54,8 +54,9 @@ pub struct HubSession {
     channels: HashSet<String>,
 }
 
+/// One client message, decoded (public for the fuzz target).
 #[derive(Deserialize)]
-struct Request {
+pub struct Request {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -172,6 +173,11 @@ fn ack(id: &Option<Value>) -> Option<String> {
         .map(|id| json!({"type": "ack", "id": id}).to_string())
 }
 
+/// Decodes one client text message; `None` is answered `bad_request`.
+pub fn decode(text: &str) -> Option<Request> {
+    serde_json::from_str(text).ok()
+}
+
 impl HubSession {
     /// Whether the hub found this socket's queue full.
     pub fn is_slow(&self) -> bool {
@@ -186,7 +192,7 @@ impl HubSession {
     /// Handles one client text message; returns the answer, if any.
     /// Bad input is answered `bad_request` and never closes the socket.
     pub fn handle(&mut self, app: &App, v: &Verified, text: &str) -> Option<String> {
-        let Ok(req) = serde_json::from_str::<Request>(text) else {
+        let Some(req) = decode(text) else {
             return Some(error(&None, "bad_request"));
         };
         let hub = &app.hub;

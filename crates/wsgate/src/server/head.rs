@@ -22,6 +22,17 @@ pub enum Head {
     Closed,
 }
 
+/// Header fields a request head may carry; hyper is configured with the
+/// same cap, so a head with more is refused here, 431 with our body,
+/// rather than by hyper with an empty one.
+pub const MAX_HEADERS: usize = 100;
+
+/// Whether a complete head has more than [`MAX_HEADERS`] fields: every
+/// field ends a line, and so do the request line and the blank line.
+fn too_many_fields(head: &[u8]) -> bool {
+    head.iter().filter(|b| **b == b'\n').count() > MAX_HEADERS + 2
+}
+
 /// Position just past `\r\n\r\n`, scanning from `from`.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
@@ -45,7 +56,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, max: usize, timeout: Du
                 Ok(_) => {}
             }
             match head_end(&buf, scanned) {
-                Some(end) if end > max => return Head::TooLarge,
+                Some(end) if end > max || too_many_fields(&buf[..end]) => return Head::TooLarge,
                 Some(_) => return Head::Complete(std::mem::take(&mut buf)),
                 None if buf.len() > max => return Head::TooLarge,
                 None => {}

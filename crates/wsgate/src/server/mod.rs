@@ -438,6 +438,7 @@ where
         .header_read_timeout(timeout)
         // hyper's floor is 8 KiB; our own cap was enforced on the first head.
         .max_buf_size(max_head.max(8192))
+        .max_headers(head::MAX_HEADERS)
         .serve_connection(io, svc)
         .with_upgrades();
     let _ = conn.await;

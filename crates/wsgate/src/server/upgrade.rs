@@ -187,7 +187,8 @@ fn well_formed(req: &Request<Incoming>) -> Result<HeaderValue, Reason> {
         return Err(Reason::BadUpgrade);
     }
     let h = req.headers();
-    if !h.contains_key(http::header::HOST)
+    // Exactly one Host (RFC 9112 3.2): two let a proxy and us disagree on it.
+    if h.get_all(http::header::HOST).iter().count() != 1
         || !header_has_token(h, UPGRADE, "websocket")
         || !header_has_token(h, CONNECTION, "upgrade")
     {
