@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -322,9 +322,31 @@ pub async fn handshake(
     req: Request,
     config: WebSocketConfig,
 ) -> Result<Handshake, Failure> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| Failure::from_io("connect", &e))?;
+    handshake_from(addr, None, req, config).await
+}
+
+/// Like [`handshake`], from a chosen local (loopback) source address.
+pub async fn handshake_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    req: Request,
+    config: WebSocketConfig,
+) -> Result<Handshake, Failure> {
+    let tcp = match source {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = match ip {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .map_err(|e| Failure::from_io("socket", &e))?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| Failure::from_io("bind", &e))?;
+            socket.connect(addr).await
+        }
+    }
+    .map_err(|e| Failure::from_io("connect", &e))?;
     // Latency-sensitive small writes: don't let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
     match client_async_with_config(req, tcp, Some(config)).await {
@@ -582,6 +604,41 @@ pub fn round2(x: f64) -> f64 {
 
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// Parses `--sources`: loopback IPv4 ranges `A-B`, single addresses, commas.
+pub fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let a: Ipv4Addr = a
+            .parse()
+            .with_context(|| format!("--sources: {a:?} is not an IPv4 address"))?;
+        let b: Ipv4Addr = b
+            .parse()
+            .with_context(|| format!("--sources: {b:?} is not an IPv4 address"))?;
+        let (a, b) = (u32::from(a), u32::from(b));
+        if a > b {
+            bail!("--sources: range {part:?} is reversed");
+        }
+        for ip in a..=b {
+            let ip = Ipv4Addr::from(ip);
+            if !ip.is_loopback() {
+                bail!("--sources: {ip} is not a loopback address (127.0.0.0/8 only)");
+            }
+            out.push(IpAddr::V4(ip));
+            if out.len() > 1_000_000 {
+                bail!("--sources: too many addresses");
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("--sources names no address");
+    }
+    Ok(out)
 }
 
 /// A JWT's payload, decoded without verifying anything (the tokens are

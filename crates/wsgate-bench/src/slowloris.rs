@@ -7,7 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -19,8 +19,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::common::{
-    fmt_counts, new_histogram, record, round2, round3, row, stopped, ErrorTally, Failure,
-    LatencySummary, Stop, Target,
+    fmt_counts, new_histogram, parse_sources, record, round2, round3, row, stopped, ErrorTally,
+    Failure, LatencySummary, Stop, Target,
 };
 
 #[derive(clap::Args, Debug)]
@@ -99,41 +99,6 @@ struct Report {
     hold_s: f64,
     nofile_limit: u64,
     ok: bool,
-}
-
-/// Parses `--sources`: loopback IPv4 ranges `A-B`, single addresses, commas.
-fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let a: Ipv4Addr = a
-            .parse()
-            .with_context(|| format!("--sources: {a:?} is not an IPv4 address"))?;
-        let b: Ipv4Addr = b
-            .parse()
-            .with_context(|| format!("--sources: {b:?} is not an IPv4 address"))?;
-        let (a, b) = (u32::from(a), u32::from(b));
-        if a > b {
-            bail!("--sources: range {part:?} is reversed");
-        }
-        for ip in a..=b {
-            let ip = Ipv4Addr::from(ip);
-            if !ip.is_loopback() {
-                bail!("--sources: {ip} is not a loopback address (127.0.0.0/8 only)");
-            }
-            out.push(IpAddr::V4(ip));
-            if out.len() > 1_000_000 {
-                bail!("--sources: too many addresses");
-            }
-        }
-    }
-    if out.is_empty() {
-        bail!("--sources names no address");
-    }
-    Ok(out)
 }
 
 pub async fn run(args: SlowlorisArgs, json: bool, nofile: u64) -> anyhow::Result<i32> {

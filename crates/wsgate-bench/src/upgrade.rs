@@ -56,6 +56,14 @@ pub struct UpgradeArgs {
     /// Per-attempt timeout for connect + upgrade, and separately for the close.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub timeout: Duration,
+    /// Loopback source addresses, rotated per attempt: `127.1.0.1-127.1.3.255`,
+    /// commas allowed (many clients, as the per-IP limits see them).
+    #[arg(long)]
+    pub sources: Option<String>,
+    /// Cap on attempts per second across all workers (open loop up to the
+    /// cap; default: as fast as the workers go).
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 #[derive(Default)]
@@ -106,6 +114,15 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
     let hist = Rc::new(RefCell::new(new_histogram()?));
     let issued = Rc::new(Cell::new(0u64));
     let config = client_config(4096);
+    let sources: Rc<Vec<std::net::IpAddr>> = Rc::new(match &args.sources {
+        Some(spec) => crate::common::parse_sources(spec)?,
+        None => Vec::new(),
+    });
+    let period = match args.rate {
+        None => None,
+        Some(r) if r.is_finite() && r > 0.0 && r <= 1e7 => Some(Duration::from_secs_f64(1.0 / r)),
+        Some(r) => anyhow::bail!("--rate must be in (0, 1e7], got {r}"),
+    };
 
     eprintln!(
         "upgrade: {} ({}) transport={:?} tokens={} concurrency={} {}",
@@ -135,6 +152,9 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
             deadline,
             timeout: args.timeout,
             config,
+            sources: sources.clone(),
+            start,
+            period,
         };
         workers.push(tokio::task::spawn_local(w.run()));
     }
@@ -259,6 +279,9 @@ struct Worker {
     deadline: Instant,
     timeout: Duration,
     config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    sources: Rc<Vec<std::net::IpAddr>>,
+    start: Instant,
+    period: Option<Duration>,
 }
 
 impl Worker {
@@ -272,8 +295,19 @@ impl Worker {
                     return;
                 }
             }
-            self.issued.set(self.issued.get() + 1);
+            let n = self.issued.get();
+            self.issued.set(n + 1);
+            if let Some(p) = self.period {
+                // Open loop: attempt n is due at start + n * period.
+                let due = self.start + p.mul_f64(n as f64);
+                if due >= self.deadline {
+                    return;
+                }
+                tokio::time::sleep_until(due).await;
+            }
             self.tally.borrow_mut().attempts += 1;
+            let source =
+                (!self.sources.is_empty()).then(|| self.sources[(n as usize) % self.sources.len()]);
 
             let req = match self.auth.request(&self.target.uri) {
                 Ok(r) => r,
@@ -285,7 +319,7 @@ impl Worker {
             let t0 = Instant::now();
             let outcome = timeout(
                 self.timeout,
-                crate::common::handshake(self.target.addr, req, self.config),
+                crate::common::handshake_from(self.target.addr, source, req, self.config),
             )
             .await;
             let latency = t0.elapsed();

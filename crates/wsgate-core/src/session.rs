@@ -165,8 +165,7 @@ impl Session {
                 // A fresh token that still ends inside the warning window
                 // is not warned about again at once: `auth_ok` carries its
                 // exp, and re-warning would invite a refresh loop.
-                self.warned = self.deadline()
-                    <= now.saturating_add(self.policy.expiry_warning_ms);
+                self.warned = self.deadline() <= now.saturating_add(self.policy.expiry_warning_ms);
                 Action::SendAuthOk {
                     sub: self.sub.clone(),
                     exp: self.exp_secs(),
@@ -278,11 +277,18 @@ mod tests {
     #[test]
     fn a_short_refresh_is_not_warned_again_at_once() {
         let mut s = Session::new(policy(), "a".into(), T0 + 60_000, T0);
-        assert!(matches!(s.on_tick(T0 + 35_000), Some(Action::SendExpiring { .. })));
+        assert!(matches!(
+            s.on_tick(T0 + 35_000),
+            Some(Action::SendExpiring { .. })
+        ));
         // The new token ends 20 s later: inside the 30 s warning window.
         let a = s.on_refresh(Ok(&verified("a", T0 + 60_000)), T0 + 40_000);
         assert!(matches!(a, Action::SendAuthOk { .. }));
-        assert_eq!(s.next_wakeup(), Some(T0 + 65_000), "no immediate re-warning");
+        assert_eq!(
+            s.next_wakeup(),
+            Some(T0 + 65_000),
+            "no immediate re-warning"
+        );
         assert_eq!(s.on_tick(T0 + 40_001), None);
         // A long refresh arms the warning again.
         s.on_refresh(Ok(&verified("a", T0 + 600_000)), T0 + 41_000);
