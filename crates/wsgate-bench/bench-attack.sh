@@ -33,7 +33,13 @@ SLOW_CONNS=${SLOW_CONNS:-10000}
 SLOW_SOURCES=${SLOW_SOURCES:-127.0.0.2-127.0.0.201}
 GATEWAY_CORE=${GATEWAY_CORE:-0}
 BENCH_CORE=${BENCH_CORE:-1}
-CONFIG=$here/configs/attack.toml
+CONFIG=${CONFIG:-$here/configs/attack.toml}
+# Source addresses of the valid client and of the flood (`--sources`); empty:
+# 127.0.0.1. With configs/attack-limits.toml (default per-IP limits) the valid
+# client must look like many users: VALID_SOURCES=127.1.0.1-127.1.7.254.
+VALID_SOURCES=${VALID_SOURCES:-}
+FLOOD_SOURCES=${FLOOD_SOURCES:-}
+FLOOD_RATE=${FLOOD_RATE:-}
 URL=ws://127.0.0.1:18680/ws
 
 die() { echo "bench-attack: $*" >&2; exit 1; }
@@ -73,9 +79,12 @@ done
 
 clk=$(getconf CLK_TCK)
 ticks() { sed 's/.*) //' "/proc/$gw/stat" | awk '{ print $12 + $13 }'; }
+valid_src=(); [ -n "$VALID_SOURCES" ] && valid_src=(--sources "$VALID_SOURCES")
+flood_opt=(); [ -n "$FLOOD_SOURCES" ] && flood_opt+=(--sources "$FLOOD_SOURCES")
+[ -n "$FLOOD_RATE" ] && flood_opt+=(--rate "$FLOOD_RATE")
 valid() { # $1 = output json file
     taskset -c "$BENCH_CORE" "$BENCH_BIN" --json upgrade --url "$URL" --token-file "$T/good.tok" \
-        --concurrency "$CONCURRENCY" --duration "$DURATION" --expect accepted >"$1" 2>"$1.err"
+        --concurrency "$CONCURRENCY" --duration "$DURATION" --expect accepted "${valid_src[@]}" >"$1" 2>"$1.err"
 }
 secs() { python3 -c 'import sys,re; m=re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?",sys.argv[1]); v=float(m[1]); print(v/1000 if m[2]=="ms" else v*60 if m[2]=="m" else v)' "$1"; }
 dur_s=$(secs "$DURATION")
@@ -83,7 +92,7 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Warm-up, then the baseline.
 taskset -c "$BENCH_CORE" "$BENCH_BIN" --json upgrade --url "$URL" --token-file "$T/good.tok" \
-    --concurrency "$CONCURRENCY" --duration 1s --expect accepted >/dev/null 2>&1 || die "warm-up failed"
+    --concurrency "$CONCURRENCY" --duration 1s --expect accepted "${valid_src[@]}" >/dev/null 2>&1 || die "warm-up failed"
 t0=$(ticks); s0=$(date +%s.%N)
 valid "$T/base.json" || { cat "$T/base.json.err" >&2; die "baseline run failed"; }
 t1=$(ticks); s1=$(date +%s.%N)
@@ -102,7 +111,7 @@ flood=""
 if [ "$FLOOD_CONCURRENCY" != 0 ]; then
     flood_s=$(python3 -c "print(int($dur_s + 3))")
     taskset -c "$BENCH_CORE" "$BENCH_BIN" --json upgrade --url "$URL" --token-file "$T/bad.tok" \
-        --concurrency "$FLOOD_CONCURRENCY" --duration "${flood_s}s" --expect rejected \
+        --concurrency "$FLOOD_CONCURRENCY" --duration "${flood_s}s" --expect rejected "${flood_opt[@]}" \
         >"$T/flood.json" 2>"$T/flood.err" &
     flood=$!
     pids+=("$flood")
