@@ -62,11 +62,28 @@ impl Bound {
     }
 }
 
+/// Accept backlog asked of the kernel (capped by `net.core.somaxconn`).
+/// tokio's default of 1024 overflows when thousands of sockets reconnect
+/// at once (a drain elsewhere, an attacker's slowloris cycling): the kernel
+/// then drops SYNs, and legitimate clients wait a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's bind do: a restarted gateway can rebind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds both listeners.
 pub async fn bind(main: SocketAddr, admin: SocketAddr) -> std::io::Result<Bound> {
     Ok(Bound {
-        main: TcpListener::bind(main).await?,
-        admin: TcpListener::bind(admin).await?,
+        main: listen(main)?,
+        admin: listen(admin)?,
     })
 }
 
