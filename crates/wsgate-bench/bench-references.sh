@@ -112,6 +112,9 @@ start() { # log-name ready-addr command... ; pinned to SERVER_CORE
     cat "$T/$name.log" >&2
     die "$name did not listen on $addr within 10s"
 }
+core_jiffies() { # "busy total" jiffies of one core, from /proc/stat
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
+}
 ticks() { # utime + stime of the whole process (all threads)
     sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
@@ -132,8 +135,11 @@ measure() { # round setup kind url tokens expect server-start...
     fi
     local before=() after=() p rc=0
     for p in "${pids[@]}"; do before+=("$(ticks "$p")"); done
+    local s0 b0 s1 b1
+    s0=$(core_jiffies "$SERVER_CORE") b0=$(core_jiffies "$BENCH_CORE")
     bench "$url" "$tok" "$expect" "$DURATION" >"$T/run.json" 2>"$T/run.err" || rc=$?
     for p in "${pids[@]}"; do after+=("$(ticks "$p")"); done
+    s1=$(core_jiffies "$SERVER_CORE") b1=$(core_jiffies "$BENCH_CORE")
     for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "$setup: a server process died during the run"; done
     [ "$rc" = 0 ] || { cat "$T/run.err" >&2; die "$setup: wsgate-bench exited $rc (expected every attempt $expect)"; }
     local cpu=0 i
@@ -141,13 +147,16 @@ measure() { # round setup kind url tokens expect server-start...
     stop_all
     # one TSV line per run: round setup kind ticks report
     printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$setup" "$kind" "$cpu" "$(cat "$T/run.json")" >>"$T/results.tsv"
-    python3 - "$T/results.tsv" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$T/results.tsv" "$(getconf CLK_TCK)" "$s0 $s1 $b0 $b1" <<'PY'
 import json, sys
 line = open(sys.argv[1]).read().splitlines()[-1].split("\t")
 r = json.loads(line[4]); hz = int(sys.argv[2])
-print(f"round {line[0]}  {line[1]:<18} {r['rate_per_s']:8.0f}/s  p50 {r['latency_us']['p50_us']:5d} us  "
+j = [int(x) for x in sys.argv[3].split()]  # busy/total jiffies of both cores, before and after
+busy = lambda b0, t0, b1, t1: 100 * (b1 - b0) / max(t1 - t0, 1)
+print(f"round {line[0]}  {line[1]:<22} {r['rate_per_s']:8.0f}/s  p50 {r['latency_us']['p50_us']:5d} us  "
       f"p99 {r['latency_us']['p99_us']:5d} us  CPU {int(line[3]) / hz / max(r['attempts'], 1) * 1e6:6.1f} us/attempt  "
-      f"(attempts {r['attempts']}, accepted {r['accepted']}, rejected {r['rejected']}, close errors {r['close_errors']})",
+      f"(attempts {r['attempts']}, accepted {r['accepted']}, rejected {r['rejected']}, close errors {r['close_errors']}; "
+      f"server core {busy(*j[0:4]):.0f}% busy, generator core {busy(*j[4:8]):.0f}% busy, all processes)",
       flush=True)
 PY
 }
