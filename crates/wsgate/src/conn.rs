@@ -490,7 +490,7 @@ where
     let mut hub = (up_out.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
         .then(|| app.hub.session(id, limits.outgoing_queue));
     let hub_slow = hub.as_ref().map(|h| h.slow_signal());
-    let ended = loop {
+    let mut ended = loop {
         let Some(wake) = session.next_wakeup() else {
             break Ended::by_gateway(close::EXPIRED, "token expired");
         };
@@ -676,33 +676,39 @@ where
     } else {
         Duration::ZERO
     };
-    let client_side = async {
-        let sink = client_out.finish(grace).await;
-        if let Ok(mut ws) = sink.reunite(client_in) {
-            match ended.client {
-                Some(f) => close_with(&mut ws, f).await,
-                // Flush tungstenite's answer to the client's close.
-                None => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+    let (client_frame, upstream_frame) = (ended.client.take(), ended.upstream.take());
+    // Boxed: the closing handshakes' state is large and needed once per
+    // socket; inline it would sit in every idle session's future.
+    Box::pin(async move {
+        let client_side = async {
+            let sink = client_out.finish(grace).await;
+            if let Ok(mut ws) = sink.reunite(client_in) {
+                match client_frame {
+                    Some(f) => close_with(&mut ws, f).await,
+                    // Flush tungstenite's answer to the client's close.
+                    None => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                    }
                 }
             }
-        }
-    };
-    let upstream_side = async {
-        let (Some(out), Some(input)) = (up_out, up_in) else {
-            return;
         };
-        let sink = out.finish(grace).await;
-        if let Ok(mut ws) = sink.reunite(input) {
-            match ended.upstream {
-                Some(f) => close_with(&mut ws, f).await,
-                None => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+        let upstream_side = async {
+            let (Some(out), Some(input)) = (up_out, up_in) else {
+                return;
+            };
+            let sink = out.finish(grace).await;
+            if let Ok(mut ws) = sink.reunite(input) {
+                match upstream_frame {
+                    Some(f) => close_with(&mut ws, f).await,
+                    None => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                    }
                 }
             }
-        }
-    };
-    tokio::join!(client_side, upstream_side);
+        };
+        tokio::join!(client_side, upstream_side);
+    })
+    .await;
     metrics.connections_active.dec();
     sessions_gauge.dec();
     metrics.close(ended.code);

@@ -135,7 +135,12 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
                 let start = match start {
                     Ok(s) => s,
                     Err((guard, origin, request)) => {
-                        match conn::first_message(&app, &mut ws, guard, ip, origin, request).await {
+                        // Boxed: only first-message sockets pay for its state.
+                        match Box::pin(conn::first_message(
+                            &app, &mut ws, guard, ip, origin, request,
+                        ))
+                        .await
+                        {
                             Some(s) => s,
                             None => return,
                         }

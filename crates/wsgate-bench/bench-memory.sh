@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Memory per idle authenticated socket (issue 10): CONNECTIONS (default 10000)
+# sockets opened through wsgate (echo backend, HS256 bearer, each session's
+# expiry timer armed, registry entry, ping timer) and held idle; the
+# gateway's VmRSS before and with all of them open, per socket. The minimal
+# echo server (no auth, 4 KiB read buffer) holds the same sockets in the same
+# run as the reference. Gateway on core 0, generator on core 1.
+#
+#   crates/wsgate-bench/bench-memory.sh     (after cargo build --release -p wsgate -p wsgate-bench --bins --examples)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+B=${CARGO_TARGET_DIR:-$repo/target}/release
+T=$(mktemp -d)
+srv=
+cleanup() { [ -n "$srv" ] && kill "$srv" 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export WSGATE_JWT_SECRET
+N=${CONNECTIONS:-10000}
+for i in 1 2 3 4; do "$B/wsgate" token --sub "bench-$i" --ttl 1h; done >"$T/hs.tok"
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+measure() { # name url
+    local name=$1 url=$2 before after
+    sleep 1
+    before=$(rss "$srv")
+    rm -f "$T/ready"
+    taskset -c 1 "$B/wsgate-bench" idle --url "$url" --token-file "$T/hs.tok" --connections "$N" \
+        --hold 6s --ready-file "$T/ready" >"$T/$name.out" 2>&1 &
+    local gen=$!
+    for _ in $(seq 1 600); do [ -s "$T/ready" ] && break; sleep 0.1; done
+    sleep 3
+    after=$(rss "$srv")
+    wait "$gen" || true
+    echo "$name: $(cat "$T/ready" 2>/dev/null); VmRSS ${before} KiB -> ${after} KiB; $(( (after - before) * 1024 / N )) bytes per socket"
+    kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
+}
+taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1 &
+srv=$!
+measure "minimal echo server (no auth)" ws://127.0.0.1:19001/ws
+taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1 &
+srv=$!
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+measure "wsgate (HS256, echo backend)" ws://127.0.0.1:18080/ws
