@@ -15,6 +15,8 @@ export WSGATE_JWT_SECRET
 DATA=$repo/crates/wsgate/tests/data
 for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h; done >"$T/hs.tok"
 for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h --alg ES256 --key-file "$DATA/ec256.pem"; done >"$T/es.tok"
+for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h --alg RS256 --key-file "$DATA/rsa.pem"; done >"$T/rs.tok"
+for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h --alg EdDSA --key-file "$DATA/ed25519.pem"; done >"$T/ed.tok"
 for i in 1 2 3 4; do WSGATE_JWT_SECRET=not-the-gateway-secret-not-the-gateway-secret "$GW" token --sub "bench-$i" --ttl 1h; done >"$T/bad.tok"
 
 echo "== reference: minimal tokio-tungstenite echo server (no auth)"
@@ -32,7 +34,8 @@ r = json.load(open(sys.argv[1])); cpu = (int(sys.argv[3]) - int(sys.argv[2])) / 
 print(f"upgrades/s {r['rate_per_s']:.0f}  server CPU per upgrade {cpu / r['attempts'] * 1e6:.1f} us")
 PY
 cd "$here/configs"
-for run in "hs256.toml hs.tok accepted" "es256.toml es.tok accepted" "hs256.toml bad.tok rejected"; do
+for run in "hs256.toml hs.tok accepted" "es256.toml es.tok accepted" "rs256.toml rs.tok accepted" \
+    "eddsa.toml ed.tok accepted" "hs256.toml bad.tok rejected"; do
     set -- $run
     echo "== wsgate $1 tokens=$2 expect=$3"
     TOKEN_FILE="$T/$2" EXPECT=$3 "$here/run-upgrade-bench.sh" "$GW" "$1" 2>&1 \
