@@ -143,6 +143,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             LogFormat::Human => wsgate::log::Format::Human,
         },
     );
+    raise_nofile_limit(u64::from(cfg.limits.max_connections));
     if cfg.dev_mode && cfg.admin.token.is_none() {
         // Dev mode: a random admin token (printed in the banner) so the
         // admin API can be tried; the admin listener is loopback-only here.
@@ -297,4 +298,28 @@ fn token(
         map.insert("iss".into(), Value::from(iss));
     }
     mint::sign(alg, kid.as_deref(), &map, &key)
+}
+
+/// Every socket is a file (two in upstream mode): raise the soft limit to
+/// the hard one, and say what is in effect and whether it can hold
+/// `limits.max_connections`.
+fn raise_nofile_limit(max_connections: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => {
+            let hard = rlimit::Resource::NOFILE.get().map(|(_, h)| h).unwrap_or(n);
+            tracing::info!(event = "nofile_limit", soft = n, hard);
+            if n < max_connections {
+                tracing::warn!(
+                    event = "nofile_limit",
+                    soft = n,
+                    max_connections,
+                    "the open-file limit is below limits.max_connections: the node will refuse \
+                     sockets (EMFILE) before its cap; raise `ulimit -n` / LimitNOFILE"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(event = "nofile_limit", error = %e, "cannot raise the open-file limit")
+        }
+    }
 }
