@@ -40,6 +40,12 @@ CONFIG=${CONFIG:-$here/configs/attack.toml}
 VALID_SOURCES=${VALID_SOURCES:-}
 FLOOD_SOURCES=${FLOOD_SOURCES:-}
 FLOOD_RATE=${FLOOD_RATE:-}
+# FLOOD_NICE=19 runs the flood at the lowest CPU priority (SLOW_NICE the
+# same for slowloris), so that on a machine with one generator core the
+# valid client is not starved by the attack's own generators; the gateway's
+# core is unaffected, and the flood rate actually reached is reported.
+FLOOD_NICE=${FLOOD_NICE:-0}
+SLOW_NICE=${SLOW_NICE:-0}
 URL=ws://127.0.0.1:18680/ws
 
 die() { echo "bench-attack: $*" >&2; exit 1; }
@@ -99,7 +105,7 @@ t1=$(ticks); s1=$(date +%s.%N)
 
 # Attack: slowloris first (it must be at full strength), then the flood.
 hold_s=$(python3 -c "print(int($dur_s + 8))")
-taskset -c "$BENCH_CORE" "$BENCH_BIN" --json slowloris --url "$URL" --connections "$SLOW_CONNS" \
+nice -n "$SLOW_NICE" taskset -c "$BENCH_CORE" "$BENCH_BIN" --json slowloris --url "$URL" --connections "$SLOW_CONNS" \
     --sources "$SLOW_SOURCES" --hold "${hold_s}s" --ready-file "$T/slow.ready" \
     >"$T/slow.json" 2>"$T/slow.err" &
 slow=$!
@@ -110,7 +116,7 @@ echo "slowloris ready: $(cat "$T/slow.ready")"
 flood=""
 if [ "$FLOOD_CONCURRENCY" != 0 ]; then
     flood_s=$(python3 -c "print(int($dur_s + 3))")
-    taskset -c "$BENCH_CORE" "$BENCH_BIN" --json upgrade --url "$URL" --token-file "$T/bad.tok" \
+    nice -n "$FLOOD_NICE" taskset -c "$BENCH_CORE" "$BENCH_BIN" --json upgrade --url "$URL" --token-file "$T/bad.tok" \
         --concurrency "$FLOOD_CONCURRENCY" --duration "${flood_s}s" --expect rejected "${flood_opt[@]}" \
         >"$T/flood.json" 2>"$T/flood.err" &
     flood=$!
