@@ -44,3 +44,9 @@ if [ "${WSGATE_FUZZ_SECONDS:-30}" != "0" ]; then
   ./scripts/fuzz.sh "${WSGATE_FUZZ_SECONDS:-30}"
 fi
 # --- end hardening
+
+# --- benchmark scripts in smoke mode (issue 10): a few hundred connections,
+# debug binaries, ~1.5 min; they must keep working, the figures are not read.
+echo "== scripts/bench-smoke.sh"
+./scripts/bench-smoke.sh
+# --- end benchmark smoke

@@ -23,7 +23,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/release
+B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
 GW=${GW:-$B/wsgate}
 BENCH_BIN=${BENCH_BIN:-$B/wsgate-bench}
 DURATION=${DURATION:-10s}

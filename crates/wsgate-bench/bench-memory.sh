@@ -10,10 +10,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/release
+B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
 T=$(mktemp -d)
 srv=
-cleanup() { [ -n "$srv" ] && kill "$srv" 2>/dev/null || true; rm -rf "$T"; }
+cleanup() { if [ -n "$srv" ]; then kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null; fi; rm -rf "$T"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')

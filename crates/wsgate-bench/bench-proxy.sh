@@ -12,10 +12,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/release
+B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
 T=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$T"
+}
 trap cleanup EXIT
 WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WSGATE_IDENTITY_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')

@@ -29,7 +29,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/release
+B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
 REFS=$here/references
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10s}

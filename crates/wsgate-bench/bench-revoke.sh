@@ -40,7 +40,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-REL=${CARGO_TARGET_DIR:-$repo/target}/release
+REL=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
 GW=${GW:-$REL/wsgate}
 BENCH_BIN=${BENCH_BIN:-$REL/wsgate-bench}
 CROSS_SUBJECTS=${CROSS_SUBJECTS:-1000}

@@ -9,16 +9,16 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/release
+B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
 T=$(mktemp -d)
 gw_pid=
-cleanup() { [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true; rm -rf "$T"; }
+cleanup() { if [ -n "$gw_pid" ]; then kill "$gw_pid" 2>/dev/null; wait "$gw_pid" 2>/dev/null; fi; rm -rf "$T"; }
 trap cleanup EXIT
 WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export WSGATE_JWT_SECRET
 N=${CONNECTIONS:-15000}
 # Time to open N sockets at ~3k/s, plus margin.
-TTL=$(( N / 2000 + 12 ))
+TTL=${TTL:-$(( N / 2000 + 12 ))}
 "$B/wsgate" token --sub storm --ttl "${TTL}s" >"$T/storm.tok"
 "$B/wsgate" token --sub probe --ttl 1h >"$T/probe.tok"
 taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1 &

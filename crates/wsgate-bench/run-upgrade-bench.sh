@@ -51,7 +51,7 @@ EXTRA=("$@")
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-BENCH_BIN=${BENCH_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/wsgate-bench}
+BENCH_BIN=${BENCH_BIN:-${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}/wsgate-bench}
 TOKENS=${TOKENS:-4}
 TOKEN_ARGS=${TOKEN_ARGS:-}
 TRANSPORT=${TRANSPORT:-bearer}
