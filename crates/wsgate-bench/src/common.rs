@@ -170,6 +170,44 @@ pub struct Auth {
     values: Vec<HeaderValue>,
     origin: Option<HeaderValue>,
     next: Cell<usize>,
+    mint: Option<Mint>,
+}
+
+/// Mints a fresh HS256 token for every request (unique `sub` and `jti`),
+/// so the gateway never sees the same token twice, as with real clients.
+pub struct Mint {
+    key: jsonwebtoken::EncodingKey,
+    ttl_s: u64,
+    prefix: String,
+    count: Cell<u64>,
+}
+
+impl Mint {
+    pub fn new(secret: &[u8], ttl: std::time::Duration) -> Mint {
+        Mint {
+            key: jsonwebtoken::EncodingKey::from_secret(secret),
+            ttl_s: ttl.as_secs().max(1),
+            prefix: format!("m{}", std::process::id()),
+            count: Cell::new(0),
+        }
+    }
+
+    fn token(&self) -> Result<String, Failure> {
+        let n = self.count.get();
+        self.count.set(n + 1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = serde_json::json!({
+            "sub": format!("{}-{n}", self.prefix),
+            "jti": format!("{}-j{n}", self.prefix),
+            "iat": now,
+            "exp": now + self.ttl_s,
+        });
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
+            .map_err(|e| Failure::new("mint", e.to_string()))
+    }
 }
 
 impl Auth {
@@ -205,10 +243,20 @@ impl Auth {
             values,
             origin,
             next: Cell::new(0),
+            mint: None,
         })
     }
 
+    /// A fresh token per request instead of the token file's.
+    pub fn minting(transport: Transport, mint: Mint, origin: Option<&str>) -> anyhow::Result<Auth> {
+        let mut a = Auth::load(Transport::None, None, origin)?;
+        a.transport = transport;
+        a.mint = Some(mint);
+        Ok(a)
+    }
+
     pub fn token_count(&self) -> usize {
+        // 0: minted per request.
         self.values.len()
     }
 
@@ -219,7 +267,24 @@ impl Auth {
             .into_client_request()
             .map_err(|e| Failure::from_ws("request", &e))?;
         let headers = req.headers_mut();
-        if !self.values.is_empty() {
+        if let Some(m) = &self.mint {
+            let token = m.token()?;
+            let value = match self.transport {
+                Transport::Subprotocol => format!("jwt, {token}"),
+                _ => format!("Bearer {token}"),
+            };
+            let value =
+                HeaderValue::from_str(&value).map_err(|e| Failure::new("mint", e.to_string()))?;
+            match self.transport {
+                Transport::Subprotocol => {
+                    headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+                }
+                Transport::Bearer => {
+                    headers.insert(AUTHORIZATION, value);
+                }
+                Transport::None => {}
+            }
+        } else if !self.values.is_empty() {
             let i = self.next.get();
             self.next.set((i + 1) % self.values.len());
             let value = self.values[i].clone();

@@ -64,6 +64,14 @@ pub struct UpgradeArgs {
     /// cap; default: as fast as the workers go).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Mint a unique HS256 token (own `sub` and `jti`) for every attempt,
+    /// with the secret in this environment variable, instead of rotating
+    /// --token-file's tokens. A wrong secret makes every token invalid.
+    #[arg(long)]
+    pub mint_secret_env: Option<String>,
+    /// Lifetime of minted tokens.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub mint_ttl: Duration,
 }
 
 #[derive(Default)]
@@ -101,11 +109,21 @@ struct Report {
 
 pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
     let target = Target::parse(&args.url)?;
-    let auth = Rc::new(Auth::load(
-        args.transport,
-        args.token_file.as_deref(),
-        args.origin.as_deref(),
-    )?);
+    let auth = Rc::new(match &args.mint_secret_env {
+        Some(var) => {
+            let secret = std::env::var(var).map_err(|_| anyhow::anyhow!("${var} is not set"))?;
+            Auth::minting(
+                args.transport,
+                crate::common::Mint::new(secret.as_bytes(), args.mint_ttl),
+                args.origin.as_deref(),
+            )?
+        }
+        None => Auth::load(
+            args.transport,
+            args.token_file.as_deref(),
+            args.origin.as_deref(),
+        )?,
+    });
     let run_for = run_length(args.concurrency, args.count, args.duration)?;
 
     let stop = Stop::new();
