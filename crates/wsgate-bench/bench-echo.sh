@@ -16,7 +16,7 @@ ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 one() { # name pid url args
   local name=$1 pid=$2 url=$3; shift 3
   local a b; a=$(ticks $pid)
-  taskset -c 1 $B/wsgate-bench --json echo --url $url --connections "${CONNECTIONS:-100}" --size 64 --duration "${DURATION:-10s}" "$@" > "$T/e.json" 2>/dev/null
+  taskset -c 1 $B/wsgate-bench --json echo --url $url --connections "${CONNECTIONS:-100}" --size "${SIZE:-64}" --duration "${DURATION:-10s}" "$@" > "$T/e.json" 2>/dev/null
   b=$(ticks $pid)
   python3 - "$name" $((b-a)) "$T/e.json" "$(getconf CLK_TCK)" <<'PY'
 import json,sys

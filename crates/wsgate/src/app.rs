@@ -131,7 +131,7 @@ impl App {
         // Small read buffers keep idle sockets cheap; writes go out eagerly and
         // the write buffer is bounded so a stalled peer cannot grow it.
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
+            .read_buffer_size(config.limits.read_buffer_bytes)
             .write_buffer_size(0)
             .max_write_buffer_size(max_msg.saturating_add(64 * 1024))
             .max_message_size(Some(max_msg))

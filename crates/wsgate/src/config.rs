@@ -229,6 +229,9 @@ pub struct LimitsConfig {
     pub pending_handshakes_per_ip: u32,
     /// Messages queued towards one client before backpressure applies.
     pub outgoing_queue: usize,
+    /// Read buffer of each WebSocket (client and upstream side), allocated
+    /// per socket: memory per idle socket against syscalls per large message.
+    pub read_buffer_bytes: usize,
     /// Bytes one user may receive per minute (all sockets of the node)
     /// before an `egress_alert` is logged and counted; 0 = off. A user
     /// suddenly pulling far more than usual is a sign of a stolen token.
@@ -251,6 +254,7 @@ impl Default for LimitsConfig {
             max_unauthenticated: 1000,
             pending_handshakes_per_ip: 64,
             outgoing_queue: 256,
+            read_buffer_bytes: 4096,
             egress_alert_bytes_per_min: 0,
             egress_alert_close: false,
         }
@@ -1565,6 +1569,12 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
+        if !(256..=1_048_576).contains(&l.read_buffer_bytes) {
+            self.problem(format!(
+                "limits.read_buffer_bytes: must be between 256 and 1048576, got {}",
+                l.read_buffer_bytes
+            ));
+        }
         if l.ping_interval.is_zero() {
             self.problem("limits.ping_interval: must be greater than 0".into());
         } else if l.ping_interval >= l.idle_timeout && !l.idle_timeout.is_zero() {
@@ -2226,6 +2236,7 @@ mod redact {
             int(v.pending_handshakes_per_ip),
         );
         t.insert("outgoing_queue".into(), int(v.outgoing_queue));
+        t.insert("read_buffer_bytes".into(), int(v.read_buffer_bytes));
         t.insert(
             "egress_alert_bytes_per_min".into(),
             Value::Integer(i64::try_from(v.egress_alert_bytes_per_min).unwrap_or(i64::MAX)),

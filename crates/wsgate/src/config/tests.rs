@@ -805,6 +805,19 @@ fn limits_store_backend_proxies_hub_log() {
         &base_env(),
     );
     assert_eq!(c.limits.connections_per_user, 0);
+    let c = ok(
+        &format!("{KEY}[limits]\nread_buffer_bytes = 1024\n"),
+        &base_env(),
+    );
+    assert_eq!(c.limits.read_buffer_bytes, 1024);
+    let p = errs(
+        &format!("{KEY}[limits]\nread_buffer_bytes = 100\n"),
+        &base_env(),
+    );
+    assert_has(
+        &p,
+        "limits.read_buffer_bytes: must be between 256 and 1048576, got 100",
+    );
 
     let p = errs(
         &format!("{KEY}[store]\nurl = \"postgres://u:hunter2@db\"\n"),
