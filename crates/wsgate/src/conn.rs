@@ -187,7 +187,16 @@ where
     let id = app.next_id();
     let upstream = match &request {
         None => None,
-        Some(r) => match crate::backend::upstream::open(app, r, ip, &verified, id).await {
+        Some(r) => match crate::backend::upstream::open(
+            app,
+            &r.headers,
+            r.query.as_deref(),
+            ip,
+            &verified,
+            id,
+        )
+        .await
+        {
             Ok((ws, _protocol)) => Some(ws),
             Err(reason) => {
                 drop(slot);

@@ -294,7 +294,8 @@ pub struct ClientRequest {
 /// Opens the upstream for an authenticated client, timing it.
 pub async fn open(
     app: &crate::app::App,
-    req: &ClientRequest,
+    headers: &HeaderMap,
+    query: Option<&str>,
     ip: std::net::IpAddr,
     verified: &wsgate_core::verify::Verified,
     id: u64,
@@ -309,14 +310,7 @@ pub async fn open(
     };
     let t0 = std::time::Instant::now();
     let r = up
-        .connect(
-            &app.config.auth,
-            &req.headers,
-            req.query.as_deref(),
-            ip,
-            &who,
-            app.ws_config,
-        )
+        .connect(&app.config.auth, headers, query, ip, &who, app.ws_config)
         .await;
     app.metrics
         .upstream_connect

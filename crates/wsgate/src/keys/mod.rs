@@ -488,11 +488,6 @@ impl Keys {
     }
 }
 
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
 /// Starts the JWKS sources and the reload task. SIGHUP is hooked here,
 /// before the gateway says it is listening, so an early SIGHUP cannot take
 /// the default action (terminate).
@@ -504,42 +499,20 @@ pub fn start(app: Arc<App>) {
     if app.config.source.is_none() {
         return; // dev mode: nothing to reload from
     }
-    #[cfg(unix)]
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    #[cfg(not(unix))]
-    let hup = ();
-    tokio::spawn(run(app, hup));
+    tokio::spawn(run(app, crate::reload::Trigger::hook()));
 }
 
 /// Reloads keys on SIGHUP or when the config or a key file changes
 /// (checked every 5 s), like the TLS certificates.
-#[cfg_attr(not(unix), allow(unused_variables, unused_mut))]
-async fn run(app: Arc<App>, mut hup: Hangup) {
+async fn run(app: Arc<App>, mut trigger: crate::reload::Trigger) {
     let keys = &app.verifier;
     let Some(path) = app.config.source.clone() else {
         return;
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Stamps of a reload that failed: not retried until the files change again.
     let mut failed: Option<Vec<Option<SystemTime>>> = None;
     loop {
-        #[cfg(unix)]
-        let forced = match hup.as_mut() {
-            Some(h) => tokio::select! {
-                _ = h.recv() => true,
-                _ = tick.tick() => false,
-            },
-            None => {
-                tick.tick().await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let forced = {
-            tick.tick().await;
-            false
-        };
+        let forced = trigger.next().await;
         let st = keys.state();
         let stamps = st.stamps();
         if !forced && (!st.changed(&stamps) || failed.as_ref() == Some(&stamps)) {

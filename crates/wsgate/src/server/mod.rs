@@ -262,26 +262,9 @@ async fn hub_relay(app: Arc<App>) {
 /// Reloads TLS certificates on SIGHUP and when their files change (checked
 /// every 5 s). A pair that fails to load is logged and the old one kept.
 async fn reload_certs(app: Arc<App>) {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut trigger = crate::reload::Trigger::hook();
     loop {
-        #[cfg(unix)]
-        let forced = match hup.as_mut() {
-            Some(h) => tokio::select! {
-                _ = h.recv() => true,
-                _ = tick.tick() => false,
-            },
-            None => {
-                tick.tick().await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let forced = {
-            tick.tick().await;
-            false
-        };
+        let forced = trigger.next().await;
         for (name, cert) in [("server", &app.tls_main), ("admin", &app.tls_admin)] {
             let Some(cert) = cert.as_ref().map(|t| &t.cert) else {
                 continue;

@@ -306,11 +306,7 @@ async fn decide(
     // check, and before 101 so its refusal is the client's 502/504.
     let id = app.next_id();
     let (upstream, chosen) = if app.upstream.is_some() {
-        let request = ClientRequest {
-            headers: headers.clone(),
-            query: query.map(str::to_owned),
-        };
-        let (ws, chosen) = upstream::open(app, &request, a.ip, &verified, id).await?;
+        let (ws, chosen) = upstream::open(app, headers, query, a.ip, &verified, id).await?;
         (Some(ws), chosen)
     } else {
         (None, None)
