@@ -8,15 +8,9 @@
 #
 #   crates/wsgate-bench/bench-memory.sh     (after cargo build --release -p wsgate -p wsgate-bench --bins --examples)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
-T=$(mktemp -d)
-srv=
-cleanup() { if [ -n "$srv" ]; then kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null; fi; rm -rf "$T"; }
-trap cleanup EXIT
+. "$(dirname "$0")/bench-lib.sh"
 ulimit -n "$(ulimit -Hn)"
-WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+WSGATE_JWT_SECRET=$(random_hex 32)
 export WSGATE_JWT_SECRET
 N=${CONNECTIONS:-10000}
 for i in 1 2 3 4; do "$B/wsgate" token --sub "bench-$i" --ttl 1h; done >"$T/hs.tok"
@@ -34,12 +28,12 @@ measure() { # name url
     after=$(rss "$srv")
     wait "$gen" || true
     echo "$name: $(cat "$T/ready" 2>/dev/null); VmRSS ${before} KiB -> ${after} KiB; $(( (after - before) * 1024 / N )) bytes per socket"
-    kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
+    stop "$srv"
 }
-taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1 &
-srv=$!
+bg taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1
+srv=$last_pid
 measure "minimal echo server (no auth)" ws://127.0.0.1:19001/ws
-taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1 &
-srv=$!
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+bg taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1
+srv=$last_pid
+wait_ready "$T/gw.log"
 measure "wsgate (HS256, echo backend)" ws://127.0.0.1:18080/ws

@@ -10,28 +10,17 @@
 #
 # Environment: ROUNDS (default 2), DURATION (default 10s), CONNECTIONS (100), SIZE (64).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
-T=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-WSGATE_IDENTITY_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+. "$(dirname "$0")/bench-lib.sh"
+WSGATE_JWT_SECRET=$(random_hex 32)
+WSGATE_IDENTITY_SECRET=$(random_hex 32)
 export WSGATE_JWT_SECRET WSGATE_IDENTITY_SECRET
 for i in $(seq 1 4); do "$B/wsgate" token --sub "bench-$i" --ttl 1h; done >"$T/hs.tok"
 
-taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1 &
-echo_pid=$!; pids+=("$echo_pid")
-taskset -c 0 "$B/wsgate" serve --config "$here/configs/proxy.toml" >"$T/gw.log" 2>&1 &
-gw_pid=$!; pids+=("$gw_pid")
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-    curl -sf http://127.0.0.1:19091/readyz >/dev/null || { echo "gateway not ready (port 18080/19091 busy?)" >&2; cat "$T/gw.log" >&2; exit 1; }
+bg taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1
+echo_pid=$last_pid
+bg taskset -c 0 "$B/wsgate" serve --config "$here/configs/proxy.toml" >"$T/gw.log" 2>&1
+gw_pid=$last_pid
+wait_ready "$T/gw.log"
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 run() { # name url [args...]

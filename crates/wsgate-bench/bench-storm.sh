@@ -7,23 +7,15 @@
 #
 #   crates/wsgate-bench/bench-storm.sh     (after cargo build --release -p wsgate -p wsgate-bench)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-B=${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}
-T=$(mktemp -d)
-gw_pid=
-cleanup() { if [ -n "$gw_pid" ]; then kill "$gw_pid" 2>/dev/null; wait "$gw_pid" 2>/dev/null; fi; rm -rf "$T"; }
-trap cleanup EXIT
-WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+. "$(dirname "$0")/bench-lib.sh"
+WSGATE_JWT_SECRET=$(random_hex 32)
 export WSGATE_JWT_SECRET
 N=${CONNECTIONS:-15000}
 # Time to open N sockets at ~3k/s, plus margin.
 TTL=${TTL:-$(( N / 2000 + 12 ))}
 "$B/wsgate" token --sub storm --ttl "${TTL}s" >"$T/storm.tok"
 "$B/wsgate" token --sub probe --ttl 1h >"$T/probe.tok"
-taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1 &
-gw_pid=$!
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-    curl -sf http://127.0.0.1:19091/readyz >/dev/null || { echo "gateway not ready (port 18080/19091 busy?)" >&2; cat "$T/gw.log" >&2; exit 1; }
+bg taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1
+wait_ready "$T/gw.log"
 taskset -c 1 "$B/wsgate-bench" storm --url ws://127.0.0.1:18080/ws --token-file "$T/storm.tok" \
     --probe-token-file "$T/probe.tok" --connections "$N" 2>/dev/null
