@@ -46,6 +46,14 @@ FLOOD_RATE=${FLOOD_RATE:-}
 # core is unaffected, and the flood rate actually reached is reported.
 FLOOD_NICE=${FLOOD_NICE:-0}
 SLOW_NICE=${SLOW_NICE:-0}
+# GATEWAY_QUOTA=20 caps the gateway at 20 % of its core (cgroup v1 or v2 CPU
+# bandwidth, 10 ms period; needs root). On a 2-core machine the load
+# generators share one core and cost more per upgrade than the gateway (the
+# client side pays most of loopback TCP's kernel work), so without a cap both
+# windows measure the generator core. With the cap the gateway is the
+# bottleneck in both windows, and the script prints the generator core's busy
+# share to show it had headroom (it must stay well under 100 %).
+GATEWAY_QUOTA=${GATEWAY_QUOTA:-}
 URL=ws://127.0.0.1:18680/ws
 
 die() { echo "bench-attack: $*" >&2; exit 1; }
@@ -59,6 +67,7 @@ pids=()
 cleanup() {
     for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done
     for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
+    if [ -n "${cg:-}" ]; then rmdir "$cg" 2>/dev/null || true; fi
     if [ "${KEEP_LOGS:-0}" = 1 ]; then echo "logs kept in $T" >&2; else rm -rf "$T"; fi
 }
 trap cleanup EXIT
@@ -73,7 +82,26 @@ for i in 1 2 3 4; do
         "$GW" token --sub "bench-$i" --ttl 1h --secret-env WSGATE_JWT_SECRET
 done >"$T/bad.tok"
 
-taskset -c "$GATEWAY_CORE" "$GW" serve --config "$CONFIG" >"$T/gateway.log" 2>&1 &
+cg=""
+if [ -n "$GATEWAY_QUOTA" ]; then
+    quota_us=$(( GATEWAY_QUOTA * 100 ))
+    if [ -d /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/cpu ]; then # cgroup v1
+        cg=/sys/fs/cgroup/cpu/wsgate-bench-attack-$$
+        mkdir "$cg" || die "cannot create $cg"
+        echo 10000 >"$cg/cpu.cfs_period_us"
+        echo "$quota_us" >"$cg/cpu.cfs_quota_us"
+    elif [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then # v2
+        cg=/sys/fs/cgroup/wsgate-bench-attack-$$
+        echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+        mkdir "$cg" || die "cannot create $cg"
+        echo "$quota_us 10000" >"$cg/cpu.max"
+    else
+        die "GATEWAY_QUOTA needs a writable cgroup cpu controller (run as root)"
+    fi
+    echo "gateway capped at ${GATEWAY_QUOTA}% of core $GATEWAY_CORE ($cg)"
+fi
+CG="$cg" taskset -c "$GATEWAY_CORE" sh -c '[ -z "$CG" ] || echo $$ >"$CG/cgroup.procs"; exec "$@"' sh \
+    "$GW" serve --config "$CONFIG" >"$T/gateway.log" 2>&1 &
 gw=$!
 pids+=("$gw")
 for _ in $(seq 1 100); do
@@ -85,6 +113,8 @@ done
 
 clk=$(getconf CLK_TCK)
 ticks() { sed 's/.*) //' "/proc/$gw/stat" | awk '{ print $12 + $13 }'; }
+# "busy total" jiffies of the generator core, from /proc/stat.
+gen_jiffies() { awk -v c="cpu$BENCH_CORE" '$1 == c { print $2 + $3 + $4 + $7 + $8 "," $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
 valid_src=(); [ -n "$VALID_SOURCES" ] && valid_src=(--sources "$VALID_SOURCES")
 flood_opt=(); [ -n "$FLOOD_SOURCES" ] && flood_opt+=(--sources "$FLOOD_SOURCES")
 [ -n "$FLOOD_RATE" ] && flood_opt+=(--rate "$FLOOD_RATE")
@@ -99,9 +129,9 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Warm-up, then the baseline.
 taskset -c "$BENCH_CORE" "$BENCH_BIN" --json upgrade --url "$URL" --token-file "$T/good.tok" \
     --concurrency "$CONCURRENCY" --duration 1s --expect accepted "${valid_src[@]}" >/dev/null 2>&1 || die "warm-up failed"
-t0=$(ticks); s0=$(date +%s.%N)
+t0=$(ticks); s0=$(date +%s.%N); g0=$(gen_jiffies)
 valid "$T/base.json" || { cat "$T/base.json.err" >&2; die "baseline run failed"; }
-t1=$(ticks); s1=$(date +%s.%N)
+t1=$(ticks); s1=$(date +%s.%N); g1=$(gen_jiffies)
 
 # Attack: slowloris first (it must be at full strength), then the flood.
 hold_s=$(python3 -c "print(int($dur_s + 8))")
@@ -123,9 +153,9 @@ if [ "$FLOOD_CONCURRENCY" != 0 ]; then
     pids+=("$flood")
 fi
 sleep 1
-t2=$(ticks); s2=$(date +%s.%N)
+t2=$(ticks); s2=$(date +%s.%N); g2=$(gen_jiffies)
 valid "$T/att.json" || { cat "$T/att.json.err" >&2; echo "bench-attack: attacked valid run failed its check" >&2; }
-t3=$(ticks); s3=$(date +%s.%N)
+t3=$(ticks); s3=$(date +%s.%N); g3=$(gen_jiffies)
 set +e
 flood_rc=0; if [ -n "$flood" ]; then wait "$flood"; flood_rc=$?; fi
 wait "$slow"; slow_rc=$?
@@ -133,11 +163,14 @@ set -e
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 kill -0 "$gw" 2>/dev/null || die "gateway died during the run"
 
-python3 - "$T" "$clk" "$t0" "$t1" "$s0" "$s1" "$t2" "$t3" "$s2" "$s3" "$flood_rc" "$slow_rc" <<'PY'
+python3 - "$T" "$clk" "$t0" "$t1" "$s0" "$s1" "$t2" "$t3" "$s2" "$s3" "$flood_rc" "$slow_rc" "$g0" "$g1" "$g2" "$g3" <<'PY'
 import json, sys
 d, clk = sys.argv[1], int(sys.argv[2])
 t0, t1, s0, s1, t2, t3, s2, s3 = (float(x) for x in sys.argv[3:11])
 flood_rc, slow_rc = int(sys.argv[11]), int(sys.argv[12])
+g = [tuple(int(x) for x in a.split(",")) for a in sys.argv[13:17]]
+gen_b = 100 * (g[1][0] - g[0][0]) / max(g[1][1] - g[0][1], 1)
+gen_a = 100 * (g[3][0] - g[2][0]) / max(g[3][1] - g[2][1], 1)
 def load(n):
     try:
         with open(f"{d}/{n}.json") as f: return json.loads(f.read().strip().splitlines()[-1])
@@ -146,9 +179,9 @@ base, att, flood, slow = load("base"), load("att"), load("flood"), load("slow")
 cpu_b = (t1 - t0) / clk / (s1 - s0); cpu_a = (t3 - t2) / clk / (s3 - s2)
 def v(r): return f"{r['accepted_per_s']:.0f} upgrades/s, p50 {r['latency_us']['p50_us']} us, p99 {r['latency_us']['p99_us']} us, p99.9 {r['latency_us']['p999_us']} us, errors {r['errors_total']}, expect_ok {r['expect_ok']}"
 print(f"baseline  valid: {v(base)}")
-print(f"          gateway CPU {cpu_b*100:.0f}% of one core")
+print(f"          gateway CPU {cpu_b*100:.0f}% of one core; generator core {gen_b:.0f}% busy")
 print(f"attacked  valid: {v(att) if att else 'no report'}")
-print(f"          gateway CPU {cpu_a*100:.0f}% of one core")
+print(f"          gateway CPU {cpu_a*100:.0f}% of one core; generator core {gen_a:.0f}% busy")
 if flood:
     print(f"flood     {flood['rate_per_s']:.0f} rejections/s (rejected {flood['rejected']}, accepted {flood['accepted']}, errors {flood['errors_total']}), p99 {flood['latency_us']['p99_us']} us, exit {flood_rc}")
 if slow:

@@ -9,6 +9,12 @@ use wsgate::app::App;
 use wsgate::config::{Config, LogFormat};
 use wsgate::mint;
 
+// Measured (BENCHMARKS.md, "Allocator"): glibc malloc/free were ~15 % of the
+// gateway's CPU per upgrade, and its per-thread arenas fragment under many
+// sockets.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "wsgate", version, about = "Authenticating WebSocket gateway")]
 struct Cli {
