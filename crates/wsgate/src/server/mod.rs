@@ -356,7 +356,15 @@ async fn serve_conn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, which: L
             return;
         };
         let client = SocketAddr::new(source.unwrap_or(peer.ip()), peer.port());
-        return serve_tls_or_plain(app, Rewind::new(rest, stream), client, which).await;
+        // Boxed: this variant is as large as the plain one, and inline it
+        // would double every connection's task (see serve_tls_or_plain).
+        return Box::pin(serve_tls_or_plain(
+            app,
+            Rewind::new(rest, stream),
+            client,
+            which,
+        ))
+        .await;
     }
     serve_tls_or_plain(app, stream, peer, which).await
 }
@@ -371,13 +379,19 @@ where
     };
     match tls.map(|t| t.acceptor.clone()) {
         None => serve_io(app, stream, peer, which).await,
+        // Boxed: the TLS variant of this future is ~4.5 KiB. Inline, every
+        // connection's task carried it, TLS or not, and spawning copied it
+        // (6,152 -> ~1 KiB per plain connection; BENCHMARKS.md "Task size").
         Some(acceptor) => {
-            // The TLS handshake counts against the same deadline as the head.
-            let timeout = app.config.server.handshake_timeout;
-            // Failed or slow handshakes just end; rustls sent its alert.
-            if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                serve_io(app, tls, peer, which).await;
-            }
+            Box::pin(async move {
+                // The TLS handshake counts against the same deadline as the head.
+                let timeout = app.config.server.handshake_timeout;
+                // Failed or slow handshakes just end; rustls sent its alert.
+                if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    serve_io(app, tls, peer, which).await;
+                }
+            })
+            .await
         }
     }
 }
