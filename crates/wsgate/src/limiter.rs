@@ -209,6 +209,16 @@ impl HandshakeLimiter {
         }
     }
 
+    /// Whether [`check`](Self::check) would refuse this address now,
+    /// without charging a token: lets the server answer an address that is
+    /// over its rate before doing any other work for it.
+    pub fn is_limited(&self, ip: IpAddr) -> bool {
+        match &self.limited {
+            None => false,
+            Some(l) => l.is_limited(IpKey::from(ip), Instant::now()),
+        }
+    }
+
     /// Drop idle keys; the server calls this every few seconds.
     pub fn retain_recent(&self) {
         self.retain_recent_at(Instant::now());
@@ -272,6 +282,16 @@ impl Limited {
         }
     }
 
+    fn is_limited(&self, key: IpKey, now: Instant) -> bool {
+        let key = key.packed();
+        let now = self.nanos(now);
+        let map = self.shard(key).lock();
+        match map.get(&key) {
+            Some(&tat) => tat.max(now) - now > self.tolerance,
+            None => map.len() >= self.per_shard_cap,
+        }
+    }
+
     fn retain(&self, now: Instant) {
         let now = self.nanos(now);
         for shard in self.shards.iter() {
@@ -314,6 +334,24 @@ mod tests {
         assert_eq!(l.check_at(a, t0 + ms(20)), Err(ms(30)));
         // Refusals are not charged.
         assert_eq!(l.check_at(a, t0 + ms(20)), Err(ms(30)));
+    }
+
+    #[test]
+    fn peek_agrees_with_check_and_charges_nothing() {
+        let l = HandshakeLimiter::new(20, 2, 1000);
+        let a = ip("192.0.2.1");
+        assert!(!l.is_limited(a));
+        assert!(!l.is_limited(a), "peeking charged a token");
+        assert!(l.check(a).is_ok());
+        assert!(!l.is_limited(a));
+        assert!(l.check(a).is_ok());
+        assert!(l.is_limited(a));
+        assert!(l.check(a).is_err());
+        // The same /64 shares the bucket.
+        let v6 = HandshakeLimiter::new(20, 1, 1000);
+        assert!(v6.check(ip("2001:db8::1")).is_ok());
+        assert!(v6.is_limited(ip("2001:db8::2")));
+        assert!(!HandshakeLimiter::new(0, 1, 1).is_limited(a));
     }
 
     #[test]

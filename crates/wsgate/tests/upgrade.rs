@@ -578,8 +578,22 @@ async fn per_ip_rate_limit_before_verification() {
     )
     .await
     .refused(429, "rate_limited");
+    // Only upgrades are limited: the same address still gets /healthz.
+    let resp = raw(
+        gw.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), "200", "{resp}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     bearer(&gw.url(), &t).await.open();
+    // Every refusal above was counted and logged with its reason.
+    let refused = gw
+        .events("handshake", 10)
+        .into_iter()
+        .filter(|e| e["reason"] == "rate_limited")
+        .count();
+    assert_eq!(refused, 2);
 
     // Behind a trusted proxy, each forwarded client has its own bucket.
     let proxied = Gateway::start_with_env(

@@ -42,6 +42,19 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| start + p + 4)
 }
 
+/// Whether the request line of `head` is `GET <path>[?query] ...`. Only a
+/// shortcut for refusing early: a head it misreads takes the normal path.
+pub fn is_get_of(head: &[u8], path: &str) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    if parts.next() != Some(b"GET".as_slice()) {
+        return false;
+    }
+    let target = parts.next().unwrap_or_default();
+    let target = target.split(|b| *b == b'?').next().unwrap_or_default();
+    target == path.as_bytes()
+}
+
 /// Reads until the end of the head, `max` bytes of head, or `timeout`.
 pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, max: usize, timeout: Duration) -> Head {
     let mut buf = BytesMut::with_capacity(2048);
@@ -131,6 +144,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn request_line_target() {
+        assert!(is_get_of(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", "/ws"));
+        assert!(is_get_of(b"GET /ws?ticket=x HTTP/1.1\r\n", "/ws"));
+        for head in [
+            &b"GET /wss HTTP/1.1\r\n"[..],
+            b"GET /healthz HTTP/1.1\r\n",
+            b"POST /ws HTTP/1.1\r\n",
+            b"get /ws HTTP/1.1\r\n",
+            b"GET  /ws HTTP/1.1\r\n",
+            b"",
+            b"GET",
+        ] {
+            assert!(!is_get_of(head, "/ws"), "{}", String::from_utf8_lossy(head));
+        }
+    }
 
     #[test]
     fn finds_end_across_reads() {

@@ -414,9 +414,7 @@ where
         upgrade::log_early_rejection(peer.ip(), Reason::RateLimited);
         app.metrics.handshake(Err(Reason::RateLimited), None);
         let _ = tokio::time::timeout(timeout, async {
-            let _ = stream
-                .write_all(&respond::reject_raw(Reason::RateLimited))
-                .await;
+            let _ = stream.write_all(respond::rate_limited_raw()).await;
             let _ = stream.shutdown().await;
         })
         .await;
@@ -425,6 +423,26 @@ where
     let head = read_head(&mut stream, max_head, timeout).await;
     drop(pending);
     let buf = match head {
+        // An address over its handshake rate, upgrading: answered here, as
+        // the pending cap above is, without hyper or the upgrade checks. A
+        // flood's 429 then costs little more than its accept and close
+        // (BENCHMARKS.md, "Under attack"). The limiter is only peeked at;
+        // the upgrade path still charges and decides.
+        Head::Complete(buf)
+            if cap != 0
+                && which == Listener::Main
+                && app.limiter.is_limited(peer.ip())
+                && head::is_get_of(&buf, &app.config.server.path) =>
+        {
+            upgrade::log_early_rejection(peer.ip(), Reason::RateLimited);
+            app.metrics.handshake(Err(Reason::RateLimited), None);
+            let _ = tokio::time::timeout(timeout, async {
+                let _ = stream.write_all(respond::rate_limited_raw()).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+            return;
+        }
         Head::Complete(buf) => buf,
         Head::TooLarge => {
             upgrade::log_early_rejection(peer.ip(), Reason::HeadersTooLarge);

@@ -66,6 +66,12 @@ pub fn reject_raw(reason: Reason) -> Vec<u8> {
     .into_bytes()
 }
 
+/// [`reject_raw`] for `rate_limited`, built once: it is what a flood gets.
+pub fn rate_limited_raw() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| reject_raw(Reason::RateLimited))
+}
+
 /// 404 for unknown paths.
 pub fn not_found() -> Response<Body> {
     json(
