@@ -26,7 +26,11 @@ pub struct App {
     pub origins: OriginPolicy,
     pub extract: ExtractPolicy,
     pub session_policy: SessionPolicy,
+    /// Upstream sockets: tungstenite reads through its own buffer.
     pub ws_config: WebSocketConfig,
+    /// Client sockets: a small tungstenite buffer, fed by a
+    /// [`ReadAhead`](crate::readahead::ReadAhead) of `read_buffer_bytes`.
+    pub client_ws_config: WebSocketConfig,
     pub registry: Registry,
     /// TLS certificates of the listeners, when configured (hot-reloadable).
     pub tls_main: Option<crate::tls::Tls>,
@@ -67,6 +71,12 @@ pub struct Tickets {
     pub verifier: Verifier,
     pub ttl_ms: i64,
 }
+
+/// tungstenite's own read buffer on client sockets, allocated per socket
+/// and kept for its life; the [`ReadAhead`](crate::readahead::ReadAhead)
+/// in front of it makes the large socket reads. Also the most tungstenite
+/// takes per read call, so smaller means more (cheap, in-memory) calls.
+pub const CLIENT_WS_BUFFER: usize = 512;
 
 /// Distinct client IPs (or IPv6 /64s) the handshake limiter tracks at most
 /// (~35 MB); beyond that new addresses are refused until idle ones expire.
@@ -136,6 +146,7 @@ impl App {
             .max_write_buffer_size(max_msg.saturating_add(64 * 1024))
             .max_message_size(Some(max_msg))
             .max_frame_size(Some(max_msg));
+        let client_ws_config = ws_config.read_buffer_size(CLIENT_WS_BUFFER);
         let store =
             crate::store::open(&config.store.url, &config.store.key_prefix).map_err(|e| vec![e])?;
         let tickets = config.tickets.enabled.then(|| {
@@ -187,6 +198,7 @@ impl App {
             extract,
             session_policy,
             ws_config,
+            client_ws_config,
             registry: Registry::default(),
             tls_main,
             tls_admin,
