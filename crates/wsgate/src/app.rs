@@ -6,9 +6,8 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_core::client_ip::TrustedProxies;
 use wsgate_core::credential::ExtractPolicy;
@@ -297,9 +296,59 @@ pub enum Control {
     Drain,
 }
 
+impl Control {
+    /// Taken in this order when several are pending: closing wins.
+    const ALL: [Control; 3] = [Control::Revoke, Control::Drain, Control::Reauth];
+
+    fn bit(self) -> u8 {
+        match self {
+            Control::Revoke => 1,
+            Control::Drain => 2,
+            Control::Reauth => 4,
+        }
+    }
+}
+
+/// The registry's line to one session: pending requests as bits and the
+/// task's waker. A few dozen bytes per session where a channel took ~600,
+/// and a request repeated before it is taken is one request, as it should.
+#[derive(Default)]
+pub struct Controls {
+    pending: AtomicU8,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Controls {
+    pub fn send(&self, c: Control) {
+        self.pending.fetch_or(c.bit(), Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    fn take(&self) -> Option<Control> {
+        let pending = self.pending.load(Ordering::Acquire);
+        let c = Control::ALL.into_iter().find(|c| pending & c.bit() != 0)?;
+        self.pending.fetch_and(!c.bit(), Ordering::AcqRel);
+        Some(c)
+    }
+
+    /// The next request; cancel-safe (nothing is taken until it is returned).
+    pub async fn recv(&self) -> Control {
+        std::future::poll_fn(|cx| {
+            if let Some(c) = self.take() {
+                return std::task::Poll::Ready(c);
+            }
+            self.waker.register(cx.waker());
+            // A send between the first look and the registration.
+            self.take()
+                .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
+        })
+        .await
+    }
+}
+
 struct Entry {
     info: SessionInfo,
-    control: mpsc::Sender<Control>,
+    control: Arc<Controls>,
 }
 
 /// A held connection slot; released on drop (with its registry entry and
@@ -338,7 +387,7 @@ impl Registry {
         self.lock()
             .sessions
             .values()
-            .filter(|e| e.control.try_send(c).is_ok())
+            .inspect(|e| e.control.send(c))
             .count()
     }
 
@@ -352,8 +401,7 @@ impl Registry {
                 Target::Jti(j) => e.info.jti.as_deref() == Some(j.as_str()),
                 Target::Sid(s) => e.info.sid.as_deref() == Some(s.as_str()),
             })
-            // A full queue means the session is already closing.
-            .filter(|e| e.control.try_send(c).is_ok())
+            .inspect(|e| e.control.send(c))
             .count()
     }
 
@@ -454,7 +502,7 @@ impl App {
 
 impl Slot {
     /// Registers the session behind this slot; the entry goes with the slot.
-    pub fn attach(&mut self, info: SessionInfo, control: mpsc::Sender<Control>) {
+    pub fn attach(&mut self, info: SessionInfo, control: Arc<Controls>) {
         self.id = Some(info.id);
         self.app
             .registry
@@ -490,5 +538,32 @@ impl Drop for Slot {
         }
         drop(g);
         reg.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn controls_closing_first_and_repeats_coalesce() {
+        let c = Arc::new(Controls::default());
+        c.send(Control::Reauth);
+        c.send(Control::Reauth);
+        c.send(Control::Revoke);
+        assert_eq!(c.recv().await, Control::Revoke);
+        assert_eq!(c.recv().await, Control::Reauth);
+        let idle = tokio::time::timeout(Duration::from_millis(20), c.recv()).await;
+        assert!(idle.is_err(), "nothing pending after the repeat");
+        // A send from elsewhere wakes a waiting task.
+        let waiter = tokio::spawn({
+            let c = c.clone();
+            async move { c.recv().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        c.send(Control::Drain);
+        let got = tokio::time::timeout(Duration::from_secs(1), waiter).await;
+        assert!(matches!(got, Ok(Ok(Control::Drain))));
     }
 }

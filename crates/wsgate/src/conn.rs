@@ -1,7 +1,7 @@
 //! The per-connection task: one select loop over client frames and the
 //! session's timers, driven by the pure [`Session`] state machine.
 
-use crate::app::{App, Control, SessionInfo, Slot};
+use crate::app::{App, Control, Controls, SessionInfo, Slot};
 use crate::backend::hub::HubSession;
 use crate::backend::upstream::{Io, UpstreamWs};
 use crate::clock::{now_ms, until};
@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -32,7 +31,7 @@ pub struct SessionStart {
     pub verified: Verified,
     slot: Slot,
     session: Session,
-    control: mpsc::Receiver<Control>,
+    control: Arc<Controls>,
     /// The upstream WebSocket, already open (`backend.kind = "upstream"`).
     upstream: Option<Box<UpstreamWs>>,
 }
@@ -58,8 +57,7 @@ impl SessionStart {
             verified.exp_ms,
             now,
         );
-        // Two slots: a revoke and a reauth can be pending at once.
-        let (tx, control) = mpsc::channel(2);
+        let control = Arc::new(Controls::default());
         slot.attach(
             SessionInfo {
                 id,
@@ -72,7 +70,7 @@ impl SessionStart {
                 connected_at: now,
                 deadline: session.deadline(),
             },
-            tx,
+            control.clone(),
         );
         SessionStart {
             id,
@@ -463,7 +461,7 @@ where
         mut verified,
         slot,
         mut session,
-        mut control,
+        control,
         upstream,
     } = start;
     let mut traffic = Traffic::default();
@@ -651,7 +649,7 @@ where
                 // its full queue also stops us reading it.
                 client_out.push(Message::Ping(Default::default()));
             }
-            Some(c) = control.recv() => match c {
+            c = control.recv() => match c {
                 Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
                 Control::Drain => break Ended::by_gateway(close::GOING_AWAY, "server shutting down"),
                 Control::Reauth => {
