@@ -50,6 +50,8 @@ impl SessionStart {
         mut slot: Slot,
         upstream: Option<Box<UpstreamWs>>,
     ) -> Self {
+        let mut verified = verified;
+        keep_needed_claims(app, &mut verified);
         let now = now_ms();
         let session = Session::new(
             app.session_policy,
@@ -82,6 +84,21 @@ impl SessionStart {
             control,
             upstream,
         }
+    }
+}
+
+/// Drops the claims a live session never reads. After the upgrade (CSRF
+/// check, upstream headers) only the hub's grants look at claims; a JWT
+/// can carry dozens, a map node and strings that every idle socket kept.
+fn keep_needed_claims(app: &App, v: &mut Verified) {
+    let hub = app.config.backend.kind == crate::config::BackendKind::Hub;
+    let needed = |k: &String| hub && app.hub.reads_claim(k);
+    if !v.claims.keys().all(needed) {
+        // Rebuilt rather than filtered in place: an emptied map frees its node.
+        v.claims = std::mem::take(&mut v.claims)
+            .into_iter()
+            .filter(|(k, _)| needed(k))
+            .collect();
     }
 }
 
@@ -770,6 +787,7 @@ fn control_message(
     let mut refreshed = false;
     if let (Action::SendAuthOk { .. }, Ok(v)) = (&action, result) {
         *verified = v;
+        keep_needed_claims(app, verified);
         app.registry.update(id, verified, session.deadline());
         refreshed = true;
     }
