@@ -3,12 +3,13 @@
 
 use crate::app::{App, Control, Controls, SessionInfo, Slot};
 use crate::backend::hub::HubSession;
-use crate::backend::upstream::{Io, UpstreamWs};
+use crate::backend::upstream::UpstreamWs;
 use crate::clock::{now_ms, until};
-use crate::outbox::Outbox;
+use crate::outbox::{self, Io, Outbox};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,9 @@ pub struct SessionStart {
     pub ip: IpAddr,
     pub transport: Transport,
     pub verified: Verified,
-    slot: Slot,
+    /// Held only to be dropped when the session ends: that releases the
+    /// registry entry and the per-user count.
+    _slot: Slot,
     session: Session,
     control: Arc<Controls>,
     /// The upstream WebSocket, already open (`backend.kind = "upstream"`).
@@ -79,7 +82,7 @@ impl SessionStart {
             ip,
             transport,
             verified,
-            slot,
+            _slot: slot,
             session,
             control,
             upstream,
@@ -410,17 +413,14 @@ struct Traffic {
 
 /// Queues a data message for the client, with accounting and the egress
 /// monitor; returns why the session must end, if it must.
-fn to_client<S>(
+fn to_client(
     app: &App,
-    out: &mut Outbox<S>,
+    out: &mut Outbox,
     t: &mut Traffic,
     meter: &mut crate::egress::Meter,
     sub: &str,
     m: Message,
-) -> Option<Ended>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Option<Ended> {
     let n = m.len() as u64;
     out.push(m);
     t.bytes_out += n;
@@ -435,113 +435,97 @@ const CLIENT_QUEUE: usize = 16;
 /// Queue towards the upstream, same reasoning.
 const UPSTREAM_QUEUE: usize = 16;
 
-type UpstreamIn = futures_util::stream::SplitStream<UpstreamWs>;
+/// The upstream's WebSocket and its queue (`backend.kind = "upstream"`).
+type Upstream = (Box<UpstreamWs>, Outbox);
 
-async fn drive_upstream(out: &mut Option<Outbox<Box<dyn Io>>>) -> Result<(), WsError> {
-    match out {
-        Some(o) => o.drive().await,
+async fn upstream_io(up: &mut Option<Upstream>, read: bool) -> Io {
+    match up {
+        Some((ws, out)) => outbox::io(&mut **ws, out, read).await,
         None => std::future::pending().await,
     }
 }
 
-async fn next_upstream(input: &mut Option<UpstreamIn>) -> Option<Result<Message, WsError>> {
-    match input {
-        Some(i) => i.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_delivery(hub: &mut Option<HubSession>) -> Option<Utf8Bytes> {
+async fn next_delivery(hub: &mut Option<Box<HubSession>>) -> Option<Utf8Bytes> {
     match hub {
         Some(h) => h.rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-async fn slowed(signal: &Option<Arc<tokio::sync::Notify>>) {
+/// Boxed, and only for hub sessions: the waiter is as large as the rest
+/// of the select's branches together.
+type SlowSignal = Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>;
+
+async fn slowed(signal: &mut SlowSignal) {
     match signal {
-        Some(n) => n.notified().await,
+        Some(n) => n.as_mut().await,
         None => std::future::pending().await,
     }
 }
 
 /// Runs a session until it closes.
-pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, start: SessionStart)
+///
+/// This future is what every idle socket holds, so it is kept small: the
+/// socket stays one WebSocket (no split halves behind a lock), `start`'s
+/// fields are used in place (a moved-from argument keeps its space in the
+/// future), one timer serves the deadline, the warning and the pings, and
+/// backend state is boxed or absent.
+pub async fn run<S>(app: Arc<App>, mut ws: WebSocketStream<S>, mut start: SessionStart)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let opened = Instant::now();
+    let (id, ip, transport) = (start.id, start.ip, start.transport);
     let SessionStart {
-        id,
-        ip,
-        transport,
-        mut verified,
-        slot,
-        mut session,
+        verified,
+        session,
         control,
         upstream,
-    } = start;
+        ..
+    } = &mut start;
     let mut traffic = Traffic::default();
     let metrics = &app.metrics;
     metrics.connections_active.inc();
     let limits = &app.config.limits;
     let mut rate = MessageRate::new(limits.messages_per_sec);
-    // One timer for the session's deadline/warning, re-armed only when the
-    // wake-up instant changes (not per message).
+    // One timer for the session's deadline/warning and the next ping,
+    // re-armed only when one of them moves (not per message).
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut armed_for = None;
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + limits.ping_interval,
-        limits.ping_interval,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_ping = tokio::time::Instant::now() + limits.ping_interval;
     let mut last_seen = tokio::time::Instant::now();
     let mut meter = crate::egress::Meter::new(&app.egress);
     let sessions_gauge = metrics.sessions(transport);
     sessions_gauge.inc();
-    let (sink, mut client_in) = ws.split();
-    let mut client_out = Outbox::new(sink, CLIENT_QUEUE);
-    // The upstream's halves, when the backend is `upstream`.
-    let (mut up_out, mut up_in) = match upstream {
-        Some(u) => {
-            let (sink, input) = (*u).split();
-            (Some(Outbox::new(sink, UPSTREAM_QUEUE)), Some(input))
-        }
-        None => (None, None),
-    };
-    let relay = app.upstream.as_ref().filter(|_| up_out.is_some());
-    let mut hub = (up_out.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
-        .then(|| app.hub.session(id, limits.outgoing_queue));
-    let hub_slow = hub.as_ref().map(|h| h.slow_signal());
+    let mut client_out = Outbox::new(CLIENT_QUEUE);
+    let mut up: Option<Upstream> = upstream.take().map(|u| (u, Outbox::new(UPSTREAM_QUEUE)));
+    let relay = app.upstream.as_ref().filter(|_| up.is_some());
+    let mut hub = (up.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
+        .then(|| Box::new(app.hub.session(id, limits.outgoing_queue)));
+    let mut hub_slow: SlowSignal = hub
+        .as_ref()
+        .map(|h| Box::pin(h.slow_signal().notified_owned()));
     let mut ended = loop {
         let Some(wake) = session.next_wakeup() else {
             break Ended::by_gateway(close::EXPIRED, "token expired");
         };
-        if armed_for != Some(wake) {
-            timer.as_mut().reset(
-                tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1),
-            );
-            armed_for = Some(wake);
+        if armed_for != Some((wake, next_ping)) {
+            let deadline =
+                tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1);
+            timer.as_mut().reset(deadline.min(next_ping));
+            armed_for = Some((wake, next_ping));
         }
         // Backpressure: read a side only while what it produces has room.
-        let read_client = client_out.has_room() && up_out.as_ref().is_none_or(|o| o.has_room());
+        let read_client = client_out.has_room() && up.as_ref().is_none_or(|(_, o)| o.has_room());
         let read_backend = client_out.has_room();
         tokio::select! {
-            r = client_out.drive(), if client_out.busy() => {
-                if r.is_err() {
-                    break Ended::client_lost();
-                }
-            }
-            r = drive_upstream(&mut up_out), if up_out.as_ref().is_some_and(|o| o.busy()) => {
-                if r.is_err() {
-                    break Ended {
-                        upstream: None,
-                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                    };
-                }
-            }
-            msg = client_in.next(), if read_client => {
+            ev = outbox::io(&mut ws, &mut client_out, read_client), if read_client || client_out.busy() => {
+                let msg = match ev {
+                    Io::Wrote(Ok(())) => continue,
+                    Io::Wrote(Err(_)) => break Ended::client_lost(),
+                    Io::Read(msg) => msg,
+                };
                 last_seen = tokio::time::Instant::now();
                 if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
                     break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
@@ -560,7 +544,7 @@ where
                     }
                     Some(Ok(Message::Ping(p))) => {
                         // Answered here by tungstenite; the upstream sees it too.
-                        if let Some(o) = up_out.as_mut() {
+                        if let Some((_, o)) = up.as_mut() {
                             o.push(Message::Ping(p));
                         }
                         continue;
@@ -569,9 +553,9 @@ where
                         traffic.bytes_in += t.len() as u64;
                         metrics.messages_in.inc();
                         metrics.bytes_in.inc_by(t.len() as u64);
-                        if let Some((reply, refreshed)) = control_message(&app, &mut session, &mut verified, id, t.as_str()) {
+                        if let Some((reply, refreshed)) = control_message(&app, session, verified, id, t.as_str()) {
                             if let (true, Some(h)) = (refreshed, hub.as_mut()) {
-                                h.recheck(&app, &verified);
+                                h.recheck(&app, verified);
                             }
                             client_out.push(reply);
                             continue;
@@ -598,12 +582,12 @@ where
                         };
                     }
                 };
-                let reply = if let Some(o) = up_out.as_mut() {
+                let reply = if let Some((_, o)) = up.as_mut() {
                     o.push(data);
                     None
                 } else if let Some(h) = hub.as_mut() {
                     let answer = match &data {
-                        Message::Text(t) => h.handle(&app, &verified, t.as_str()),
+                        Message::Text(t) => h.handle(&app, verified, t.as_str()),
                         // The hub speaks JSON text only.
                         _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
                     };
@@ -617,14 +601,21 @@ where
                     }
                 }
             }
-            m = next_upstream(&mut up_in), if read_backend => match m {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+            ev = upstream_io(&mut up, read_backend), if up.as_ref().is_some_and(|(_, o)| read_backend || o.busy()) => match ev {
+                Io::Wrote(Ok(())) => {}
+                Io::Wrote(Err(_)) => {
+                    break Ended {
+                        upstream: None,
+                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+                    };
+                }
+                Io::Read(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
                     if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
                         break e;
                     }
                 }
-                Some(Ok(Message::Ping(p))) => client_out.push(Message::Ping(p)),
-                Some(Ok(Message::Close(f))) => {
+                Io::Read(Some(Ok(Message::Ping(p)))) => client_out.push(Message::Ping(p)),
+                Io::Read(Some(Ok(Message::Close(f)))) => {
                     break Ended {
                         code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
                         reason: "closed by upstream",
@@ -633,14 +624,14 @@ where
                         flush: true,
                     };
                 }
-                Some(Ok(_)) => {}
-                None => {
+                Io::Read(Some(Ok(_))) => {}
+                Io::Read(None) => {
                     break Ended {
                         upstream: None,
                         ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
                     };
                 }
-                Some(Err(e)) => {
+                Io::Read(Some(Err(e))) => {
                     tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
                     let (code, reason) = error_close(&e);
                     break Ended {
@@ -655,16 +646,8 @@ where
                     break e;
                 }
             }
-            _ = slowed(&hub_slow) => {
+            _ = slowed(&mut hub_slow) => {
                 break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
-            }
-            _ = ping.tick() => {
-                if last_seen.elapsed() >= limits.idle_timeout {
-                    break Ended::by_gateway(close::IDLE, "idle timeout");
-                }
-                // A peer that does not read is caught by idle_timeout, since
-                // its full queue also stops us reading it.
-                client_out.push(Message::Ping(Default::default()));
             }
             c = control.recv() => match c {
                 Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
@@ -676,7 +659,21 @@ where
                     }
                 }
             },
-            _ = &mut timer => {
+            () = &mut timer => {
+                // Fired: re-armed next time round, whichever it was for.
+                armed_for = None;
+                let now = tokio::time::Instant::now();
+                if now >= next_ping {
+                    if last_seen.elapsed() >= limits.idle_timeout {
+                        break Ended::by_gateway(close::IDLE, "idle timeout");
+                    }
+                    // A peer that does not read is caught by idle_timeout, since
+                    // its full queue also stops us reading it.
+                    client_out.push(Message::Ping(Default::default()));
+                    next_ping = now + limits.ping_interval;
+                }
+                // Nothing when the ping woke us, or a hair early (monotonic
+                // vs wall clock).
                 match session.on_tick(now_ms()) {
                     Some(Action::Close { code, reason }) => break Ended::by_gateway(code, reason),
                     Some(other) => {
@@ -685,8 +682,7 @@ where
                             client_out.push(m);
                         }
                     }
-                    // Woke a hair early (monotonic vs wall clock): re-arm.
-                    None => armed_for = None,
+                    None => {}
                 }
             }
         }
@@ -705,28 +701,24 @@ where
     // socket; inline it would sit in every idle session's future.
     Box::pin(async move {
         let client_side = async {
-            let sink = client_out.finish(grace).await;
-            if let Ok(mut ws) = sink.reunite(client_in) {
-                match client_frame {
-                    Some(f) => close_with(&mut ws, f).await,
-                    // Flush tungstenite's answer to the client's close.
-                    None => {
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
-                    }
+            client_out.finish(&mut ws, grace).await;
+            match client_frame {
+                Some(f) => close_with(&mut ws, f).await,
+                // Flush tungstenite's answer to the client's close.
+                None => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
                 }
             }
         };
         let upstream_side = async {
-            let (Some(out), Some(input)) = (up_out, up_in) else {
+            let Some((mut uws, mut out)) = up else {
                 return;
             };
-            let sink = out.finish(grace).await;
-            if let Ok(mut ws) = sink.reunite(input) {
-                match upstream_frame {
-                    Some(f) => close_with(&mut ws, f).await,
-                    None => {
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
-                    }
+            out.finish(&mut *uws, grace).await;
+            match upstream_frame {
+                Some(f) => close_with(&mut uws, f).await,
+                None => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, uws.flush()).await;
                 }
             }
         };
@@ -748,7 +740,8 @@ where
         bytes_in = traffic.bytes_in,
         bytes_out = traffic.bytes_out,
     );
-    drop(slot);
+    // Last: the slot (registry entry, per-user count) goes with the session.
+    drop(start);
 }
 
 /// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.

@@ -147,7 +147,9 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
                         }
                     }
                 };
-                conn::run(app, ws, start).await;
+                // Its own task: the state of this one (upgrade, first-message
+                // auth) is not kept beside the session's for the socket's life.
+                tokio::spawn(conn::run(app, ws, start));
             });
             resp
         }
