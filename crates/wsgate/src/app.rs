@@ -332,17 +332,19 @@ impl Controls {
     }
 
     /// The next request; cancel-safe (nothing is taken until it is returned).
-    pub async fn recv(&self) -> Control {
-        std::future::poll_fn(|cx| {
-            if let Some(c) = self.take() {
-                return std::task::Poll::Ready(c);
-            }
-            self.waker.register(cx.waker());
-            // A send between the first look and the registration.
-            self.take()
-                .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
-        })
-        .await
+    pub fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Control> {
+        if let Some(c) = self.take() {
+            return std::task::Poll::Ready(c);
+        }
+        self.waker.register(cx.waker());
+        // A send between the first look and the registration.
+        self.take()
+            .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
+    }
+
+    /// [`poll_recv`](Self::poll_recv) as a future.
+    pub fn recv(&self) -> impl std::future::Future<Output = Control> + '_ {
+        std::future::poll_fn(move |cx| self.poll_recv(cx))
     }
 }
 

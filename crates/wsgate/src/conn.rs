@@ -8,10 +8,12 @@ use crate::clock::{now_ms, until};
 use crate::outbox::{self, Io, Outbox};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -438,29 +440,34 @@ const UPSTREAM_QUEUE: usize = 16;
 /// The upstream's WebSocket and its queue (`backend.kind = "upstream"`).
 type Upstream = (Box<UpstreamWs>, Outbox);
 
-async fn upstream_io(up: &mut Option<Upstream>, read: bool) -> Io {
-    match up {
-        Some((ws, out)) => outbox::io(&mut **ws, out, read).await,
-        None => std::future::pending().await,
-    }
+// The select's branch futures below are plain poll_fns: as async fns each
+// would keep its arguments twice (they sit in every idle session's future).
+
+fn upstream_io(up: &mut Option<Upstream>, read: bool) -> impl Future<Output = Io> + '_ {
+    std::future::poll_fn(move |cx| match up {
+        Some((ws, out)) => outbox::poll_io(&mut **ws, out, read, cx),
+        None => Poll::Pending,
+    })
 }
 
-async fn next_delivery(hub: &mut Option<Box<HubSession>>) -> Option<Utf8Bytes> {
-    match hub {
-        Some(h) => h.rx.recv().await,
-        None => std::future::pending().await,
-    }
+fn next_delivery(
+    hub: &mut Option<Box<HubSession>>,
+) -> impl Future<Output = Option<Utf8Bytes>> + '_ {
+    std::future::poll_fn(move |cx| match hub {
+        Some(h) => h.rx.poll_recv(cx),
+        None => Poll::Pending,
+    })
 }
 
-/// Boxed, and only for hub sessions: the waiter is as large as the rest
-/// of the select's branches together.
+/// Boxed, and only for hub sessions: the waiter is larger than all the
+/// select's other branches together.
 type SlowSignal = Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>;
 
-async fn slowed(signal: &mut SlowSignal) {
-    match signal {
-        Some(n) => n.as_mut().await,
-        None => std::future::pending().await,
-    }
+fn slowed(signal: &mut SlowSignal) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match signal {
+        Some(n) => n.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Runs a session until it closes.
@@ -470,278 +477,290 @@ async fn slowed(signal: &mut SlowSignal) {
 /// fields are used in place (a moved-from argument keeps its space in the
 /// future), one timer serves the deadline, the warning and the pings, and
 /// backend state is boxed or absent.
-pub async fn run<S>(app: Arc<App>, mut ws: WebSocketStream<S>, mut start: SessionStart)
+// Not an async fn on purpose: see the comment in the body.
+#[allow(clippy::manual_async_fn)]
+pub fn run<S>(
+    app: Arc<App>,
+    mut ws: WebSocketStream<S>,
+    mut start: SessionStart,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let opened = Instant::now();
-    let (id, ip, transport) = (start.id, start.ip, start.transport);
-    let SessionStart {
-        verified,
-        session,
-        control,
-        upstream,
-        ..
-    } = &mut start;
-    let mut traffic = Traffic::default();
-    let metrics = &app.metrics;
-    metrics.connections_active.inc();
-    let limits = &app.config.limits;
-    let mut rate = MessageRate::new(limits.messages_per_sec);
-    // One timer for the session's deadline/warning and the next ping,
-    // re-armed only when one of them moves (not per message).
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    let mut armed_for = None;
-    let mut next_ping = tokio::time::Instant::now() + limits.ping_interval;
-    let mut last_seen = tokio::time::Instant::now();
-    let mut meter = crate::egress::Meter::new(&app.egress);
-    let sessions_gauge = metrics.sessions(transport);
-    sessions_gauge.inc();
-    let mut client_out = Outbox::new(CLIENT_QUEUE);
-    let mut up: Option<Upstream> = upstream.take().map(|u| (u, Outbox::new(UPSTREAM_QUEUE)));
-    let relay = app.upstream.as_ref().filter(|_| up.is_some());
-    let mut hub = (up.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
-        .then(|| Box::new(app.hub.session(id, limits.outgoing_queue)));
-    let mut hub_slow: SlowSignal = hub
-        .as_ref()
-        .map(|h| Box::pin(h.slow_signal().notified_owned()));
-    let mut ended = loop {
-        let Some(wake) = session.next_wakeup() else {
-            break Ended::by_gateway(close::EXPIRED, "token expired");
-        };
-        if armed_for != Some((wake, next_ping)) {
-            let deadline =
-                tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1);
-            timer.as_mut().reset(deadline.min(next_ping));
-            armed_for = Some((wake, next_ping));
-        }
-        // Backpressure: read a side only while what it produces has room.
-        let read_client = client_out.has_room() && up.as_ref().is_none_or(|(_, o)| o.has_room());
-        let read_backend = client_out.has_room();
-        tokio::select! {
-            ev = outbox::io(&mut ws, &mut client_out, read_client), if read_client || client_out.busy() => {
-                let msg = match ev {
-                    Io::Wrote(Ok(())) => continue,
-                    Io::Wrote(Err(_)) => break Ended::client_lost(),
-                    Io::Read(msg) => msg,
-                };
-                last_seen = tokio::time::Instant::now();
-                if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
-                    break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
+    // An async block, not an async fn: an async fn moves its arguments into
+    // locals and keeps both copies in the future (~700 bytes here); the
+    // block's captures are used in place.
+    async move {
+        let opened = Instant::now();
+        let (id, ip, transport) = (start.id, start.ip, start.transport);
+        let SessionStart {
+            verified,
+            session,
+            control,
+            upstream,
+            ..
+        } = &mut start;
+        let mut traffic = Traffic::default();
+        let metrics = &app.metrics;
+        metrics.connections_active.inc();
+        let limits = &app.config.limits;
+        let mut rate = MessageRate::new(limits.messages_per_sec);
+        // One timer for the session's deadline/warning and the next ping,
+        // re-armed only when one of them moves (not per message).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed_for = None;
+        let mut next_ping = tokio::time::Instant::now() + limits.ping_interval;
+        let mut last_seen = tokio::time::Instant::now();
+        let mut meter = crate::egress::Meter::new(&app.egress);
+        let sessions_gauge = metrics.sessions(transport);
+        sessions_gauge.inc();
+        let mut client_out = Outbox::new(CLIENT_QUEUE);
+        let mut up: Option<Upstream> = upstream.take().map(|u| (u, Outbox::new(UPSTREAM_QUEUE)));
+        let relay = app.upstream.as_ref().filter(|_| up.is_some());
+        let mut hub = (up.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
+            .then(|| Box::new(app.hub.session(id, limits.outgoing_queue)));
+        let mut hub_slow: SlowSignal = hub
+            .as_ref()
+            .map(|h| Box::pin(h.slow_signal().notified_owned()));
+        let mut ended = loop {
+            let Some(wake) = session.next_wakeup() else {
+                break Ended::by_gateway(close::EXPIRED, "token expired");
+            };
+            if armed_for != Some((wake, next_ping)) {
+                let deadline =
+                    tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1);
+                timer.as_mut().reset(deadline.min(next_ping));
+                armed_for = Some((wake, next_ping));
+            }
+            // Backpressure: read a side only while what it produces has room.
+            let read_client =
+                client_out.has_room() && up.as_ref().is_none_or(|(_, o)| o.has_room());
+            let read_backend = client_out.has_room();
+            tokio::select! {
+                ev = outbox::io(&mut ws, &mut client_out, read_client), if read_client || client_out.busy() => {
+                    let msg = match ev {
+                        Io::Wrote(Ok(())) => continue,
+                        Io::Wrote(Err(_)) => break Ended::client_lost(),
+                        Io::Read(msg) => msg,
+                    };
+                    last_seen = tokio::time::Instant::now();
+                    if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
+                        break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
+                    }
+                    let data = match msg {
+                        None => break Ended::client_lost(),
+                        Some(Ok(Message::Close(f))) => {
+                            // tungstenite queued the answer; it is flushed below.
+                            break Ended {
+                                code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
+                                reason: "closed by client",
+                                client: None,
+                                upstream: Some(relayed(&f)),
+                                flush: true,
+                            };
+                        }
+                        Some(Ok(Message::Ping(p))) => {
+                            // Answered here by tungstenite; the upstream sees it too.
+                            if let Some((_, o)) = up.as_mut() {
+                                o.push(Message::Ping(p));
+                            }
+                            continue;
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            traffic.bytes_in += t.len() as u64;
+                            metrics.messages_in.inc();
+                            metrics.bytes_in.inc_by(t.len() as u64);
+                            if let Some((reply, refreshed)) = control_message(&app, session, verified, id, t.as_str()) {
+                                if let (true, Some(h)) = (refreshed, hub.as_mut()) {
+                                    h.recheck(&app, verified);
+                                }
+                                client_out.push(reply);
+                                continue;
+                            }
+                            if relay.is_some_and(|r| !r.message_allowed(t.as_str())) {
+                                metrics.schema_rejections.inc();
+                                break Ended::by_gateway(close::INVALID_PAYLOAD, "message does not match the schema");
+                            }
+                            Message::Text(t)
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            traffic.bytes_in += b.len() as u64;
+                            metrics.messages_in.inc();
+                            metrics.bytes_in.inc_by(b.len() as u64);
+                            Message::Binary(b)
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => {
+                            let (code, reason) = error_close(&e);
+                            break if code == 1006 {
+                                Ended::client_lost()
+                            } else {
+                                Ended::by_gateway(code, reason)
+                            };
+                        }
+                    };
+                    let reply = if let Some((_, o)) = up.as_mut() {
+                        o.push(data);
+                        None
+                    } else if let Some(h) = hub.as_mut() {
+                        let answer = match &data {
+                            Message::Text(t) => h.handle(&app, verified, t.as_str()),
+                            // The hub speaks JSON text only.
+                            _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
+                        };
+                        answer.map(|a| Message::Text(a.into()))
+                    } else {
+                        Some(data)
+                    };
+                    if let Some(m) = reply {
+                        if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                            break e;
+                        }
+                    }
                 }
-                let data = match msg {
-                    None => break Ended::client_lost(),
-                    Some(Ok(Message::Close(f))) => {
-                        // tungstenite queued the answer; it is flushed below.
+                ev = upstream_io(&mut up, read_backend), if up.as_ref().is_some_and(|(_, o)| read_backend || o.busy()) => match ev {
+                    Io::Wrote(Ok(())) => {}
+                    Io::Wrote(Err(_)) => {
+                        break Ended {
+                            upstream: None,
+                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+                        };
+                    }
+                    Io::Read(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
+                        if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                            break e;
+                        }
+                    }
+                    Io::Read(Some(Ok(Message::Ping(p)))) => client_out.push(Message::Ping(p)),
+                    Io::Read(Some(Ok(Message::Close(f)))) => {
                         break Ended {
                             code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
-                            reason: "closed by client",
-                            client: None,
-                            upstream: Some(relayed(&f)),
+                            reason: "closed by upstream",
+                            client: Some(relayed(&f)),
+                            upstream: None,
                             flush: true,
                         };
                     }
-                    Some(Ok(Message::Ping(p))) => {
-                        // Answered here by tungstenite; the upstream sees it too.
-                        if let Some((_, o)) = up.as_mut() {
-                            o.push(Message::Ping(p));
-                        }
-                        continue;
-                    }
-                    Some(Ok(Message::Text(t))) => {
-                        traffic.bytes_in += t.len() as u64;
-                        metrics.messages_in.inc();
-                        metrics.bytes_in.inc_by(t.len() as u64);
-                        if let Some((reply, refreshed)) = control_message(&app, session, verified, id, t.as_str()) {
-                            if let (true, Some(h)) = (refreshed, hub.as_mut()) {
-                                h.recheck(&app, verified);
-                            }
-                            client_out.push(reply);
-                            continue;
-                        }
-                        if relay.is_some_and(|r| !r.message_allowed(t.as_str())) {
-                            metrics.schema_rejections.inc();
-                            break Ended::by_gateway(close::INVALID_PAYLOAD, "message does not match the schema");
-                        }
-                        Message::Text(t)
-                    }
-                    Some(Ok(Message::Binary(b))) => {
-                        traffic.bytes_in += b.len() as u64;
-                        metrics.messages_in.inc();
-                        metrics.bytes_in.inc_by(b.len() as u64);
-                        Message::Binary(b)
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        let (code, reason) = error_close(&e);
-                        break if code == 1006 {
-                            Ended::client_lost()
-                        } else {
-                            Ended::by_gateway(code, reason)
+                    Io::Read(Some(Ok(_))) => {}
+                    Io::Read(None) => {
+                        break Ended {
+                            upstream: None,
+                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
                         };
                     }
-                };
-                let reply = if let Some((_, o)) = up.as_mut() {
-                    o.push(data);
-                    None
-                } else if let Some(h) = hub.as_mut() {
-                    let answer = match &data {
-                        Message::Text(t) => h.handle(&app, verified, t.as_str()),
-                        // The hub speaks JSON text only.
-                        _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
-                    };
-                    answer.map(|a| Message::Text(a.into()))
-                } else {
-                    Some(data)
-                };
-                if let Some(m) = reply {
-                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                    Io::Read(Some(Err(e))) => {
+                        tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
+                        let (code, reason) = error_close(&e);
+                        break Ended {
+                            upstream: (code != 1006).then(|| frame(code, reason.into())),
+                            client: Some(frame(close::INTERNAL, "upstream error".into())),
+                            ..Ended::by_gateway(close::INTERNAL, "upstream error")
+                        };
+                    }
+                },
+                Some(d) = next_delivery(&mut hub), if read_backend => {
+                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, Message::Text(d)) {
                         break e;
                     }
                 }
-            }
-            ev = upstream_io(&mut up, read_backend), if up.as_ref().is_some_and(|(_, o)| read_backend || o.busy()) => match ev {
-                Io::Wrote(Ok(())) => {}
-                Io::Wrote(Err(_)) => {
-                    break Ended {
-                        upstream: None,
-                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                    };
+                _ = slowed(&mut hub_slow) => {
+                    break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
                 }
-                Io::Read(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
-                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
-                        break e;
-                    }
-                }
-                Io::Read(Some(Ok(Message::Ping(p)))) => client_out.push(Message::Ping(p)),
-                Io::Read(Some(Ok(Message::Close(f)))) => {
-                    break Ended {
-                        code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
-                        reason: "closed by upstream",
-                        client: Some(relayed(&f)),
-                        upstream: None,
-                        flush: true,
-                    };
-                }
-                Io::Read(Some(Ok(_))) => {}
-                Io::Read(None) => {
-                    break Ended {
-                        upstream: None,
-                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                    };
-                }
-                Io::Read(Some(Err(e))) => {
-                    tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
-                    let (code, reason) = error_close(&e);
-                    break Ended {
-                        upstream: (code != 1006).then(|| frame(code, reason.into())),
-                        client: Some(frame(close::INTERNAL, "upstream error".into())),
-                        ..Ended::by_gateway(close::INTERNAL, "upstream error")
-                    };
-                }
-            },
-            Some(d) = next_delivery(&mut hub), if read_backend => {
-                if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, Message::Text(d)) {
-                    break e;
-                }
-            }
-            _ = slowed(&mut hub_slow) => {
-                break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
-            }
-            c = control.recv() => match c {
-                Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
-                Control::Drain => break Ended::by_gateway(close::GOING_AWAY, "server shutting down"),
-                Control::Reauth => {
-                    if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
-                        app.registry.set_deadline(id, session.deadline());
-                        client_out.push(m);
-                    }
-                }
-            },
-            () = &mut timer => {
-                // Fired: re-armed next time round, whichever it was for.
-                armed_for = None;
-                let now = tokio::time::Instant::now();
-                if now >= next_ping {
-                    if last_seen.elapsed() >= limits.idle_timeout {
-                        break Ended::by_gateway(close::IDLE, "idle timeout");
-                    }
-                    // A peer that does not read is caught by idle_timeout, since
-                    // its full queue also stops us reading it.
-                    client_out.push(Message::Ping(Default::default()));
-                    next_ping = now + limits.ping_interval;
-                }
-                // Nothing when the ping woke us, or a hair early (monotonic
-                // vs wall clock).
-                match session.on_tick(now_ms()) {
-                    Some(Action::Close { code, reason }) => break Ended::by_gateway(code, reason),
-                    Some(other) => {
-                        if let Some(m) = action_message(&other) {
-                            traffic.bytes_out += m.len() as u64;
+                c = control.recv() => match c {
+                    Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
+                    Control::Drain => break Ended::by_gateway(close::GOING_AWAY, "server shutting down"),
+                    Control::Reauth => {
+                        if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
+                            app.registry.set_deadline(id, session.deadline());
                             client_out.push(m);
                         }
                     }
-                    None => {}
+                },
+                () = &mut timer => {
+                    // Fired: re-armed next time round, whichever it was for.
+                    armed_for = None;
+                    let now = tokio::time::Instant::now();
+                    if now >= next_ping {
+                        if last_seen.elapsed() >= limits.idle_timeout {
+                            break Ended::by_gateway(close::IDLE, "idle timeout");
+                        }
+                        // A peer that does not read is caught by idle_timeout, since
+                        // its full queue also stops us reading it.
+                        client_out.push(Message::Ping(Default::default()));
+                        next_ping = now + limits.ping_interval;
+                    }
+                    // Nothing when the ping woke us, or a hair early (monotonic
+                    // vs wall clock).
+                    match session.on_tick(now_ms()) {
+                        Some(Action::Close { code, reason }) => break Ended::by_gateway(code, reason),
+                        Some(other) => {
+                            if let Some(m) = action_message(&other) {
+                                traffic.bytes_out += m.len() as u64;
+                                client_out.push(m);
+                            }
+                        }
+                        None => {}
+                    }
                 }
             }
+        };
+        session.close();
+        if let Some(h) = hub.as_mut() {
+            h.leave(&app);
         }
-    };
-    session.close();
-    if let Some(h) = hub.as_mut() {
-        h.leave(&app);
-    }
-    let grace = if ended.flush {
-        CLOSE_GRACE
-    } else {
-        Duration::ZERO
-    };
-    let (client_frame, upstream_frame) = (ended.client.take(), ended.upstream.take());
-    // Boxed: the closing handshakes' state is large and needed once per
-    // socket; inline it would sit in every idle session's future.
-    Box::pin(async move {
-        let client_side = async {
-            client_out.finish(&mut ws, grace).await;
-            match client_frame {
-                Some(f) => close_with(&mut ws, f).await,
-                // Flush tungstenite's answer to the client's close.
-                None => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
-                }
-            }
+        let grace = if ended.flush {
+            CLOSE_GRACE
+        } else {
+            Duration::ZERO
         };
-        let upstream_side = async {
-            let Some((mut uws, mut out)) = up else {
-                return;
+        let (client_frame, upstream_frame) = (ended.client.take(), ended.upstream.take());
+        // Boxed: the closing handshakes' state is large and needed once per
+        // socket; inline it would sit in every idle session's future.
+        Box::pin(async move {
+            let client_side = async {
+                client_out.finish(&mut ws, grace).await;
+                match client_frame {
+                    Some(f) => close_with(&mut ws, f).await,
+                    // Flush tungstenite's answer to the client's close.
+                    None => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                    }
+                }
             };
-            out.finish(&mut *uws, grace).await;
-            match upstream_frame {
-                Some(f) => close_with(&mut uws, f).await,
-                None => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, uws.flush()).await;
+            let upstream_side = async {
+                let Some((mut uws, mut out)) = up else {
+                    return;
+                };
+                out.finish(&mut *uws, grace).await;
+                match upstream_frame {
+                    Some(f) => close_with(&mut uws, f).await,
+                    None => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, uws.flush()).await;
+                    }
                 }
-            }
-        };
-        tokio::join!(client_side, upstream_side);
-    })
-    .await;
-    metrics.connections_active.dec();
-    sessions_gauge.dec();
-    metrics.close(ended.code);
-    tracing::info!(
-        event = "close",
-        id = id,
-        code = ended.code,
-        reason = ended.reason,
-        sub = verified.sub.as_str(),
-        transport = transport.as_str(),
-        ip = %ip,
-        duration_ms = opened.elapsed().as_millis() as u64,
-        bytes_in = traffic.bytes_in,
-        bytes_out = traffic.bytes_out,
-    );
-    // Last: the slot (registry entry, per-user count) goes with the session.
-    drop(start);
+            };
+            tokio::join!(client_side, upstream_side);
+        })
+        .await;
+        metrics.connections_active.dec();
+        sessions_gauge.dec();
+        metrics.close(ended.code);
+        tracing::info!(
+            event = "close",
+            id = id,
+            code = ended.code,
+            reason = ended.reason,
+            sub = verified.sub.as_str(),
+            transport = transport.as_str(),
+            ip = %ip,
+            duration_ms = opened.elapsed().as_millis() as u64,
+            bytes_in = traffic.bytes_in,
+            bytes_out = traffic.bytes_out,
+        );
+        // Last: the slot (registry entry, per-user count) goes with the session.
+        drop(start);
+    }
 }
 
 /// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.

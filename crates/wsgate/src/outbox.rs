@@ -13,7 +13,7 @@
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::task::{ready, Context, Poll};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -118,12 +118,13 @@ where
     Poll::Pending
 }
 
-/// [`poll_io`] as a future.
-pub async fn io<K>(ws: &mut K, out: &mut Outbox, read: bool) -> Io
+/// [`poll_io`] as a future (a poll_fn: an async fn would hold its
+/// arguments twice, in every idle session's future).
+pub fn io<'a, K>(ws: &'a mut K, out: &'a mut Outbox, read: bool) -> impl Future<Output = Io> + 'a
 where
     K: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    poll_fn(|cx| poll_io(ws, out, read, cx)).await
+    poll_fn(move |cx| poll_io(ws, out, read, cx))
 }
 
 #[cfg(test)]
