@@ -6,6 +6,7 @@ use crate::backend::hub::HubSession;
 use crate::backend::upstream::UpstreamWs;
 use crate::clock::{now_ms, until};
 use crate::outbox::{self, Io, Outbox};
+use crate::readahead::ReadAhead;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::future::Future;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use wsgate_core::reason::close;
@@ -431,6 +432,34 @@ fn to_client(
     egress_exceeded(app, meter, sub, n).then(|| Ended::by_gateway(close::POLICY, "egress limit"))
 }
 
+/// How long a socket that carried a large message (over tungstenite's base
+/// buffer) must be quiet before its WebSocket is recycled.
+const RECYCLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether the client's WebSocket can be replaced by a fresh one over the
+/// same stream (see the timer branch in [`run`]): tungstenite keeps its
+/// read and write buffers at the largest size any message made them (one
+/// 1 MiB message: 2 MiB held for the socket's life), a fresh one starts
+/// with the small base buffer again. Only where nothing is lost: the read
+/// side at a message boundary (ReadAhead hands out no byte past the current
+/// frame, so tungstenite holds no unread input and no partial message),
+/// nothing queued, everything (pongs included) flushed at once.
+fn recyclable<'a, S>(
+    ws: &'a mut WebSocketStream<ReadAhead<S>>,
+    out: &'a Outbox,
+) -> impl Future<Output = bool> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        Poll::Ready(
+            !out.busy()
+                && ws.get_ref().at_message_boundary()
+                && matches!(ws.poll_flush_unpin(cx), Poll::Ready(Ok(()))),
+        )
+    })
+}
+
 /// Per-socket queue towards the client: enough to keep the socket busy,
 /// small enough that a stalled peer holds little memory.
 const CLIENT_QUEUE: usize = 16;
@@ -481,7 +510,7 @@ fn slowed(signal: &mut SlowSignal) -> impl Future<Output = ()> + '_ {
 #[allow(clippy::manual_async_fn)]
 pub fn run<S>(
     app: Arc<App>,
-    mut ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<ReadAhead<S>>,
     mut start: SessionStart,
 ) -> impl Future<Output = ()>
 where
@@ -509,8 +538,13 @@ where
         // re-armed only when one of them moves (not per message).
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
+        // Re-armed when the session's wake-up moves; set to None whenever
+        // next_ping or recycle_at move.
         let mut armed_for = None;
         let mut next_ping = tokio::time::Instant::now() + limits.ping_interval;
+        // When to give back the buffers a large message grew (see recycle).
+        let mut recycle_at: Option<tokio::time::Instant> = None;
+        let mut large_in = false;
         let mut last_seen = tokio::time::Instant::now();
         let mut meter = crate::egress::Meter::new(&app.egress);
         let sessions_gauge = metrics.sessions(transport);
@@ -527,11 +561,16 @@ where
             let Some(wake) = session.next_wakeup() else {
                 break Ended::by_gateway(close::EXPIRED, "token expired");
             };
-            if armed_for != Some((wake, next_ping)) {
+            if recycle_at.is_none() && (std::mem::take(&mut large_in) | client_out.take_large()) {
+                recycle_at = Some(tokio::time::Instant::now() + RECYCLE_AFTER);
+                armed_for = None;
+            }
+            if armed_for != Some(wake) {
                 let deadline =
                     tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1);
-                timer.as_mut().reset(deadline.min(next_ping));
-                armed_for = Some((wake, next_ping));
+                let at = deadline.min(next_ping).min(recycle_at.unwrap_or(next_ping));
+                timer.as_mut().reset(at);
+                armed_for = Some(wake);
             }
             // Backpressure: read a side only while what it produces has room.
             let read_client =
@@ -545,6 +584,7 @@ where
                         Io::Read(msg) => msg,
                     };
                     last_seen = tokio::time::Instant::now();
+                    large_in |= matches!(&msg, Some(Ok(m)) if m.len() > outbox::LARGE);
                     if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
                         break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
                     }
@@ -689,6 +729,26 @@ where
                         // its full queue also stops us reading it.
                         client_out.push(Message::Ping(Default::default()));
                         next_ping = now + limits.ping_interval;
+                    }
+                    if recycle_at.is_some_and(|t| now >= t) {
+                        recycle_at = if last_seen.elapsed() < RECYCLE_AFTER {
+                            // Still talking: wait for a quiet second.
+                            Some(last_seen + RECYCLE_AFTER)
+                        } else if recyclable(&mut ws, &client_out).await {
+                            let io = ws.into_inner();
+                            // Boxed: this await's state would otherwise sit
+                            // in every session's future.
+                            ws = Box::pin(WebSocketStream::from_raw_socket(
+                                io,
+                                Role::Server,
+                                Some(app.client_ws_config),
+                            ))
+                            .await;
+                            metrics.ws_recycles.inc();
+                            None
+                        } else {
+                            Some(now + RECYCLE_AFTER)
+                        };
                     }
                     // Nothing when the ping woke us, or a hair early (monotonic
                     // vs wall clock).

@@ -22,7 +22,13 @@ pub struct Outbox {
     cap: usize,
     /// Messages handed to the sink since the last completed flush.
     unflushed: bool,
+    /// A message over [`LARGE`] was queued since the last look.
+    large: bool,
 }
+
+/// Messages over this grow tungstenite's write buffer past its base size
+/// (the client side's read buffer, for symmetry).
+pub const LARGE: usize = crate::app::CLIENT_WS_BUFFER;
 
 /// What [`poll_io`] saw first.
 pub enum Io {
@@ -38,6 +44,7 @@ impl Outbox {
             queue: VecDeque::new(),
             cap: cap.max(1),
             unflushed: false,
+            large: false,
         }
     }
 
@@ -50,7 +57,13 @@ impl Outbox {
     /// data; control messages (pings, `auth_expiring`) are rare and bounded
     /// by their timers, so they may go one past the bound.
     pub fn push(&mut self, m: Message) {
+        self.large |= m.len() > LARGE;
         self.queue.push_back(m);
+    }
+
+    /// Whether a message over [`LARGE`] was queued since the last call.
+    pub fn take_large(&mut self) -> bool {
+        std::mem::take(&mut self.large)
     }
 
     /// Something is queued or not yet flushed.

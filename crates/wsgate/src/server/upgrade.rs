@@ -128,8 +128,10 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
                     return;
                 };
                 // Idle sockets then hold no read buffer of read_buffer_bytes.
+                // Frame tracking: lets the session recycle the WebSocket.
                 let io =
-                    ReadAhead::new(TokioIo::new(upgraded), app.config.limits.read_buffer_bytes);
+                    ReadAhead::new(TokioIo::new(upgraded), app.config.limits.read_buffer_bytes)
+                        .frames();
                 let mut ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(app.client_ws_config))
                         .await;
