@@ -5,6 +5,9 @@
 # gateway's VmRSS before and with all of them open, per socket. The minimal
 # echo server (no auth, 4 KiB read buffer) holds the same sockets in the same
 # run as the reference. Gateway on core 0, generator on core 1.
+# SEND_BYTES=N: each socket first sends one binary message of N bytes and
+# waits for its echo, then idles (what a socket keeps after a big message;
+# use fewer CONNECTIONS, e.g. 1000 for 1 MiB).
 #
 #   crates/wsgate-bench/bench-memory.sh     (after cargo build --release -p wsgate -p wsgate-bench --bins --examples)
 set -euo pipefail
@@ -21,7 +24,7 @@ measure() { # name url
     before=$(rss "$srv")
     rm -f "$T/ready"
     taskset -c 1 "$B/wsgate-bench" idle --url "$url" --token-file "$T/hs.tok" --connections "$N" \
-        --hold 6s --ready-file "$T/ready" >"$T/$name.out" 2>&1 &
+        --hold 6s --ready-file "$T/ready" --send-bytes "${SEND_BYTES:-0}" >"$T/$name.out" 2>&1 &
     local gen=$!
     for _ in $(seq 1 600); do [ -s "$T/ready" ] && break; sleep 0.1; done
     sleep 3

@@ -9,15 +9,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
     client_config, close_ws, new_histogram, open_ws, record, round3, row, status_map, stopped,
-    Auth, LatencySummary, OpenFailures, Stop, Target, Transport,
+    Auth, Failure, LatencySummary, OpenError, OpenFailures, Stop, Target, Transport,
 };
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +47,11 @@ pub struct IdleArgs {
     /// Timeout for each handshake and each close.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// Before idling, each socket sends one binary message of this many
+    /// bytes and waits for its echo (0: none): what a socket keeps after
+    /// one large message.
+    #[arg(long, default_value_t = 0)]
+    pub send_bytes: usize,
     /// Write "open=N failed=M" to this file when the ramp is complete (so a
     /// script knows when to read the gateway's RSS).
     #[arg(long)]
@@ -140,6 +146,7 @@ pub async fn run(args: IdleArgs, json: bool, nofile: u64) -> anyhow::Result<i32>
                 stop: stop.clone(),
                 state: state.clone(),
                 hist: hist.clone(),
+                send_bytes: args.send_bytes,
             };
             state.pending.set(state.pending.get() + 1);
             tasks.push(tokio::task::spawn_local(c.run()));
@@ -281,21 +288,51 @@ struct IdleConn {
     stop: Stop,
     state: Rc<State>,
     hist: Rc<RefCell<Histogram<u64>>>,
+    send_bytes: usize,
 }
 
 impl IdleConn {
+    /// Sends one `send_bytes` binary message and waits for a message back.
+    async fn echo_once<S>(&self, ws: &mut tokio_tungstenite::WebSocketStream<S>) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let msg = Message::Binary(vec![0x5a; self.send_bytes].into());
+        let exchange = async {
+            ws.send(msg).await.ok()?;
+            loop {
+                match ws.next().await? {
+                    Ok(Message::Binary(b)) => return Some(b.len()),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+        };
+        timeout(self.timeout, exchange).await.ok().flatten() == Some(self.send_bytes)
+    }
+
     async fn run(self) {
         let t0 = Instant::now();
         let opened = open_ws(&self.target, &self.auth, self.config, self.timeout).await;
         let st = &self.state;
-        st.pending.set(st.pending.get() - 1);
         let mut ws = match opened {
             Ok(ws) => ws,
             Err(e) => {
+                st.pending.set(st.pending.get() - 1);
                 st.failures.borrow_mut().add(e);
                 return;
             }
         };
+        // Ready only once the echo is back, so the memory read sees it done.
+        if self.send_bytes > 0 && !self.echo_once(&mut ws).await {
+            st.pending.set(st.pending.get() - 1);
+            st.failures.borrow_mut().add(OpenError::Failed(Failure::new(
+                "echo",
+                "no echo of the --send-bytes message",
+            )));
+            return;
+        }
+        st.pending.set(st.pending.get() - 1);
         record(&self.hist, t0.elapsed());
         st.open.set(st.open.get() + 1);
         st.opened.set(st.opened.get() + 1);

@@ -6,9 +6,8 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_core::client_ip::TrustedProxies;
 use wsgate_core::credential::ExtractPolicy;
@@ -26,7 +25,11 @@ pub struct App {
     pub origins: OriginPolicy,
     pub extract: ExtractPolicy,
     pub session_policy: SessionPolicy,
+    /// Upstream sockets: tungstenite reads through its own buffer.
     pub ws_config: WebSocketConfig,
+    /// Client sockets: a small tungstenite buffer, fed by a
+    /// [`ReadAhead`](crate::readahead::ReadAhead) of `read_buffer_bytes`.
+    pub client_ws_config: WebSocketConfig,
     pub registry: Registry,
     /// TLS certificates of the listeners, when configured (hot-reloadable).
     pub tls_main: Option<crate::tls::Tls>,
@@ -67,6 +70,12 @@ pub struct Tickets {
     pub verifier: Verifier,
     pub ttl_ms: i64,
 }
+
+/// tungstenite's own read buffer on client sockets, allocated per socket
+/// and kept for its life; the [`ReadAhead`](crate::readahead::ReadAhead)
+/// in front of it makes the large socket reads. Also the most tungstenite
+/// takes per read call, so smaller means more (cheap, in-memory) calls.
+pub const CLIENT_WS_BUFFER: usize = 512;
 
 /// Distinct client IPs (or IPv6 /64s) the handshake limiter tracks at most
 /// (~35 MB); beyond that new addresses are refused until idle ones expire.
@@ -136,6 +145,7 @@ impl App {
             .max_write_buffer_size(max_msg.saturating_add(64 * 1024))
             .max_message_size(Some(max_msg))
             .max_frame_size(Some(max_msg));
+        let client_ws_config = ws_config.read_buffer_size(CLIENT_WS_BUFFER);
         let store =
             crate::store::open(&config.store.url, &config.store.key_prefix).map_err(|e| vec![e])?;
         let tickets = config.tickets.enabled.then(|| {
@@ -187,6 +197,7 @@ impl App {
             extract,
             session_policy,
             ws_config,
+            client_ws_config,
             registry: Registry::default(),
             tls_main,
             tls_admin,
@@ -285,9 +296,61 @@ pub enum Control {
     Drain,
 }
 
+impl Control {
+    /// Taken in this order when several are pending: closing wins.
+    const ALL: [Control; 3] = [Control::Revoke, Control::Drain, Control::Reauth];
+
+    fn bit(self) -> u8 {
+        match self {
+            Control::Revoke => 1,
+            Control::Drain => 2,
+            Control::Reauth => 4,
+        }
+    }
+}
+
+/// The registry's line to one session: pending requests as bits and the
+/// task's waker. A few dozen bytes per session where a channel took ~600,
+/// and a request repeated before it is taken is one request, as it should.
+#[derive(Default)]
+pub struct Controls {
+    pending: AtomicU8,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Controls {
+    pub fn send(&self, c: Control) {
+        self.pending.fetch_or(c.bit(), Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    fn take(&self) -> Option<Control> {
+        let pending = self.pending.load(Ordering::Acquire);
+        let c = Control::ALL.into_iter().find(|c| pending & c.bit() != 0)?;
+        self.pending.fetch_and(!c.bit(), Ordering::AcqRel);
+        Some(c)
+    }
+
+    /// The next request; cancel-safe (nothing is taken until it is returned).
+    pub fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Control> {
+        if let Some(c) = self.take() {
+            return std::task::Poll::Ready(c);
+        }
+        self.waker.register(cx.waker());
+        // A send between the first look and the registration.
+        self.take()
+            .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
+    }
+
+    /// [`poll_recv`](Self::poll_recv) as a future.
+    pub fn recv(&self) -> impl std::future::Future<Output = Control> + '_ {
+        std::future::poll_fn(move |cx| self.poll_recv(cx))
+    }
+}
+
 struct Entry {
     info: SessionInfo,
-    control: mpsc::Sender<Control>,
+    control: Arc<Controls>,
 }
 
 /// A held connection slot; released on drop (with its registry entry and
@@ -326,7 +389,7 @@ impl Registry {
         self.lock()
             .sessions
             .values()
-            .filter(|e| e.control.try_send(c).is_ok())
+            .inspect(|e| e.control.send(c))
             .count()
     }
 
@@ -340,8 +403,7 @@ impl Registry {
                 Target::Jti(j) => e.info.jti.as_deref() == Some(j.as_str()),
                 Target::Sid(s) => e.info.sid.as_deref() == Some(s.as_str()),
             })
-            // A full queue means the session is already closing.
-            .filter(|e| e.control.try_send(c).is_ok())
+            .inspect(|e| e.control.send(c))
             .count()
     }
 
@@ -442,7 +504,7 @@ impl App {
 
 impl Slot {
     /// Registers the session behind this slot; the entry goes with the slot.
-    pub fn attach(&mut self, info: SessionInfo, control: mpsc::Sender<Control>) {
+    pub fn attach(&mut self, info: SessionInfo, control: Arc<Controls>) {
         self.id = Some(info.id);
         self.app
             .registry
@@ -478,5 +540,32 @@ impl Drop for Slot {
         }
         drop(g);
         reg.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn controls_closing_first_and_repeats_coalesce() {
+        let c = Arc::new(Controls::default());
+        c.send(Control::Reauth);
+        c.send(Control::Reauth);
+        c.send(Control::Revoke);
+        assert_eq!(c.recv().await, Control::Revoke);
+        assert_eq!(c.recv().await, Control::Reauth);
+        let idle = tokio::time::timeout(Duration::from_millis(20), c.recv()).await;
+        assert!(idle.is_err(), "nothing pending after the repeat");
+        // A send from elsewhere wakes a waiting task.
+        let waiter = tokio::spawn({
+            let c = c.clone();
+            async move { c.recv().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        c.send(Control::Drain);
+        let got = tokio::time::timeout(Duration::from_secs(1), waiter).await;
+        assert!(matches!(got, Ok(Ok(Control::Drain))));
     }
 }

@@ -1,22 +1,25 @@
 //! The per-connection task: one select loop over client frames and the
 //! session's timers, driven by the pure [`Session`] state machine.
 
-use crate::app::{App, Control, SessionInfo, Slot};
+use crate::app::{App, Control, Controls, SessionInfo, Slot};
 use crate::backend::hub::HubSession;
-use crate::backend::upstream::{Io, UpstreamWs};
+use crate::backend::upstream::UpstreamWs;
 use crate::clock::{now_ms, until};
-use crate::outbox::Outbox;
+use crate::outbox::{self, Io, Outbox};
+use crate::readahead::ReadAhead;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use wsgate_core::reason::close;
@@ -30,9 +33,11 @@ pub struct SessionStart {
     pub ip: IpAddr,
     pub transport: Transport,
     pub verified: Verified,
-    slot: Slot,
+    /// Held only to be dropped when the session ends: that releases the
+    /// registry entry and the per-user count.
+    _slot: Slot,
     session: Session,
-    control: mpsc::Receiver<Control>,
+    control: Arc<Controls>,
     /// The upstream WebSocket, already open (`backend.kind = "upstream"`).
     upstream: Option<Box<UpstreamWs>>,
 }
@@ -51,6 +56,8 @@ impl SessionStart {
         mut slot: Slot,
         upstream: Option<Box<UpstreamWs>>,
     ) -> Self {
+        let mut verified = verified;
+        keep_needed_claims(app, &mut verified);
         let now = now_ms();
         let session = Session::new(
             app.session_policy,
@@ -58,8 +65,7 @@ impl SessionStart {
             verified.exp_ms,
             now,
         );
-        // Two slots: a revoke and a reauth can be pending at once.
-        let (tx, control) = mpsc::channel(2);
+        let control = Arc::new(Controls::default());
         slot.attach(
             SessionInfo {
                 id,
@@ -72,18 +78,33 @@ impl SessionStart {
                 connected_at: now,
                 deadline: session.deadline(),
             },
-            tx,
+            control.clone(),
         );
         SessionStart {
             id,
             ip,
             transport,
             verified,
-            slot,
+            _slot: slot,
             session,
             control,
             upstream,
         }
+    }
+}
+
+/// Drops the claims a live session never reads. After the upgrade (CSRF
+/// check, upstream headers) only the hub's grants look at claims; a JWT
+/// can carry dozens, a map node and strings that every idle socket kept.
+fn keep_needed_claims(app: &App, v: &mut Verified) {
+    let hub = app.config.backend.kind == crate::config::BackendKind::Hub;
+    let needed = |k: &String| hub && app.hub.reads_claim(k);
+    if !v.claims.keys().all(needed) {
+        // Rebuilt rather than filtered in place: an emptied map frees its node.
+        v.claims = std::mem::take(&mut v.claims)
+            .into_iter()
+            .filter(|(k, _)| needed(k))
+            .collect();
     }
 }
 
@@ -395,17 +416,14 @@ struct Traffic {
 
 /// Queues a data message for the client, with accounting and the egress
 /// monitor; returns why the session must end, if it must.
-fn to_client<S>(
+fn to_client(
     app: &App,
-    out: &mut Outbox<S>,
+    out: &mut Outbox,
     t: &mut Traffic,
     meter: &mut crate::egress::Meter,
     sub: &str,
     m: Message,
-) -> Option<Ended>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Option<Ended> {
     let n = m.len() as u64;
     out.push(m);
     t.bytes_out += n;
@@ -414,284 +432,354 @@ where
     egress_exceeded(app, meter, sub, n).then(|| Ended::by_gateway(close::POLICY, "egress limit"))
 }
 
+/// How long a socket that carried a large message (over tungstenite's base
+/// buffer) must be quiet before its WebSocket is recycled.
+const RECYCLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether the client's WebSocket can be replaced by a fresh one over the
+/// same stream (see the timer branch in [`run`]): tungstenite keeps its
+/// read and write buffers at the largest size any message made them (one
+/// 1 MiB message: 2 MiB held for the socket's life), a fresh one starts
+/// with the small base buffer again. Only where nothing is lost: the read
+/// side at a message boundary (ReadAhead hands out no byte past the current
+/// frame, so tungstenite holds no unread input and no partial message),
+/// nothing queued, everything (pongs included) flushed at once.
+fn recyclable<'a, S>(
+    ws: &'a mut WebSocketStream<ReadAhead<S>>,
+    out: &'a Outbox,
+) -> impl Future<Output = bool> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        Poll::Ready(
+            !out.busy()
+                && ws.get_ref().at_message_boundary()
+                && matches!(ws.poll_flush_unpin(cx), Poll::Ready(Ok(()))),
+        )
+    })
+}
+
 /// Per-socket queue towards the client: enough to keep the socket busy,
 /// small enough that a stalled peer holds little memory.
 const CLIENT_QUEUE: usize = 16;
 /// Queue towards the upstream, same reasoning.
 const UPSTREAM_QUEUE: usize = 16;
 
-type UpstreamIn = futures_util::stream::SplitStream<UpstreamWs>;
+/// The upstream's WebSocket and its queue (`backend.kind = "upstream"`).
+type Upstream = (Box<UpstreamWs>, Outbox);
 
-async fn drive_upstream(out: &mut Option<Outbox<Box<dyn Io>>>) -> Result<(), WsError> {
-    match out {
-        Some(o) => o.drive().await,
-        None => std::future::pending().await,
-    }
+// The select's branch futures below are plain poll_fns: as async fns each
+// would keep its arguments twice (they sit in every idle session's future).
+
+fn upstream_io(up: &mut Option<Upstream>, read: bool) -> impl Future<Output = Io> + '_ {
+    std::future::poll_fn(move |cx| match up {
+        Some((ws, out)) => outbox::poll_io(&mut **ws, out, read, cx),
+        None => Poll::Pending,
+    })
 }
 
-async fn next_upstream(input: &mut Option<UpstreamIn>) -> Option<Result<Message, WsError>> {
-    match input {
-        Some(i) => i.next().await,
-        None => std::future::pending().await,
-    }
+fn next_delivery(
+    hub: &mut Option<Box<HubSession>>,
+) -> impl Future<Output = Option<Utf8Bytes>> + '_ {
+    std::future::poll_fn(move |cx| match hub {
+        Some(h) => h.rx.poll_recv(cx),
+        None => Poll::Pending,
+    })
 }
 
-async fn next_delivery(hub: &mut Option<HubSession>) -> Option<Utf8Bytes> {
-    match hub {
-        Some(h) => h.rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
+/// Boxed, and only for hub sessions: the waiter is larger than all the
+/// select's other branches together.
+type SlowSignal = Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>;
 
-async fn slowed(signal: &Option<Arc<tokio::sync::Notify>>) {
-    match signal {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
-    }
+fn slowed(signal: &mut SlowSignal) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match signal {
+        Some(n) => n.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Runs a session until it closes.
-pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, start: SessionStart)
+///
+/// This future is what every idle socket holds, so it is kept small: the
+/// socket stays one WebSocket (no split halves behind a lock), `start`'s
+/// fields are used in place (a moved-from argument keeps its space in the
+/// future), one timer serves the deadline, the warning and the pings, and
+/// backend state is boxed or absent.
+// Not an async fn on purpose: see the comment in the body.
+#[allow(clippy::manual_async_fn)]
+pub fn run<S>(
+    app: Arc<App>,
+    mut ws: WebSocketStream<ReadAhead<S>>,
+    mut start: SessionStart,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let opened = Instant::now();
-    let SessionStart {
-        id,
-        ip,
-        transport,
-        mut verified,
-        slot,
-        mut session,
-        mut control,
-        upstream,
-    } = start;
-    let mut traffic = Traffic::default();
-    let metrics = &app.metrics;
-    metrics.connections_active.inc();
-    let limits = &app.config.limits;
-    let mut rate = MessageRate::new(limits.messages_per_sec);
-    // One timer for the session's deadline/warning, re-armed only when the
-    // wake-up instant changes (not per message).
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    let mut armed_for = None;
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + limits.ping_interval,
-        limits.ping_interval,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = tokio::time::Instant::now();
-    let mut meter = crate::egress::Meter::new(&app.egress);
-    let sessions_gauge = metrics.sessions(transport);
-    sessions_gauge.inc();
-    let (sink, mut client_in) = ws.split();
-    let mut client_out = Outbox::new(sink, CLIENT_QUEUE);
-    // The upstream's halves, when the backend is `upstream`.
-    let (mut up_out, mut up_in) = match upstream {
-        Some(u) => {
-            let (sink, input) = (*u).split();
-            (Some(Outbox::new(sink, UPSTREAM_QUEUE)), Some(input))
-        }
-        None => (None, None),
-    };
-    let relay = app.upstream.as_ref().filter(|_| up_out.is_some());
-    let mut hub = (up_out.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
-        .then(|| app.hub.session(id, limits.outgoing_queue));
-    let hub_slow = hub.as_ref().map(|h| h.slow_signal());
-    let mut ended = loop {
-        let Some(wake) = session.next_wakeup() else {
-            break Ended::by_gateway(close::EXPIRED, "token expired");
-        };
-        if armed_for != Some(wake) {
-            timer.as_mut().reset(
-                tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1),
-            );
-            armed_for = Some(wake);
-        }
-        // Backpressure: read a side only while what it produces has room.
-        let read_client = client_out.has_room() && up_out.as_ref().is_none_or(|o| o.has_room());
-        let read_backend = client_out.has_room();
-        tokio::select! {
-            r = client_out.drive(), if client_out.busy() => {
-                if r.is_err() {
-                    break Ended::client_lost();
-                }
+    // An async block, not an async fn: an async fn moves its arguments into
+    // locals and keeps both copies in the future (~700 bytes here); the
+    // block's captures are used in place.
+    async move {
+        let opened = Instant::now();
+        let (id, ip, transport) = (start.id, start.ip, start.transport);
+        let SessionStart {
+            verified,
+            session,
+            control,
+            upstream,
+            ..
+        } = &mut start;
+        let mut traffic = Traffic::default();
+        let metrics = &app.metrics;
+        metrics.connections_active.inc();
+        let limits = &app.config.limits;
+        let mut rate = MessageRate::new(limits.messages_per_sec);
+        // One timer for the session's deadline/warning and the next ping,
+        // re-armed only when one of them moves (not per message).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        // Re-armed when the session's wake-up moves; set to None whenever
+        // next_ping or recycle_at move.
+        let mut armed_for = None;
+        let mut next_ping = tokio::time::Instant::now() + limits.ping_interval;
+        // When to give back the buffers a large message grew (see recycle).
+        let mut recycle_at: Option<tokio::time::Instant> = None;
+        let mut large_in = false;
+        let mut last_seen = tokio::time::Instant::now();
+        let mut meter = crate::egress::Meter::new(&app.egress);
+        let sessions_gauge = metrics.sessions(transport);
+        sessions_gauge.inc();
+        let mut client_out = Outbox::new(CLIENT_QUEUE);
+        let mut up: Option<Upstream> = upstream.take().map(|u| (u, Outbox::new(UPSTREAM_QUEUE)));
+        let relay = app.upstream.as_ref().filter(|_| up.is_some());
+        let mut hub = (up.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
+            .then(|| Box::new(app.hub.session(id, limits.outgoing_queue)));
+        let mut hub_slow: SlowSignal = hub
+            .as_ref()
+            .map(|h| Box::pin(h.slow_signal().notified_owned()));
+        let mut ended = loop {
+            let Some(wake) = session.next_wakeup() else {
+                break Ended::by_gateway(close::EXPIRED, "token expired");
+            };
+            if recycle_at.is_none() && (std::mem::take(&mut large_in) | client_out.take_large()) {
+                recycle_at = Some(tokio::time::Instant::now() + RECYCLE_AFTER);
+                armed_for = None;
             }
-            r = drive_upstream(&mut up_out), if up_out.as_ref().is_some_and(|o| o.busy()) => {
-                if r.is_err() {
-                    break Ended {
-                        upstream: None,
-                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+            if armed_for != Some(wake) {
+                let deadline =
+                    tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1);
+                let at = deadline.min(next_ping).min(recycle_at.unwrap_or(next_ping));
+                timer.as_mut().reset(at);
+                armed_for = Some(wake);
+            }
+            // Backpressure: read a side only while what it produces has room.
+            let read_client =
+                client_out.has_room() && up.as_ref().is_none_or(|(_, o)| o.has_room());
+            let read_backend = client_out.has_room();
+            tokio::select! {
+                ev = outbox::io(&mut ws, &mut client_out, read_client), if read_client || client_out.busy() => {
+                    let msg = match ev {
+                        Io::Wrote(Ok(())) => continue,
+                        Io::Wrote(Err(_)) => break Ended::client_lost(),
+                        Io::Read(msg) => msg,
                     };
+                    last_seen = tokio::time::Instant::now();
+                    large_in |= matches!(&msg, Some(Ok(m)) if m.len() > outbox::LARGE);
+                    if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
+                        break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
+                    }
+                    let data = match msg {
+                        None => break Ended::client_lost(),
+                        Some(Ok(Message::Close(f))) => {
+                            // tungstenite queued the answer; it is flushed below.
+                            break Ended {
+                                code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
+                                reason: "closed by client",
+                                client: None,
+                                upstream: Some(relayed(&f)),
+                                flush: true,
+                            };
+                        }
+                        Some(Ok(Message::Ping(p))) => {
+                            // Answered here by tungstenite; the upstream sees it too.
+                            if let Some((_, o)) = up.as_mut() {
+                                o.push(Message::Ping(p));
+                            }
+                            continue;
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            traffic.bytes_in += t.len() as u64;
+                            metrics.messages_in.inc();
+                            metrics.bytes_in.inc_by(t.len() as u64);
+                            if let Some((reply, refreshed)) = control_message(&app, session, verified, id, t.as_str()) {
+                                if let (true, Some(h)) = (refreshed, hub.as_mut()) {
+                                    h.recheck(&app, verified);
+                                }
+                                client_out.push(reply);
+                                continue;
+                            }
+                            if relay.is_some_and(|r| !r.message_allowed(t.as_str())) {
+                                metrics.schema_rejections.inc();
+                                break Ended::by_gateway(close::INVALID_PAYLOAD, "message does not match the schema");
+                            }
+                            Message::Text(t)
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            traffic.bytes_in += b.len() as u64;
+                            metrics.messages_in.inc();
+                            metrics.bytes_in.inc_by(b.len() as u64);
+                            Message::Binary(b)
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => {
+                            let (code, reason) = error_close(&e);
+                            break if code == 1006 {
+                                Ended::client_lost()
+                            } else {
+                                Ended::by_gateway(code, reason)
+                            };
+                        }
+                    };
+                    let reply = if let Some((_, o)) = up.as_mut() {
+                        o.push(data);
+                        None
+                    } else if let Some(h) = hub.as_mut() {
+                        let answer = match &data {
+                            Message::Text(t) => h.handle(&app, verified, t.as_str()),
+                            // The hub speaks JSON text only.
+                            _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
+                        };
+                        answer.map(|a| Message::Text(a.into()))
+                    } else {
+                        Some(data)
+                    };
+                    if let Some(m) = reply {
+                        if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                            break e;
+                        }
+                    }
                 }
-            }
-            msg = client_in.next(), if read_client => {
-                last_seen = tokio::time::Instant::now();
-                if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
-                    break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
-                }
-                let data = match msg {
-                    None => break Ended::client_lost(),
-                    Some(Ok(Message::Close(f))) => {
-                        // tungstenite queued the answer; it is flushed below.
+                ev = upstream_io(&mut up, read_backend), if up.as_ref().is_some_and(|(_, o)| read_backend || o.busy()) => match ev {
+                    Io::Wrote(Ok(())) => {}
+                    Io::Wrote(Err(_)) => {
+                        break Ended {
+                            upstream: None,
+                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+                        };
+                    }
+                    Io::Read(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
+                        if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                            break e;
+                        }
+                    }
+                    Io::Read(Some(Ok(Message::Ping(p)))) => client_out.push(Message::Ping(p)),
+                    Io::Read(Some(Ok(Message::Close(f)))) => {
                         break Ended {
                             code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
-                            reason: "closed by client",
-                            client: None,
-                            upstream: Some(relayed(&f)),
+                            reason: "closed by upstream",
+                            client: Some(relayed(&f)),
+                            upstream: None,
                             flush: true,
                         };
                     }
-                    Some(Ok(Message::Ping(p))) => {
-                        // Answered here by tungstenite; the upstream sees it too.
-                        if let Some(o) = up_out.as_mut() {
-                            o.push(Message::Ping(p));
-                        }
-                        continue;
-                    }
-                    Some(Ok(Message::Text(t))) => {
-                        traffic.bytes_in += t.len() as u64;
-                        metrics.messages_in.inc();
-                        metrics.bytes_in.inc_by(t.len() as u64);
-                        if let Some((reply, refreshed)) = control_message(&app, &mut session, &mut verified, id, t.as_str()) {
-                            if let (true, Some(h)) = (refreshed, hub.as_mut()) {
-                                h.recheck(&app, &verified);
-                            }
-                            client_out.push(reply);
-                            continue;
-                        }
-                        if relay.is_some_and(|r| !r.message_allowed(t.as_str())) {
-                            metrics.schema_rejections.inc();
-                            break Ended::by_gateway(close::INVALID_PAYLOAD, "message does not match the schema");
-                        }
-                        Message::Text(t)
-                    }
-                    Some(Ok(Message::Binary(b))) => {
-                        traffic.bytes_in += b.len() as u64;
-                        metrics.messages_in.inc();
-                        metrics.bytes_in.inc_by(b.len() as u64);
-                        Message::Binary(b)
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        let (code, reason) = error_close(&e);
-                        break if code == 1006 {
-                            Ended::client_lost()
-                        } else {
-                            Ended::by_gateway(code, reason)
+                    Io::Read(Some(Ok(_))) => {}
+                    Io::Read(None) => {
+                        break Ended {
+                            upstream: None,
+                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
                         };
                     }
-                };
-                let reply = if let Some(o) = up_out.as_mut() {
-                    o.push(data);
-                    None
-                } else if let Some(h) = hub.as_mut() {
-                    let answer = match &data {
-                        Message::Text(t) => h.handle(&app, &verified, t.as_str()),
-                        // The hub speaks JSON text only.
-                        _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
-                    };
-                    answer.map(|a| Message::Text(a.into()))
-                } else {
-                    Some(data)
-                };
-                if let Some(m) = reply {
-                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
+                    Io::Read(Some(Err(e))) => {
+                        tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
+                        let (code, reason) = error_close(&e);
+                        break Ended {
+                            upstream: (code != 1006).then(|| frame(code, reason.into())),
+                            client: Some(frame(close::INTERNAL, "upstream error".into())),
+                            ..Ended::by_gateway(close::INTERNAL, "upstream error")
+                        };
+                    }
+                },
+                Some(d) = next_delivery(&mut hub), if read_backend => {
+                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, Message::Text(d)) {
                         break e;
                     }
                 }
-            }
-            m = next_upstream(&mut up_in), if read_backend => match m {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
-                        break e;
-                    }
+                _ = slowed(&mut hub_slow) => {
+                    break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
                 }
-                Some(Ok(Message::Ping(p))) => client_out.push(Message::Ping(p)),
-                Some(Ok(Message::Close(f))) => {
-                    break Ended {
-                        code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
-                        reason: "closed by upstream",
-                        client: Some(relayed(&f)),
-                        upstream: None,
-                        flush: true,
-                    };
-                }
-                Some(Ok(_)) => {}
-                None => {
-                    break Ended {
-                        upstream: None,
-                        ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                    };
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
-                    let (code, reason) = error_close(&e);
-                    break Ended {
-                        upstream: (code != 1006).then(|| frame(code, reason.into())),
-                        client: Some(frame(close::INTERNAL, "upstream error".into())),
-                        ..Ended::by_gateway(close::INTERNAL, "upstream error")
-                    };
-                }
-            },
-            Some(d) = next_delivery(&mut hub), if read_backend => {
-                if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, Message::Text(d)) {
-                    break e;
-                }
-            }
-            _ = slowed(&hub_slow) => {
-                break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
-            }
-            _ = ping.tick() => {
-                if last_seen.elapsed() >= limits.idle_timeout {
-                    break Ended::by_gateway(close::IDLE, "idle timeout");
-                }
-                // A peer that does not read is caught by idle_timeout, since
-                // its full queue also stops us reading it.
-                client_out.push(Message::Ping(Default::default()));
-            }
-            Some(c) = control.recv() => match c {
-                Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
-                Control::Drain => break Ended::by_gateway(close::GOING_AWAY, "server shutting down"),
-                Control::Reauth => {
-                    if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
-                        app.registry.set_deadline(id, session.deadline());
-                        client_out.push(m);
-                    }
-                }
-            },
-            _ = &mut timer => {
-                match session.on_tick(now_ms()) {
-                    Some(Action::Close { code, reason }) => break Ended::by_gateway(code, reason),
-                    Some(other) => {
-                        if let Some(m) = action_message(&other) {
-                            traffic.bytes_out += m.len() as u64;
+                c = control.recv() => match c {
+                    Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
+                    Control::Drain => break Ended::by_gateway(close::GOING_AWAY, "server shutting down"),
+                    Control::Reauth => {
+                        if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
+                            app.registry.set_deadline(id, session.deadline());
                             client_out.push(m);
                         }
                     }
-                    // Woke a hair early (monotonic vs wall clock): re-arm.
-                    None => armed_for = None,
+                },
+                () = &mut timer => {
+                    // Fired: re-armed next time round, whichever it was for.
+                    armed_for = None;
+                    let now = tokio::time::Instant::now();
+                    if now >= next_ping {
+                        if last_seen.elapsed() >= limits.idle_timeout {
+                            break Ended::by_gateway(close::IDLE, "idle timeout");
+                        }
+                        // A peer that does not read is caught by idle_timeout, since
+                        // its full queue also stops us reading it.
+                        client_out.push(Message::Ping(Default::default()));
+                        next_ping = now + limits.ping_interval;
+                    }
+                    if recycle_at.is_some_and(|t| now >= t) {
+                        recycle_at = if last_seen.elapsed() < RECYCLE_AFTER {
+                            // Still talking: wait for a quiet second.
+                            Some(last_seen + RECYCLE_AFTER)
+                        } else if recyclable(&mut ws, &client_out).await {
+                            let io = ws.into_inner();
+                            // Boxed: this await's state would otherwise sit
+                            // in every session's future.
+                            ws = Box::pin(WebSocketStream::from_raw_socket(
+                                io,
+                                Role::Server,
+                                Some(app.client_ws_config),
+                            ))
+                            .await;
+                            metrics.ws_recycles.inc();
+                            None
+                        } else {
+                            Some(now + RECYCLE_AFTER)
+                        };
+                    }
+                    // Nothing when the ping woke us, or a hair early (monotonic
+                    // vs wall clock).
+                    match session.on_tick(now_ms()) {
+                        Some(Action::Close { code, reason }) => break Ended::by_gateway(code, reason),
+                        Some(other) => {
+                            if let Some(m) = action_message(&other) {
+                                traffic.bytes_out += m.len() as u64;
+                                client_out.push(m);
+                            }
+                        }
+                        None => {}
+                    }
                 }
             }
+        };
+        session.close();
+        if let Some(h) = hub.as_mut() {
+            h.leave(&app);
         }
-    };
-    session.close();
-    if let Some(h) = hub.as_mut() {
-        h.leave(&app);
-    }
-    let grace = if ended.flush {
-        CLOSE_GRACE
-    } else {
-        Duration::ZERO
-    };
-    let (client_frame, upstream_frame) = (ended.client.take(), ended.upstream.take());
-    // Boxed: the closing handshakes' state is large and needed once per
-    // socket; inline it would sit in every idle session's future.
-    Box::pin(async move {
-        let client_side = async {
-            let sink = client_out.finish(grace).await;
-            if let Ok(mut ws) = sink.reunite(client_in) {
+        let grace = if ended.flush {
+            CLOSE_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let (client_frame, upstream_frame) = (ended.client.take(), ended.upstream.take());
+        // Boxed: the closing handshakes' state is large and needed once per
+        // socket; inline it would sit in every idle session's future.
+        Box::pin(async move {
+            let client_side = async {
+                client_out.finish(&mut ws, grace).await;
                 match client_frame {
                     Some(f) => close_with(&mut ws, f).await,
                     // Flush tungstenite's answer to the client's close.
@@ -699,41 +787,40 @@ where
                         let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
                     }
                 }
-            }
-        };
-        let upstream_side = async {
-            let (Some(out), Some(input)) = (up_out, up_in) else {
-                return;
             };
-            let sink = out.finish(grace).await;
-            if let Ok(mut ws) = sink.reunite(input) {
+            let upstream_side = async {
+                let Some((mut uws, mut out)) = up else {
+                    return;
+                };
+                out.finish(&mut *uws, grace).await;
                 match upstream_frame {
-                    Some(f) => close_with(&mut ws, f).await,
+                    Some(f) => close_with(&mut uws, f).await,
                     None => {
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                        let _ = tokio::time::timeout(CLOSE_GRACE, uws.flush()).await;
                     }
                 }
-            }
-        };
-        tokio::join!(client_side, upstream_side);
-    })
-    .await;
-    metrics.connections_active.dec();
-    sessions_gauge.dec();
-    metrics.close(ended.code);
-    tracing::info!(
-        event = "close",
-        id = id,
-        code = ended.code,
-        reason = ended.reason,
-        sub = verified.sub.as_str(),
-        transport = transport.as_str(),
-        ip = %ip,
-        duration_ms = opened.elapsed().as_millis() as u64,
-        bytes_in = traffic.bytes_in,
-        bytes_out = traffic.bytes_out,
-    );
-    drop(slot);
+            };
+            tokio::join!(client_side, upstream_side);
+        })
+        .await;
+        metrics.connections_active.dec();
+        sessions_gauge.dec();
+        metrics.close(ended.code);
+        tracing::info!(
+            event = "close",
+            id = id,
+            code = ended.code,
+            reason = ended.reason,
+            sub = verified.sub.as_str(),
+            transport = transport.as_str(),
+            ip = %ip,
+            duration_ms = opened.elapsed().as_millis() as u64,
+            bytes_in = traffic.bytes_in,
+            bytes_out = traffic.bytes_out,
+        );
+        // Last: the slot (registry entry, per-user count) goes with the session.
+        drop(start);
+    }
 }
 
 /// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.
@@ -772,6 +859,7 @@ fn control_message(
     let mut refreshed = false;
     if let (Action::SendAuthOk { .. }, Ok(v)) = (&action, result) {
         *verified = v;
+        keep_needed_claims(app, verified);
         app.registry.update(id, verified, session.deadline());
         refreshed = true;
     }

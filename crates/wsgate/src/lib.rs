@@ -18,6 +18,7 @@ pub mod log;
 pub mod metrics;
 pub mod mint;
 pub mod outbox;
+pub mod readahead;
 pub mod reload;
 pub mod server;
 pub mod store;

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub egress_alerts: Counter,
     pub schema_rejections: Counter,
+    pub ws_recycles: Counter,
     pub upstream_connect: Histogram,
     sessions: Family<TransportLabels, Gauge>,
     /// JWKS refreshes, reloads (keys/mod.rs).
@@ -127,6 +128,12 @@ impl Metrics {
             "Users who crossed limits.egress_alert_bytes_per_min in a minute",
             egress_alerts.clone(),
         );
+        let ws_recycles = Counter::default();
+        registry.register(
+            "wsgate_websocket_recycles",
+            "Client WebSockets replaced after a large message to give back its buffers",
+            ws_recycles.clone(),
+        );
         let schema_rejections = Counter::default();
         registry.register(
             "wsgate_schema_rejections",
@@ -167,6 +174,7 @@ impl Metrics {
             store_errors,
             egress_alerts,
             schema_rejections,
+            ws_recycles,
             upstream_connect,
             sessions,
             keys,

@@ -381,3 +381,36 @@ async fn a_subscriber_that_falls_behind_is_closed_1013_without_slowing_publisher
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
     assert_eq!(reader.await.unwrap(), 300);
 }
+
+/// Sessions keep only the claims the grants read (memory per socket): a
+/// nested claim path still decides, for as long as the socket lives.
+#[tokio::test]
+async fn nested_claim_grants_survive_claim_trimming() {
+    let cfg = base_config(
+        r#"
+[[hub.grants]]
+claim = "realm_access.roles"
+value = "ops"
+subscribe = ["ops:*"]
+"#,
+    )
+    .replace("kind = \"echo\"", "kind = \"hub\"");
+    let gw = Gateway::start(&cfg);
+    let token = |roles: &[&str]| {
+        let mut c = claims("carol", 3600);
+        c["realm_access"] = json!({"roles": roles});
+        c["unused"] = json!("dropped after the upgrade");
+        hs(&c)
+    };
+    let (mut ops, _) = bearer(&gw.url(), &token(&["ops"])).await.open();
+    let (mut other, _) = bearer(&gw.url(), &token(&["dev"])).await.open();
+    let sub = json!({"type": "subscribe", "channel": "ops:alerts", "id": 1});
+    assert_eq!(
+        ask(&mut ops, sub.clone()).await,
+        json!({"type": "ack", "id": 1})
+    );
+    assert_eq!(
+        ask(&mut other, sub).await,
+        json!({"type": "error", "id": 1, "reason": "forbidden"})
+    );
+}

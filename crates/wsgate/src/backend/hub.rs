@@ -127,6 +127,15 @@ impl Hub {
         n
     }
 
+    /// Whether a grant may read the top-level claim `key` (a grant's claim
+    /// path names it whole, or starts with it: `realm_access.roles`).
+    pub fn reads_claim(&self, key: &str) -> bool {
+        self.grants
+            .iter()
+            .filter_map(|g| g.claim.as_deref())
+            .any(|c| c == key || c.split('.').next() == Some(key))
+    }
+
     fn allowed(&self, v: &Verified, action: Action, channel: &str) -> bool {
         grants::allowed(&self.grants, &v.claims, &v.sub, action, channel)
     }

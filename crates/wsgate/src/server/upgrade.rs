@@ -6,6 +6,7 @@ use crate::app::{App, Slot};
 use crate::backend::upstream::{self, ClientRequest, UpstreamWs};
 use crate::clock::now_ms;
 use crate::conn::{self, SessionStart};
+use crate::readahead::ReadAhead;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{
@@ -126,12 +127,14 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
                 let Ok(upgraded) = on_upgrade.await else {
                     return;
                 };
-                let mut ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(app.ws_config),
-                )
-                .await;
+                // Idle sockets then hold no read buffer of read_buffer_bytes.
+                // Frame tracking: lets the session recycle the WebSocket.
+                let io =
+                    ReadAhead::new(TokioIo::new(upgraded), app.config.limits.read_buffer_bytes)
+                        .frames();
+                let mut ws =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(app.client_ws_config))
+                        .await;
                 let start = match start {
                     Ok(s) => s,
                     Err((guard, origin, request)) => {
@@ -146,7 +149,9 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Re
                         }
                     }
                 };
-                conn::run(app, ws, start).await;
+                // Its own task: the state of this one (upgrade, first-message
+                // auth) is not kept beside the session's for the socket's life.
+                tokio::spawn(conn::run(app, ws, start));
             });
             resp
         }
