@@ -8,6 +8,8 @@
 # SEND_BYTES=N: each socket first sends one binary message of N bytes and
 # waits for its echo, then idles (what a socket keeps after a big message;
 # use fewer CONNECTIONS, e.g. 1000 for 1 MiB).
+# UPSTREAM=1: also wsgate in upstream mode in front of the echo server
+# (two files per client: CONNECTIONS=9000 under a 20,000-file limit).
 #
 #   crates/wsgate-bench/bench-memory.sh     (after cargo build --release -p wsgate -p wsgate-bench --bins --examples)
 set -euo pipefail
@@ -40,3 +42,16 @@ bg taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.lo
 srv=$last_pid
 wait_ready "$T/gw.log"
 measure "wsgate (HS256, echo backend)" ws://127.0.0.1:18080/ws
+if [ "${UPSTREAM:-0}" = 1 ]; then
+    # Upstream mode: each client socket has its upstream socket (two files
+    # per client: keep CONNECTIONS under half the open-file limit). Only
+    # the gateway's RSS is measured; the upstream is the echo server.
+    bg taskset -c 1 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1
+    sleep 0.5
+    sed 's/^kind = "echo"/kind = "upstream"\nupstream = "ws:\/\/127.0.0.1:19001\/ws"/' \
+        "$here/configs/storm.toml" >"$T/storm-upstream.toml"
+    bg taskset -c 0 "$B/wsgate" serve --config "$T/storm-upstream.toml" >"$T/gw-up.log" 2>&1
+    srv=$last_pid
+    wait_ready "$T/gw-up.log"
+    measure "wsgate (HS256, upstream backend)" ws://127.0.0.1:18080/ws
+fi
