@@ -44,6 +44,12 @@ enum Mode {
     Silent,
     /// Sends 64 KiB binary messages as fast as it can, counting them.
     Flood,
+    /// A hand-written 101 with a text frame "hello" in the same write.
+    Greeting,
+    /// A hand-written 101 whose `Sec-WebSocket-Accept` is wrong.
+    BadAccept,
+    /// A correct 101 that picks a subprotocol nobody offered.
+    UnofferedProtocol,
 }
 
 struct Upstream {
@@ -93,6 +99,50 @@ async fn serve(
             let mut buf = [0u8; 1024];
             while let Ok(n) = s.read(&mut buf).await {
                 if n == 0 {
+                    return;
+                }
+            }
+            return;
+        }
+        Mode::Greeting | Mode::BadAccept | Mode::UnofferedProtocol => {
+            let mut buf = vec![0u8; 16384];
+            let mut n = 0;
+            while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => n += k,
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("sec-websocket-key:")
+                        .then(|| l[18..].trim().to_owned())
+                })
+                .unwrap();
+            let accept = match mode {
+                Mode::BadAccept => "dGhlIHNhbXBsZSBub25jZQ==".to_owned(),
+                _ => tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            };
+            let proto = if mode == Mode::UnofferedProtocol {
+                "Sec-WebSocket-Protocol: nobody-offered-this\r\n"
+            } else {
+                ""
+            };
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{proto}\r\n"
+            )
+            .into_bytes();
+            // An unmasked text frame (server to client): "hello".
+            out.extend_from_slice(&[0x81, 5]);
+            out.extend_from_slice(b"hello");
+            let _ = s.write_all(&out).await;
+            // Hold the socket until the gateway closes it.
+            while let Ok(k) = s.read(&mut buf).await {
+                if k == 0 {
                     return;
                 }
             }
@@ -473,6 +523,29 @@ async fn upstream_down_or_not_websocket_is_502() {
     // No session was left behind, and the per-user slot is free again.
     let m = http(gw2.admin, "GET", "/metrics", &[], "").await.body;
     assert!(m.contains("wsgate_connections_active 0"), "{m}");
+}
+
+#[tokio::test]
+async fn bytes_right_behind_the_101_reach_the_client() {
+    // The upstream's first frame comes in the same segment as its 101:
+    // the handshake must hand those bytes on, not drop them.
+    let up = Upstream::start(Mode::Greeting).await;
+    let gw = start(&up.url(), "");
+    for _ in 0..5 {
+        let (mut ws, _) = bearer(&gw.url(), &token("gwen")).await.open();
+        assert_eq!(next_text(&mut ws).await, "hello");
+    }
+}
+
+#[tokio::test]
+async fn a_101_with_a_wrong_accept_or_an_unoffered_protocol_is_502() {
+    for mode in [Mode::BadAccept, Mode::UnofferedProtocol] {
+        let up = Upstream::start(mode).await;
+        let gw = start(&up.url(), "");
+        bearer(&gw.url(), &token("gus"))
+            .await
+            .refused(502, "upstream_unavailable");
+    }
 }
 
 #[tokio::test]

@@ -9,10 +9,12 @@
 //! header the client sent is dropped so it cannot forge an identity.
 
 use crate::config::{AuthConfig, BackendConfig};
+use crate::readahead::ReadAhead;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Uri};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::WebSocketStream;
 use wsgate_core::credential;
 use wsgate_core::Reason;
@@ -30,8 +32,10 @@ use wsgate_core::Reason;
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// An open WebSocket to the upstream.
-pub type UpstreamWs = WebSocketStream<Box<dyn Io>>;
+/// An open WebSocket to the upstream: hyper's upgraded connection (plain or
+/// TLS), with any bytes the upstream sent right after its `101` kept in
+/// front, read as the client side is (readahead.rs).
+pub type UpstreamWs = WebSocketStream<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Identity headers sent upstream.
 pub const SUB: &str = "x-wsgate-sub";
@@ -167,13 +171,17 @@ impl Upstream {
     /// the application subprotocol the upstream chose, if any.
     pub async fn connect(
         &self,
-        auth: &AuthConfig,
+        app: &crate::app::App,
         client: &HeaderMap,
         query: Option<&str>,
         client_ip: std::net::IpAddr,
         who: &Identity<'_>,
-        ws_config: WebSocketConfig,
     ) -> Result<(UpstreamWs, Option<String>), Reason> {
+        let auth = &app.config.auth;
+        // tungstenite's own buffer small, socket reads of read_buffer_bytes
+        // through ReadAhead, as on the client side.
+        let ws_config = app.client_ws_config;
+        let read_chunk = app.config.limits.read_buffer_bytes;
         let req = self.request(auth, client, query, client_ip, who, crate::clock::now_ms())?;
         let attempt = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
@@ -189,14 +197,17 @@ impl Upstream {
                         .map_err(|e| fail("tls", &e))?,
                 ),
             };
-            let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(ws_config))
-                .await
-                .map_err(|e| fail("handshake", &e))?;
-            let protocol = resp
-                .headers()
-                .get(header::SEC_WEBSOCKET_PROTOCOL)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            // The HTTP upgrade by hyper, not tungstenite's client handshake:
+            // tungstenite's turns its 4 KiB handshake buffer into the
+            // socket's input buffer for good (4,055 B per proxied client,
+            // BENCHMARKS.md); from_raw_socket honours read_buffer_size.
+            let (upgraded, protocol) = handshake(io, req).await?;
+            let ws = WebSocketStream::from_raw_socket(
+                ReadAhead::new(TokioIo::new(upgraded), read_chunk),
+                tokio_tungstenite::tungstenite::protocol::Role::Client,
+                Some(ws_config),
+            )
+            .await;
             Ok((ws, protocol))
         };
         match tokio::time::timeout(self.timeout, attempt).await {
@@ -309,9 +320,7 @@ pub async fn open(
         claims: &verified.claims,
     };
     let t0 = std::time::Instant::now();
-    let r = up
-        .connect(&app.config.auth, headers, query, ip, &who, app.ws_config)
-        .await;
+    let r = up.connect(app, headers, query, ip, &who).await;
     app.metrics
         .upstream_connect
         .observe(t0.elapsed().as_secs_f64());
@@ -404,6 +413,87 @@ fn forwarded_query(auth: &AuthConfig, query: Option<&str>) -> Option<String> {
 }
 
 /// Logs an upstream failure (never the request, which may carry claims).
+/// RFC 6455 4.1 from the client's side, over hyper: sends `req` (its URI
+/// absolute, as built by `request`), and accepts only a `101` whose
+/// `Upgrade`, `Connection` and `Sec-WebSocket-Accept` match and whose
+/// subprotocol, if any, was offered.
+async fn handshake(
+    io: Box<dyn Io>,
+    req: Request<()>,
+) -> Result<(hyper::upgrade::Upgraded, Option<String>), Reason> {
+    let (parts, ()) = req.into_parts();
+    let key = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or_else(|| fail("request", &"no key"))?;
+    let offered = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut req = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
+    *req.uri_mut() = path.parse().map_err(|e| fail("request", &e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail("handshake", &e))?;
+    // The connection future hands the socket over once the 101 is read
+    // (and ends with the connection otherwise); the caller's timeout bounds
+    // the wait for the response.
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| fail("handshake", &e))?;
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(fail("handshake", &format!("status {}", resp.status())));
+    }
+    let protocol = check_upgrade(resp.headers(), &key, offered.as_ref())?;
+    let upgraded = hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(|e| fail("handshake", &e))?;
+    Ok((upgraded, protocol))
+}
+
+/// The `101`'s headers: `Upgrade: websocket`, `Connection: upgrade`, the
+/// accept key for `key`, and a subprotocol only if it was `offered`.
+/// Returns the chosen subprotocol.
+fn check_upgrade(
+    h: &HeaderMap,
+    key: &HeaderValue,
+    offered: Option<&HeaderValue>,
+) -> Result<Option<String>, Reason> {
+    let accept = derive_accept_key(key.as_bytes());
+    if !has_token(h, &header::UPGRADE, "websocket")
+        || !has_token(h, &header::CONNECTION, "upgrade")
+        || h.get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(accept.as_bytes())
+    {
+        return Err(fail("handshake", &"not a WebSocket upgrade"));
+    }
+    let Some(chosen) = h.get(header::SEC_WEBSOCKET_PROTOCOL) else {
+        return Ok(None);
+    };
+    let chosen = chosen.to_str().map_err(|e| fail("handshake", &e))?;
+    let was_offered = offered
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| o.split(',').any(|p| p.trim() == chosen));
+    if !was_offered {
+        return Err(fail("handshake", &"subprotocol not offered"));
+    }
+    Ok(Some(chosen.to_owned()))
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(h: &HeaderMap, name: &header::HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
 fn fail(stage: &'static str, e: &dyn std::fmt::Display) -> Reason {
     tracing::warn!(event = "upstream_error", stage, error = %e);
     Reason::UpstreamUnavailable
