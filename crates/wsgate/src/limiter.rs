@@ -261,12 +261,9 @@ impl Limited {
         let len = map.len();
         match map.entry(key) {
             Entry::Occupied(mut e) => {
-                // Threads may pass slightly stale `now`s; `max` keeps the
-                // arrival time monotonic.
-                let start = (*e.get()).max(now);
-                let ahead = start - now;
-                if ahead > self.tolerance {
-                    return Err(Duration::from_nanos(ahead - self.tolerance));
+                let (start, over) = self.over(*e.get(), now);
+                if over > 0 {
+                    return Err(Duration::from_nanos(over));
                 }
                 *e.get_mut() = start.saturating_add(self.interval);
                 Ok(())
@@ -287,9 +284,17 @@ impl Limited {
         let now = self.nanos(now);
         let map = self.shard(key).lock();
         match map.get(&key) {
-            Some(&tat) => tat.max(now) - now > self.tolerance,
+            Some(&tat) => self.over(tat, now).1 > 0,
             None => map.len() >= self.per_shard_cap,
         }
+    }
+
+    /// For a key whose next arrival is `tat`: when this arrival starts and
+    /// by how many nanoseconds it is over the burst (0: admitted). Threads
+    /// may pass slightly stale `now`s; `max` keeps arrivals monotonic.
+    fn over(&self, tat: u64, now: u64) -> (u64, u64) {
+        let start = tat.max(now);
+        (start, (start - now).saturating_sub(self.tolerance))
     }
 
     fn retain(&self, now: Instant) {

@@ -10,6 +10,7 @@
 
 use crate::config::{AuthConfig, BackendConfig};
 use crate::readahead::ReadAhead;
+use crate::server::upgrade::header_has_token;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::{self, HeaderName};
@@ -467,8 +468,8 @@ fn check_upgrade(
     offered: Option<&HeaderValue>,
 ) -> Result<Option<String>, Reason> {
     let accept = derive_accept_key(key.as_bytes());
-    if !has_token(h, &header::UPGRADE, "websocket")
-        || !has_token(h, &header::CONNECTION, "upgrade")
+    if !header_has_token(h, header::UPGRADE, "websocket")
+        || !header_has_token(h, header::CONNECTION, "upgrade")
         || h.get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(accept.as_bytes())
     {
         return Err(fail("handshake", &"not a WebSocket upgrade"));
@@ -484,14 +485,6 @@ fn check_upgrade(
         return Err(fail("handshake", &"subprotocol not offered"));
     }
     Ok(Some(chosen.to_owned()))
-}
-
-/// Whether a comma-separated header contains `token` (case-insensitive).
-fn has_token(h: &HeaderMap, name: &header::HeaderName, token: &str) -> bool {
-    h.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 fn fail(stage: &'static str, e: &dyn std::fmt::Display) -> Reason {

@@ -411,14 +411,7 @@ where
         app.config.limits.pending_handshakes_per_ip
     };
     let Some(pending) = app.pending.acquire(peer.ip(), cap) else {
-        upgrade::log_early_rejection(peer.ip(), Reason::RateLimited);
-        app.metrics.handshake(Err(Reason::RateLimited), None);
-        let _ = tokio::time::timeout(timeout, async {
-            let _ = stream.write_all(respond::rate_limited_raw()).await;
-            let _ = stream.shutdown().await;
-        })
-        .await;
-        return;
+        return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
     };
     let head = read_head(&mut stream, max_head, timeout).await;
     drop(pending);
@@ -434,27 +427,11 @@ where
                 && app.limiter.is_limited(peer.ip())
                 && head::is_get_of(&buf, &app.config.server.path) =>
         {
-            upgrade::log_early_rejection(peer.ip(), Reason::RateLimited);
-            app.metrics.handshake(Err(Reason::RateLimited), None);
-            let _ = tokio::time::timeout(timeout, async {
-                let _ = stream.write_all(respond::rate_limited_raw()).await;
-                let _ = stream.shutdown().await;
-            })
-            .await;
-            return;
+            return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
         }
         Head::Complete(buf) => buf,
         Head::TooLarge => {
-            upgrade::log_early_rejection(peer.ip(), Reason::HeadersTooLarge);
-            app.metrics.handshake(Err(Reason::HeadersTooLarge), None);
-            let _ = tokio::time::timeout(timeout, async {
-                let _ = stream
-                    .write_all(&respond::reject_raw(Reason::HeadersTooLarge))
-                    .await;
-                let _ = stream.shutdown().await;
-            })
-            .await;
-            return;
+            return refuse_early(&app, &mut stream, peer.ip(), Reason::HeadersTooLarge).await;
         }
         // Slow or silent peers get nothing but a closed socket.
         Head::TimedOut | Head::Closed => return,
@@ -474,6 +451,28 @@ where
         .serve_connection(io, svc)
         .with_upgrades();
     let _ = conn.await;
+}
+
+/// A refusal decided before hyper sees the connection: logged and counted
+/// like any handshake refusal, answered with our raw status and body.
+async fn refuse_early<S>(app: &App, stream: &mut S, ip: std::net::IpAddr, reason: Reason)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    upgrade::log_early_rejection(ip, reason);
+    app.metrics.handshake(Err(reason), None);
+    let owned;
+    let raw: &[u8] = if reason == Reason::RateLimited {
+        respond::rate_limited_raw()
+    } else {
+        owned = respond::reject_raw(reason);
+        &owned
+    };
+    let _ = tokio::time::timeout(app.config.server.handshake_timeout, async {
+        let _ = stream.write_all(raw).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 async fn route(

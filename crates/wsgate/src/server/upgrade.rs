@@ -183,7 +183,11 @@ pub fn log_early_rejection(ip: IpAddr, reason: Reason) {
 }
 
 /// True when a comma-separated header contains `token` (case-insensitive).
-fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+pub(crate) fn header_has_token(
+    headers: &HeaderMap,
+    name: http::header::HeaderName,
+    token: &str,
+) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
