@@ -229,10 +229,9 @@ pub struct LimitsConfig {
     pub pending_handshakes_per_ip: u32,
     /// Messages queued towards one client before backpressure applies.
     pub outgoing_queue: usize,
-    /// The most one socket read takes. Client sockets read through a
-    /// per-thread buffer of this size and hold only what is not yet
-    /// consumed ([`ReadAhead`](crate::readahead::ReadAhead)); upstream
-    /// sockets still allocate it per socket as tungstenite's buffer.
+    /// The most one socket read takes (at most 64 KiB). Client and upstream
+    /// sockets read through a per-thread buffer and hold only what is not
+    /// yet consumed ([`ReadAhead`](crate::readahead::ReadAhead)).
     pub read_buffer_bytes: usize,
     /// Bytes one user may receive per minute (all sockets of the node)
     /// before an `egress_alert` is logged and counted; 0 = off. A user

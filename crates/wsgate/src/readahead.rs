@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Largest scratch buffer kept per thread; larger chunks get a temporary one.
+/// Scratch buffer kept per thread, and so the largest read.
 const MAX_SCRATCH: usize = 64 * 1024;
 
 thread_local! {
@@ -127,7 +127,9 @@ impl<S> ReadAhead<S> {
             inner,
             pending: Vec::new(),
             pos: 0,
-            chunk: chunk.max(1),
+            // Capped at the shared scratch buffer: larger reads would need a
+            // buffer of their own, allocated and zeroed per read.
+            chunk: chunk.clamp(1, MAX_SCRATCH),
             frames: None,
         }
     }
@@ -228,9 +230,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         if dst.remaining() >= this.chunk && this.frames.is_none() {
             // The caller's buffer is big enough: no copy.
             return Pin::new(&mut this.inner).poll_read(cx, dst);
-        }
-        if this.chunk > MAX_SCRATCH {
-            return this.read_via(cx, dst, &mut Vec::new());
         }
         SCRATCH.with(|s| match s.try_borrow_mut() {
             Ok(mut scratch) => this.read_via(cx, dst, &mut scratch),
@@ -370,7 +369,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_chunks_use_a_temporary_buffer() {
+    async fn oversized_chunks_are_capped_at_the_scratch_size() {
         let (mut w, r) = tokio::io::duplex(1 << 20);
         let sent = data(200_000);
         w.write_all(&sent).await.expect("write");
