@@ -8,9 +8,10 @@
 use crate::reason::Reason;
 use crate::UnixMillis;
 use aws_lc_rs::hmac;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::str::FromStr;
@@ -50,14 +51,78 @@ pub struct ClaimRules {
     pub forbidden_audience: Option<String>,
 }
 
+/// A key prepared once for every token it checks.
+// A verifier holds a handful of these; the HMAC key stays inline.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum Prepared {
+    /// The HMAC key with its pads already hashed: building it per token (as
+    /// `jsonwebtoken::crypto::verify` does) was two SHA-2 blocks of every HS
+    /// verification.
+    Hmac(hmac::Key),
+    /// The public key already decoded: per token, jsonwebtoken clones the
+    /// key and aws-lc-rs decodes and validates it again (for RSA that
+    /// includes building the modulus' Montgomery context).
+    Public(ParsedPublicKey),
+    /// A key aws-lc-rs would not parse: left to jsonwebtoken, which refuses
+    /// every signature under it.
+    Unprepared,
+}
+
+impl Prepared {
+    fn new(k: &VerifyKey) -> Self {
+        let hmac_alg = match k.alg {
+            Algorithm::HS256 => Some(hmac::HMAC_SHA256),
+            Algorithm::HS384 => Some(hmac::HMAC_SHA384),
+            Algorithm::HS512 => Some(hmac::HMAC_SHA512),
+            _ => None,
+        };
+        if let Some(alg) = hmac_alg {
+            return match k.key.try_get_as_bytes() {
+                Ok(secret) => Prepared::Hmac(hmac::Key::new(alg, secret)),
+                Err(_) => Prepared::Unprepared,
+            };
+        }
+        // The same verification algorithms jsonwebtoken's aws-lc provider
+        // picks (RSA keys of 2048 bits or more; fixed-size ECDSA signatures).
+        let parsed = match (k.alg, k.key.kind()) {
+            (Algorithm::ES256, DecodingKeyKind::SecretOrDer(b)) => {
+                ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, b)
+            }
+            (Algorithm::ES384, DecodingKeyKind::SecretOrDer(b)) => {
+                ParsedPublicKey::new(&sig::ECDSA_P384_SHA384_FIXED, b)
+            }
+            (Algorithm::EdDSA, DecodingKeyKind::SecretOrDer(b)) => {
+                ParsedPublicKey::new(&sig::ED25519, b)
+            }
+            (alg, kind) => {
+                let params: &'static sig::RsaParameters = match alg {
+                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                    Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+                    _ => return Prepared::Unprepared,
+                };
+                match kind {
+                    DecodingKeyKind::SecretOrDer(der) => ParsedPublicKey::new(params, der),
+                    DecodingKeyKind::RsaModulusExponent { n, e } => {
+                        sig::RsaPublicKeyComponents { n, e }.to_parsed_public_key(params)
+                    }
+                }
+            }
+        };
+        parsed.map_or(Prepared::Unprepared, Prepared::Public)
+    }
+}
+
 /// Verifies tokens against a fixed set of keys and rules.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     keys: Vec<VerifyKey>,
-    /// For each HS key, its HMAC key with the pads already hashed: building
-    /// it per token (as `jsonwebtoken::crypto::verify` does) was two SHA-2
-    /// blocks of every HS verification.
-    hmac: Vec<Option<hmac::Key>>,
+    /// `prepared[i]` is `keys[i]` made ready for verification.
+    prepared: Vec<Prepared>,
     rules: ClaimRules,
 }
 
@@ -145,22 +210,12 @@ fn opt_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>,
 
 impl Verifier {
     pub fn new(keys: Vec<VerifyKey>, rules: ClaimRules) -> Self {
-        let hmac = keys
-            .iter()
-            .map(|k| {
-                let alg = match k.alg {
-                    Algorithm::HS256 => hmac::HMAC_SHA256,
-                    Algorithm::HS384 => hmac::HMAC_SHA384,
-                    Algorithm::HS512 => hmac::HMAC_SHA512,
-                    _ => return None,
-                };
-                k.key
-                    .try_get_as_bytes()
-                    .ok()
-                    .map(|secret| hmac::Key::new(alg, secret))
-            })
-            .collect();
-        Verifier { keys, hmac, rules }
+        let prepared = keys.iter().map(Prepared::new).collect();
+        Verifier {
+            keys,
+            prepared,
+            rules,
+        }
     }
 
     pub fn rules(&self) -> &ClaimRules {
@@ -231,36 +286,42 @@ impl Verifier {
         let message_len = h64.len() + 1 + p64.len();
         let message = &token.as_bytes()[..message_len];
         let mut verified = false;
-        let mut hs_signature: Option<Vec<u8>> = None;
+        let mut signature: Option<Vec<u8>> = None;
         for (i, k) in candidates {
-            if let Some(Some(key)) = self.hmac.get(i) {
-                let sig = match &hs_signature {
-                    Some(sig) => sig,
-                    None => hs_signature.insert(
-                        URL_SAFE_NO_PAD
-                            .decode(s64)
-                            .map_err(|_| Reason::MalformedToken)?,
-                    ),
-                };
-                // Constant time; a wrong-length signature is just not valid.
-                if hmac::verify(key, message, sig).is_ok() {
-                    verified = true;
-                    break;
-                }
-                continue;
-            }
-            match jsonwebtoken::crypto::verify(s64, message, &k.key, alg) {
-                Ok(true) => {
-                    verified = true;
-                    break;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    if let jsonwebtoken::errors::ErrorKind::Base64(_) = e.kind() {
-                        return Err(Reason::MalformedToken);
+            let prepared = self.prepared.get(i).unwrap_or(&Prepared::Unprepared);
+            if let Prepared::Unprepared = prepared {
+                match jsonwebtoken::crypto::verify(s64, message, &k.key, alg) {
+                    Ok(true) => {
+                        verified = true;
+                        break;
                     }
-                    // Wrong-length signatures and similar: not a valid signature.
+                    Ok(false) => continue,
+                    Err(e) => {
+                        if let jsonwebtoken::errors::ErrorKind::Base64(_) = e.kind() {
+                            return Err(Reason::MalformedToken);
+                        }
+                        // Wrong-length signatures and similar: not valid.
+                        continue;
+                    }
                 }
+            }
+            let sig = match &signature {
+                Some(sig) => sig,
+                None => signature.insert(
+                    URL_SAFE_NO_PAD
+                        .decode(s64)
+                        .map_err(|_| Reason::MalformedToken)?,
+                ),
+            };
+            let ok = match prepared {
+                // Constant time; a wrong-length signature is just not valid.
+                Prepared::Hmac(key) => hmac::verify(key, message, sig).is_ok(),
+                Prepared::Public(key) => key.verify_sig(message, sig).is_ok(),
+                Prepared::Unprepared => false,
+            };
+            if ok {
+                verified = true;
+                break;
             }
         }
         if !verified {
@@ -739,7 +800,7 @@ mod algorithm_tests {
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
-    fn pair(alg: Algorithm) -> (EncodingKey, DecodingKey) {
+    fn pair_of(alg: Algorithm) -> (EncodingKey, DecodingKey) {
         use Algorithm::*;
         match alg {
             HS256 | HS384 | HS512 => {
@@ -789,7 +850,7 @@ mod algorithm_tests {
     /// aws-lc-rs is compiled in and used for signing and verifying.
     #[test]
     fn crypto_backend_is_compiled_in() {
-        let (ek, dk) = pair(Algorithm::ES256);
+        let (ek, dk) = pair_of(Algorithm::ES256);
         let t = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &ek).expect("sign");
         let v = Verifier::new(
             vec![VerifyKey {
@@ -805,7 +866,7 @@ mod algorithm_tests {
     #[test]
     fn every_algorithm_verifies_and_is_pinned() {
         for alg in ALL {
-            let (ek, dk) = pair(alg);
+            let (ek, dk) = pair_of(alg);
             let v = Verifier::new(
                 vec![VerifyKey {
                     kid: None,
@@ -824,7 +885,7 @@ mod algorithm_tests {
             assert_eq!(v.verify(&bad, NOW), Err(Reason::BadSignature), "{alg:?}");
             // The same key under any other algorithm is refused before crypto.
             for other in ALL.iter().filter(|o| **o != alg) {
-                let (ek2, _) = pair(*other);
+                let (ek2, _) = pair_of(*other);
                 let t2 = jsonwebtoken::encode(&Header::new(*other), &claims(), &ek2).expect("sign");
                 assert_eq!(
                     v.verify(&t2, NOW),
@@ -835,10 +896,78 @@ mod algorithm_tests {
         }
     }
 
+    fn one_key(alg: Algorithm, key: DecodingKey) -> Verifier {
+        Verifier::new(
+            vec![VerifyKey {
+                kid: None,
+                alg,
+                key,
+            }],
+            ClaimRules::default(),
+        )
+    }
+
+    /// JWKS RSA keys arrive as n/e components, prepared by another path than
+    /// PEM keys; both accept the same tokens and refuse the same forgeries.
+    #[test]
+    fn rsa_components_verify_like_pem() {
+        use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RsaPublicKeyComponents};
+        let pkcs8 = pem("rsa.pem");
+        let der = std::str::from_utf8(&pkcs8)
+            .expect("pem")
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<String>();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(der)
+            .expect("b64");
+        let pair = RsaKeyPair::from_pkcs8(&der).expect("pkcs8");
+        let c: RsaPublicKeyComponents<Vec<u8>> = pair.public_key().into();
+        for alg in [Algorithm::RS256, Algorithm::PS512] {
+            let v = one_key(alg, DecodingKey::from_rsa_raw_components(&c.n, &c.e));
+            assert!(matches!(v.prepared[0], Prepared::Public(_)));
+            let (ek, _) = pair_of(alg);
+            let t = jsonwebtoken::encode(&Header::new(alg), &claims(), &ek).expect("sign");
+            assert_eq!(v.verify(&t, NOW).map(|x| x.alg), Ok(alg));
+            let (msg, sig64) = t.rsplit_once('.').expect("3 parts");
+            let mut sig = URL_SAFE_NO_PAD.decode(sig64).expect("b64");
+            sig[0] ^= 1;
+            let forged = format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sig));
+            assert_eq!(v.verify(&forged, NOW), Err(Reason::BadSignature));
+        }
+    }
+
+    /// RSA keys under 2048 bits are refused whichever way they are prepared
+    /// (the token in tests/data is validly signed by the 1024-bit key).
+    #[test]
+    fn short_rsa_keys_are_refused() {
+        let token = String::from_utf8(pem("rsa1024.jwt")).expect("utf8");
+        let token = token.trim();
+        let dk = DecodingKey::from_rsa_pem(&pem("rsa1024.pub.pem")).expect("pem");
+        // Proof that the signature itself is good.
+        let (msg, sig64) = token.rsplit_once('.').expect("3 parts");
+        let spki = std::str::from_utf8(&pem("rsa1024.pub.pem"))
+            .expect("pem")
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<String>();
+        let spki = base64::engine::general_purpose::STANDARD
+            .decode(spki)
+            .expect("b64");
+        let legacy = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+            &spki,
+        );
+        let sig = URL_SAFE_NO_PAD.decode(sig64).expect("b64");
+        assert!(legacy.verify(msg.as_bytes(), &sig).is_ok());
+        let v = one_key(Algorithm::RS256, dk);
+        assert_eq!(v.verify(token, NOW), Err(Reason::BadSignature));
+    }
+
     /// The classic RS256 -> HS256 confusion: HMAC keyed with the public key PEM.
     #[test]
     fn public_key_as_hmac_secret_is_refused() {
-        let (_, dk) = pair(Algorithm::RS256);
+        let (_, dk) = pair_of(Algorithm::RS256);
         let v = Verifier::new(
             vec![VerifyKey {
                 kid: None,
