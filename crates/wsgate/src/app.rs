@@ -57,6 +57,8 @@ pub struct App {
     pub limiter: HandshakeLimiter,
     /// Unfinished handshakes per peer IP (`limits.pending_handshakes_per_ip`).
     pub pending: crate::limiter::PendingHandshakes,
+    /// Addresses dropped in the kernel (`limits.block_after_refusals`).
+    pub blocklist: crate::blocklist::Blocklist,
     pub trusted_proxies: TrustedProxies,
     /// Last result of the periodic store check (`/readyz`).
     pub store_ready: AtomicBool,
@@ -230,6 +232,10 @@ impl App {
                 LIMITER_MAX_KEYS,
             ),
             pending: crate::limiter::PendingHandshakes::default(),
+            blocklist: crate::blocklist::Blocklist::new(
+                config.limits.block_after_refusals,
+                config.limits.block_duration,
+            ),
             trusted_proxies: TrustedProxies::new(config.trusted_proxies.cidrs.clone())
                 .with_header(config.trusted_proxies.header),
             store_ready: AtomicBool::new(true),

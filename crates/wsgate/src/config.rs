@@ -239,6 +239,13 @@ pub struct LimitsConfig {
     pub egress_alert_bytes_per_min: u64,
     /// Also close the socket that crossed the threshold (1008).
     pub egress_alert_close: bool,
+    /// Rate-limit refusals of one address (IPv4, or IPv6 /64) within one
+    /// second after which its new connections are dropped in the kernel
+    /// for `block_duration` (a BPF filter on the listener); 0 = off.
+    /// Direct peers only: never trusted proxies, never with PROXY protocol.
+    pub block_after_refusals: u32,
+    #[serde(deserialize_with = "de::duration")]
+    pub block_duration: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -258,6 +265,8 @@ impl Default for LimitsConfig {
             read_buffer_bytes: 4096,
             egress_alert_bytes_per_min: 0,
             egress_alert_close: false,
+            block_after_refusals: 0,
+            block_duration: Duration::from_secs(60),
         }
     }
 }
@@ -662,6 +671,13 @@ impl Config {
                  unless a TLS-terminating proxy is in front (list it in trusted_proxies.cidrs)",
                 self.server.listen
             ));
+        }
+        if self.limits.block_after_refusals > 0 && self.server.proxy_protocol {
+            w.push(
+                "limits.block_after_refusals has no effect with server.proxy_protocol: every \
+                 packet comes from the balancer, which is never blocked"
+                    .into(),
+            );
         }
         if self.tickets.enabled && self.tickets.secret.is_none() {
             w.push(format!(
@@ -1576,6 +1592,14 @@ impl<'a> Builder<'a> {
                 l.read_buffer_bytes
             ));
         }
+        if l.block_after_refusals > 0
+            && !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&l.block_duration)
+        {
+            self.problem(format!(
+                "limits.block_duration: must be between 1s and 24h, got {}",
+                fmt_dur(l.block_duration)
+            ));
+        }
         if l.ping_interval.is_zero() {
             self.problem("limits.ping_interval: must be greater than 0".into());
         } else if l.ping_interval >= l.idle_timeout && !l.idle_timeout.is_zero() {
@@ -2246,6 +2270,8 @@ mod redact {
             "egress_alert_close".into(),
             Value::Boolean(v.egress_alert_close),
         );
+        t.insert("block_after_refusals".into(), int(v.block_after_refusals));
+        t.insert("block_duration".into(), dur(v.block_duration));
         t
     }
 

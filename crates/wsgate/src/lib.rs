@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod blocklist;
 pub mod clock;
 pub mod config;
 pub mod conn;

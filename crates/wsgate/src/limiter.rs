@@ -64,6 +64,16 @@ impl From<IpAddr> for IpKey {
     }
 }
 
+/// As an address (`10.0.0.1`) or a prefix (`2001:db8:1:2::/64`), for logs.
+impl fmt::Display for IpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpKey::V4(a) => std::net::Ipv4Addr::from(*a).fmt(f),
+            IpKey::V6Prefix64(p) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*p) << 64)),
+        }
+    }
+}
+
 impl IpKey {
     /// One `u64` for the map: 16-byte slots instead of 24 under a flood.
     /// IPv4 takes the values below 2^32, which as /64 prefixes lie in

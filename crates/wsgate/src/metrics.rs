@@ -47,6 +47,8 @@ pub struct Metrics {
     pub egress_alerts: Counter,
     pub schema_rejections: Counter,
     pub ws_recycles: Counter,
+    pub blocks: Counter,
+    pub blocked: Gauge,
     pub upstream_connect: Histogram,
     sessions: Family<TransportLabels, Gauge>,
     /// JWKS refreshes, reloads (keys/mod.rs).
@@ -134,6 +136,18 @@ impl Metrics {
             "Client WebSockets replaced after a large message to give back its buffers",
             ws_recycles.clone(),
         );
+        let blocks = Counter::default();
+        registry.register(
+            "wsgate_address_blocks",
+            "Addresses whose connections were dropped in the kernel after limits.block_after_refusals",
+            blocks.clone(),
+        );
+        let blocked = Gauge::default();
+        registry.register(
+            "wsgate_addresses_blocked",
+            "Addresses (IPv4, or IPv6 /64) blocked in the kernel now",
+            blocked.clone(),
+        );
         let schema_rejections = Counter::default();
         registry.register(
             "wsgate_schema_rejections",
@@ -175,6 +189,8 @@ impl Metrics {
             egress_alerts,
             schema_rejections,
             ws_recycles,
+            blocks,
+            blocked,
             upstream_connect,
             sessions,
             keys,

@@ -142,6 +142,8 @@ fn defaults() {
         ),
         (1000, 64, 256)
     );
+    assert_eq!(l.block_after_refusals, 0, "kernel blocking is opt-in");
+    assert_eq!(l.block_duration, Duration::from_secs(60));
     assert_eq!(c.store.url, "memory://");
     assert!(c.store.is_memory());
     assert_eq!(c.store.key_prefix, "wsgate:");

@@ -92,6 +92,10 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     let addr = bound.main.local_addr()?;
     let admin_addr = bound.admin.local_addr()?;
     let (stop, stopped) = watch::channel(false);
+    if app.blocklist.enabled() {
+        app.blocklist.watch(&bound.main)?;
+        tokio::spawn(expire_blocks(app.clone()));
+    }
     tokio::spawn(watch_store(app.clone()));
     tokio::spawn(prune_limiter(app.clone()));
     tokio::spawn(revocation_feed(app.clone()));
@@ -307,6 +311,45 @@ async fn prune_limiter(app: Arc<App>) {
     }
 }
 
+/// Lifts kernel blocks when they are due (checked every second).
+async fn expire_blocks(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let (ended, change) = app.blocklist.expire(std::time::Instant::now());
+        for key in ended {
+            tracing::info!(event = "address_unblocked", address = %key);
+        }
+        apply_blocks(&app, change);
+    }
+}
+
+/// Counts a rate-limit refusal of a direct peer towards a kernel block.
+fn count_refusal(app: &App, ip: std::net::IpAddr) {
+    let change = app.blocklist.refused(ip, std::time::Instant::now());
+    if change != crate::blocklist::Change::None {
+        app.metrics.blocks.inc();
+        tracing::warn!(
+            event = "address_blocked",
+            address = %crate::limiter::IpKey::from(ip),
+            reason = "rate_limited",
+            seconds = app.config.limits.block_duration.as_secs()
+        );
+        apply_blocks(app, change);
+    }
+}
+
+fn apply_blocks(app: &App, change: crate::blocklist::Change) {
+    if change == crate::blocklist::Change::None {
+        return;
+    }
+    if let Err(e) = app.blocklist.apply(change) {
+        // The 429s go on; only the kernel-side drop is missing.
+        tracing::error!(event = "block_filter_error", error = %e);
+    }
+    app.metrics.blocked.set(app.blocklist.len() as i64);
+}
+
 async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
@@ -410,7 +453,12 @@ where
     } else {
         app.config.limits.pending_handshakes_per_ip
     };
+    // Only a direct peer's own address may be blocked in the kernel.
+    let blockable = cap != 0 && which == Listener::Main && !server.proxy_protocol;
     let Some(pending) = app.pending.acquire(peer.ip(), cap) else {
+        if blockable {
+            count_refusal(&app, peer.ip());
+        }
         return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
     };
     let head = read_head(&mut stream, max_head, timeout).await;
@@ -427,6 +475,9 @@ where
                 && app.limiter.is_limited(peer.ip())
                 && head::is_get_of(&buf, &app.config.server.path) =>
         {
+            if blockable {
+                count_refusal(&app, peer.ip());
+            }
             return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
         }
         Head::Complete(buf) => buf,
