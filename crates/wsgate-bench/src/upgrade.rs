@@ -24,6 +24,10 @@ pub enum Expect {
     Accepted,
     /// Every attempt must get a non-101 HTTP response.
     Rejected,
+    /// No attempt may get 101; refusals, timeouts and connection errors
+    /// all count (an attacker's view when the target drops it in the
+    /// kernel, `limits.block_after_refusals`).
+    Refused,
 }
 
 #[derive(clap::Args, Debug)]
@@ -189,6 +193,7 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
         None => true,
         Some(Expect::Accepted) => rejected_total == 0 && errors_total == 0,
         Some(Expect::Rejected) => tally.accepted == 0 && errors_total == 0,
+        Some(Expect::Refused) => tally.accepted == 0,
     };
     let secs = elapsed.as_secs_f64().max(1e-9);
     let stopped_by = if stop.is_set() {
@@ -229,6 +234,7 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
     if !expect_ok {
         let expected = match args.expect {
             Some(Expect::Rejected) => "rejected",
+            Some(Expect::Refused) => "refused",
             _ => "accepted",
         };
         eprintln!(

@@ -414,7 +414,7 @@ async fn serve_conn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, which: L
 
 async fn serve_tls_or_plain<S>(app: Arc<App>, stream: S, peer: SocketAddr, which: Listener)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
 {
     let tls = match which {
         Listener::Main => app.tls_main.as_ref(),
@@ -439,9 +439,36 @@ where
     }
 }
 
+/// A stream over a TCP socket that can be closed with a reset.
+trait Abortive {
+    /// Makes the coming close a RST (`SO_LINGER` 0) instead of a FIN
+    /// exchange followed by TIME_WAIT: for peers dropped on a timeout, as
+    /// nginx's `reset_timedout_connection` does. Three fewer packets and
+    /// no lingering socket per slowloris cycle.
+    fn reset_on_close(&self);
+}
+
+impl Abortive for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl<S: Abortive> Abortive for Rewind<S> {
+    fn reset_on_close(&self) {
+        self.get_ref().reset_on_close();
+    }
+}
+
+impl<S: Abortive> Abortive for tokio_rustls::server::TlsStream<S> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
 async fn serve_io<S>(app: Arc<App>, mut stream: S, peer: SocketAddr, which: Listener)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
 {
     let server = &app.config.server;
     let timeout = server.handshake_timeout;
@@ -484,8 +511,9 @@ where
         Head::TooLarge => {
             return refuse_early(&app, &mut stream, peer.ip(), Reason::HeadersTooLarge).await;
         }
-        // Slow or silent peers get nothing but a closed socket.
-        Head::TimedOut | Head::Closed => return,
+        // Slow or silent peers get nothing but a reset.
+        Head::TimedOut => return stream.reset_on_close(),
+        Head::Closed => return,
     };
     let io = TokioIo::new(Rewind::new(buf, stream));
     let app2 = app.clone();
