@@ -19,6 +19,11 @@ A=$1 Bn=$2
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-3s}
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
+# Some VMs expose no hardware counters (perf prints "<not supported>"):
+# then only the CPU µs column means anything.
+if perf stat -x, -e instructions:u -- true 2>&1 | grep -q "not supported"; then
+    echo "bench-ab: this machine has no hardware counters; cycles and instructions read 0, only CPU µs counts" >&2
+fi
 for bin in "$A" "$Bn" "$B/wsgate-bench"; do [ -x "$bin" ] || { echo "$bin missing" >&2; exit 1; }; done
 WSGATE_JWT_SECRET=$(random_hex 32)
 export WSGATE_JWT_SECRET
