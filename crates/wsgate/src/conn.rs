@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use wsgate_core::reason::close;
@@ -460,6 +460,19 @@ where
     })
 }
 
+/// A fresh WebSocket over the same stream: tungstenite's buffers back at
+/// their base size. Only once [`recyclable`] said nothing would be lost.
+async fn recycled<S>(
+    ws: WebSocketStream<S>,
+    role: Role,
+    config: WebSocketConfig,
+) -> WebSocketStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    WebSocketStream::from_raw_socket(ws.into_inner(), role, Some(config)).await
+}
+
 /// Per-socket queue towards the client: enough to keep the socket busy,
 /// small enough that a stalled peer holds little memory.
 const CLIENT_QUEUE: usize = 16;
@@ -561,7 +574,11 @@ where
             let Some(wake) = session.next_wakeup() else {
                 break Ended::by_gateway(close::EXPIRED, "token expired");
             };
-            if recycle_at.is_none() && (std::mem::take(&mut large_in) | client_out.take_large()) {
+            if recycle_at.is_none()
+                && (std::mem::take(&mut large_in)
+                    | client_out.take_large()
+                    | up.as_mut().is_some_and(|(_, o)| o.take_large()))
+            {
                 recycle_at = Some(tokio::time::Instant::now() + RECYCLE_AFTER);
                 armed_for = None;
             }
@@ -668,6 +685,7 @@ where
                         };
                     }
                     Io::Read(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
+                        large_in |= m.len() > outbox::LARGE;
                         if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
                             break e;
                         }
@@ -734,17 +752,23 @@ where
                         recycle_at = if last_seen.elapsed() < RECYCLE_AFTER {
                             // Still talking: wait for a quiet second.
                             Some(last_seen + RECYCLE_AFTER)
-                        } else if recyclable(&mut ws, &client_out).await {
-                            let io = ws.into_inner();
+                        } else if recyclable(&mut ws, &client_out).await
+                            && match up.as_mut() {
+                                None => true,
+                                Some((uws, o)) => recyclable(&mut **uws, o).await,
+                            }
+                        {
+                            // Both sides at once: a large message grew the
+                            // buffers of the socket it crossed on each side.
                             // Boxed: this await's state would otherwise sit
                             // in every session's future.
-                            ws = Box::pin(WebSocketStream::from_raw_socket(
-                                io,
-                                Role::Server,
-                                Some(app.client_ws_config),
-                            ))
-                            .await;
+                            ws = Box::pin(recycled(ws, Role::Server, app.client_ws_config)).await;
                             metrics.ws_recycles.inc();
+                            if let Some((uws, o)) = up.take() {
+                                let fresh = Box::pin(recycled(*uws, Role::Client, app.client_ws_config)).await;
+                                up = Some((Box::new(fresh), o));
+                                metrics.ws_recycles.inc();
+                            }
                             None
                         } else {
                             Some(now + RECYCLE_AFTER)

@@ -133,7 +133,7 @@ impl Metrics {
         let ws_recycles = Counter::default();
         registry.register(
             "wsgate_websocket_recycles",
-            "Client WebSockets replaced after a large message to give back its buffers",
+            "WebSockets (client or upstream side) replaced after a large message to give back their buffers",
             ws_recycles.clone(),
         );
         let blocks = Counter::default();

@@ -134,8 +134,9 @@ impl<S> ReadAhead<S> {
         }
     }
 
-    /// Follows WebSocket frames (see the module doc); for a server reading
-    /// a client from the first frame on.
+    /// Follows WebSocket frames (see the module doc), masked or not: a
+    /// server reading a client, or the upstream side reading its server,
+    /// from the first frame on.
     pub fn frames(mut self) -> Self {
         self.frames = Some(Box::default());
         self

@@ -203,8 +203,10 @@ impl Upstream {
             // socket's input buffer for good (4,055 B per proxied client,
             // BENCHMARKS.md); from_raw_socket honours read_buffer_size.
             let (upgraded, protocol) = handshake(io, req).await?;
+            // Frames followed from the first byte after the 101, so that
+            // the session can recycle this socket after a large message.
             let ws = WebSocketStream::from_raw_socket(
-                ReadAhead::new(TokioIo::new(upgraded), read_chunk),
+                ReadAhead::new(TokioIo::new(upgraded), read_chunk).frames(),
                 tokio_tungstenite::tungstenite::protocol::Role::Client,
                 Some(ws_config),
             )
