@@ -482,6 +482,25 @@ async fn both_sockets_are_recycled_after_a_large_message() {
     assert!(m.contains("wsgate_websocket_recycles_total 4"), "{m}");
 }
 
+/// A host name is looked up once and reused (not one lookup per client);
+/// `localhost` may list `::1` first, where nothing listens: the next
+/// address is tried.
+#[tokio::test]
+async fn a_host_name_is_looked_up_once_for_many_clients() {
+    let up = Upstream::start(Mode::Echo).await;
+    let gw = start(
+        &format!("ws://localhost:{}/app?upstream=1", up.addr.port()),
+        "",
+    );
+    for i in 0..3 {
+        let (mut ws, _) = bearer(&gw.url(), &token(&format!("n{i}"))).await.open();
+        assert_eq!(echo(&mut ws, "by name").await, "by name");
+    }
+    let resolved = gw.events("upstream_resolved", 1);
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert!(resolved[0]["addresses"].as_u64().is_some_and(|n| n >= 1));
+}
+
 #[tokio::test]
 async fn close_codes_are_relayed_both_ways() {
     let mut up = Upstream::start(Mode::Echo).await;

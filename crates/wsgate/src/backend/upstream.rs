@@ -66,10 +66,27 @@ const HOP_BY_HOP: [&str; 16] = [
     "authorization",
 ];
 
+/// How long a looked-up upstream address list is used before the name is
+/// looked up again: one lookup per 30 s, not one per client (each lookup is
+/// a blocking `getaddrinfo` on tokio's pool, often a DNS query), while
+/// still following a moved service. IP literals are never looked up.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// Addresses kept from one lookup.
+const MAX_ADDRS: usize = 16;
+
+/// The last successful lookup of the upstream's host name.
+struct Resolved {
+    addrs: Vec<std::net::SocketAddr>,
+    at: std::time::Instant,
+}
+
 /// Where and how to reach the upstream; built once at startup.
 pub struct Upstream {
     host: String,
     port: u16,
+    /// Held across a lookup, so that concurrent clients wait for one
+    /// lookup instead of each starting their own.
+    resolved: tokio::sync::Mutex<Option<Resolved>>,
     authority: String,
     path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -149,6 +166,7 @@ impl Upstream {
         Ok(Upstream {
             host,
             port,
+            resolved: tokio::sync::Mutex::new(None),
             authority,
             path,
             tls,
@@ -185,7 +203,8 @@ impl Upstream {
         let read_chunk = app.config.limits.read_buffer_bytes;
         let req = self.request(auth, client, query, client_ip, who, crate::clock::now_ms())?;
         let attempt = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            let addrs = self.addrs().await?;
+            let tcp = TcpStream::connect(&addrs[..])
                 .await
                 .map_err(|e| fail("connect", &e))?;
             let _ = tcp.set_nodelay(true);
@@ -218,6 +237,56 @@ impl Upstream {
             Err(_) => {
                 tracing::warn!(event = "upstream_error", stage = "timeout", upstream = %self.authority);
                 Err(Reason::UpstreamTimeout)
+            }
+        }
+    }
+
+    /// The upstream's addresses: the IP literal, or the host name's
+    /// addresses as last looked up (at most [`RESOLVE_EVERY`] ago). A failed
+    /// lookup keeps using the previous answer.
+    async fn addrs(&self) -> Result<Vec<std::net::SocketAddr>, Reason> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(vec![std::net::SocketAddr::new(ip, self.port)]);
+        }
+        let mut cached = self.resolved.lock().await;
+        if let Some(r) = cached.as_ref().filter(|r| r.at.elapsed() < RESOLVE_EVERY) {
+            return Ok(r.addrs.clone());
+        }
+        let looked_up = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map(|a| a.take(MAX_ADDRS).collect::<Vec<_>>());
+        match looked_up {
+            Ok(addrs) if !addrs.is_empty() => {
+                tracing::info!(
+                    event = "upstream_resolved",
+                    upstream = %self.authority,
+                    addresses = addrs.len()
+                );
+                *cached = Some(Resolved {
+                    addrs: addrs.clone(),
+                    at: std::time::Instant::now(),
+                });
+                Ok(addrs)
+            }
+            failed => {
+                let error = match failed {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "no addresses".to_owned(),
+                };
+                match cached.as_mut() {
+                    Some(r) => {
+                        tracing::warn!(
+                            event = "upstream_error",
+                            stage = "resolve",
+                            error,
+                            action = "previous addresses kept"
+                        );
+                        // Try again in RESOLVE_EVERY, not on every client.
+                        r.at = std::time::Instant::now();
+                        Ok(r.addrs.clone())
+                    }
+                    None => Err(fail("resolve", &error)),
+                }
             }
         }
     }
