@@ -907,21 +907,24 @@ mod algorithm_tests {
         )
     }
 
+    /// The DER inside a one-block PEM test file.
+    fn der(name: &str) -> Vec<u8> {
+        let body: String = std::str::from_utf8(&pem(name))
+            .expect("pem")
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .expect("b64")
+    }
+
     /// JWKS RSA keys arrive as n/e components, prepared by another path than
     /// PEM keys; both accept the same tokens and refuse the same forgeries.
     #[test]
     fn rsa_components_verify_like_pem() {
         use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RsaPublicKeyComponents};
-        let pkcs8 = pem("rsa.pem");
-        let der = std::str::from_utf8(&pkcs8)
-            .expect("pem")
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect::<String>();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(der)
-            .expect("b64");
-        let pair = RsaKeyPair::from_pkcs8(&der).expect("pkcs8");
+        let pair = RsaKeyPair::from_pkcs8(&der("rsa.pem")).expect("pkcs8");
         let c: RsaPublicKeyComponents<Vec<u8>> = pair.public_key().into();
         for alg in [Algorithm::RS256, Algorithm::PS512] {
             let v = one_key(alg, DecodingKey::from_rsa_raw_components(&c.n, &c.e));
@@ -946,14 +949,7 @@ mod algorithm_tests {
         let dk = DecodingKey::from_rsa_pem(&pem("rsa1024.pub.pem")).expect("pem");
         // Proof that the signature itself is good.
         let (msg, sig64) = token.rsplit_once('.').expect("3 parts");
-        let spki = std::str::from_utf8(&pem("rsa1024.pub.pem"))
-            .expect("pem")
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect::<String>();
-        let spki = base64::engine::general_purpose::STANDARD
-            .decode(spki)
-            .expect("b64");
+        let spki = der("rsa1024.pub.pem");
         let legacy = aws_lc_rs::signature::UnparsedPublicKey::new(
             &sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
             &spki,

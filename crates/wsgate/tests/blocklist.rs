@@ -72,6 +72,14 @@ async fn upgrade_from(src: &str, to: SocketAddr) -> Option<String> {
     Some(head.split(' ').nth(1).unwrap_or("").to_string())
 }
 
+/// One upgrade from `src` spends its burst (101); the next `n` are 429s.
+async fn spend_then_refused(src: &str, to: SocketAddr, n: usize) {
+    assert_eq!(upgrade_from(src, to).await.as_deref(), Some("101"));
+    for _ in 0..n {
+        assert_eq!(upgrade_from(src, to).await.as_deref(), Some("429"));
+    }
+}
+
 async fn metric(gw: &Gateway, name: &str) -> f64 {
     let body = http(gw.admin, "GET", "/metrics", &[], "").await.body;
     body.lines()
@@ -83,16 +91,7 @@ async fn metric(gw: &Gateway, name: &str) -> f64 {
 async fn a_flooding_address_is_dropped_in_the_kernel_then_released() {
     let gw = start("");
     // The burst (1) is spent on a 101; the next five are 429s.
-    assert_eq!(
-        upgrade_from("127.0.0.2", gw.addr).await.as_deref(),
-        Some("101")
-    );
-    for _ in 0..5 {
-        assert_eq!(
-            upgrade_from("127.0.0.2", gw.addr).await.as_deref(),
-            Some("429")
-        );
-    }
+    spend_then_refused("127.0.0.2", gw.addr, 5).await;
     // Now its SYNs are dropped: no connection at all.
     assert!(
         try_connect("127.0.0.2", gw.addr, Duration::from_millis(700))
@@ -136,16 +135,7 @@ async fn a_flooding_address_is_dropped_in_the_kernel_then_released() {
 async fn below_the_threshold_and_trusted_proxies_are_never_blocked() {
     let gw = start("[trusted_proxies]\ncidrs = [\"127.0.0.4/32\"]");
     // Four refusals a second from 127.0.0.5 stay under block_after_refusals.
-    assert_eq!(
-        upgrade_from("127.0.0.5", gw.addr).await.as_deref(),
-        Some("101")
-    );
-    for _ in 0..4 {
-        assert_eq!(
-            upgrade_from("127.0.0.5", gw.addr).await.as_deref(),
-            Some("429")
-        );
-    }
+    spend_then_refused("127.0.0.5", gw.addr, 4).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(upgrade_from("127.0.0.5", gw.addr).await.is_some());
     // A trusted proxy's own address is refused by rate (no forwarded
@@ -170,10 +160,7 @@ async fn ipv6_peers_are_blocked_by_prefix_on_a_dual_stack_listener() {
     let gw = start_on("[::]:0");
     let v6 = SocketAddr::new("::1".parse().expect("v6"), gw.addr.port());
     let v4 = SocketAddr::new("127.0.0.1".parse().expect("v4"), gw.addr.port());
-    assert_eq!(upgrade_from("::1", v6).await.as_deref(), Some("101"));
-    for _ in 0..5 {
-        assert_eq!(upgrade_from("::1", v6).await.as_deref(), Some("429"));
-    }
+    spend_then_refused("::1", v6, 5).await;
     assert!(try_connect("::1", v6, Duration::from_millis(700))
         .await
         .is_none());

@@ -384,6 +384,19 @@ async fn ticket_param_is_not_forwarded() {
     assert_eq!(header(&seen.headers, "x-wsgate-sub"), Some("carol"));
 }
 
+/// The next binary message from the gateway, skipping pings and pongs.
+async fn next_binary(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+) -> tokio_tungstenite::tungstenite::Bytes {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => return b,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected binary, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn frames_are_relayed_intact_both_ways() {
     let mut up = Upstream::start(Mode::Echo).await;
@@ -395,13 +408,7 @@ async fn frames_are_relayed_intact_both_ways() {
     // 1 MiB binary, every byte checked.
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
     ws.send(Message::Binary(big.clone().into())).await.unwrap();
-    let back = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) => break b,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            other => panic!("expected binary, got {other:?}"),
-        }
-    };
+    let back = next_binary(&mut ws).await;
     assert!(back.as_ref() == big.as_slice(), "1 MiB intact");
     assert!(matches!(next_event(&mut seen).await, Message::Binary(b) if b.len() == big.len()));
     // A message in three fragments arrives whole.
@@ -454,13 +461,7 @@ async fn both_sockets_are_recycled_after_a_large_message() {
     let big: Vec<u8> = (0..300_000).map(|i| (i % 251) as u8).collect();
     for round in 0..2 {
         ws.send(Message::Binary(big.clone().into())).await.unwrap();
-        let back = loop {
-            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                Ok(Some(Ok(Message::Binary(b)))) => break b,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                other => panic!("round {round}: expected binary, got {other:?}"),
-            }
-        };
+        let back = next_binary(&mut ws).await;
         assert!(back.as_ref() == big.as_slice(), "round {round}: intact");
         assert!(matches!(next_event(&mut seen).await, Message::Binary(b) if b.len() == big.len()));
         // Quiet past the recycle delay; both sides are replaced meanwhile.

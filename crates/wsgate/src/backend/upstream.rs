@@ -84,6 +84,8 @@ struct Resolved {
 pub struct Upstream {
     host: String,
     port: u16,
+    /// The address, when `host` is an IP literal (never looked up).
+    literal: Option<std::net::SocketAddr>,
     /// Held across a lookup, so that concurrent clients wait for one
     /// lookup instead of each starting their own.
     resolved: tokio::sync::Mutex<Option<Resolved>>,
@@ -164,6 +166,10 @@ impl Upstream {
             }
         };
         Ok(Upstream {
+            literal: host
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, port)),
             host,
             port,
             resolved: tokio::sync::Mutex::new(None),
@@ -245,8 +251,8 @@ impl Upstream {
     /// addresses as last looked up (at most [`RESOLVE_EVERY`] ago). A failed
     /// lookup keeps using the previous answer.
     async fn addrs(&self) -> Result<Vec<std::net::SocketAddr>, Reason> {
-        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
-            return Ok(vec![std::net::SocketAddr::new(ip, self.port)]);
+        if let Some(addr) = self.literal {
+            return Ok(vec![addr]);
         }
         let mut cached = self.resolved.lock().await;
         if let Some(r) = cached.as_ref().filter(|r| r.at.elapsed() < RESOLVE_EVERY) {
