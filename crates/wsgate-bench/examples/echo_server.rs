@@ -6,20 +6,31 @@
 //! "plain Rust echo server" baseline for wsgate's BENCHMARKS.md.
 //!
 //! ```text
-//! cargo run --release -p wsgate-bench --example echo_server -- 127.0.0.1:9001 [READ_BUFFER_BYTES]
+//! cargo run --release -p wsgate-bench --example echo_server -- 127.0.0.1:9001 [READ_BUFFER_BYTES] [h2]
 //! ```
 //!
 //! tungstenite allocates (and touches) a 128 KiB read buffer per socket by
 //! default, which dominates idle memory; the optional second argument sets
 //! `WebSocketConfig::read_buffer_size` to compare, e.g. `4096`.
+//!
+//! With `h2` as third argument the same server speaks HTTP/2 only (prior
+//! knowledge, no TLS) and takes WebSockets as RFC 8441 extended CONNECT
+//! streams, many per connection: the upstream for wsgate's
+//! `backend.upstream_http2` (and HAProxy's `proto h2`). The echo loop and
+//! the WebSocket configuration are the same in both modes. A separate mode,
+//! not a sniff of the first bytes: peeking would add a syscall to every
+//! HTTP/1.1 connection of the reference it already is.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -29,20 +40,30 @@ async fn main() -> std::io::Result<()> {
         None => WebSocketConfig::default(),
         Some(n) => match n.parse::<usize>() {
             Ok(n) if n > 0 => WebSocketConfig::default().read_buffer_size(n),
-            _ => {
-                eprintln!("usage: echo_server [ADDR] [READ_BUFFER_BYTES]");
-                std::process::exit(2);
-            }
+            _ => usage(),
         },
+    };
+    let h2 = match args.next().as_deref() {
+        None => false,
+        Some("h2") => true,
+        Some(_) => usage(),
     };
     let listener = TcpListener::bind(&addr).await?;
     eprintln!(
-        "echo_server listening on ws://{}/ (read buffer {} bytes)",
+        "echo_server listening on ws://{}/ ({}, read buffer {} bytes)",
         listener.local_addr()?,
+        if h2 {
+            "HTTP/2 extended CONNECT"
+        } else {
+            "HTTP/1.1"
+        },
         config.read_buffer_size
     );
     loop {
         match listener.accept().await {
+            Ok((stream, _peer)) if h2 => {
+                tokio::spawn(serve_h2(stream, config));
+            }
             Ok((stream, _peer)) => {
                 tokio::spawn(serve(stream, config));
             }
@@ -62,6 +83,10 @@ async fn serve(stream: TcpStream, config: WebSocketConfig) {
     else {
         return;
     };
+    echo(&mut ws).await;
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
     while let Some(Ok(msg)) = ws.next().await {
         if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
             break;
@@ -69,18 +94,65 @@ async fn serve(stream: TcpStream, config: WebSocketConfig) {
     }
 }
 
+/// One HTTP/2 connection: every `CONNECT` with `:protocol websocket` is
+/// answered `200` and its stream echoed; anything else `400`.
+async fn serve_h2(stream: TcpStream, config: WebSocketConfig) {
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(
+        move |mut req: hyper::Request<hyper::body::Incoming>| async move {
+            let websocket = req.method() == hyper::Method::CONNECT
+                && req
+                    .extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .is_some_and(|p| p.as_str() == "websocket");
+            let mut resp = hyper::Response::new(String::new());
+            if !websocket {
+                *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                return Ok::<_, std::convert::Infallible>(resp);
+            }
+            if offers_jwt(req.headers()) {
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", HeaderValue::from_static("jwt"));
+            }
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(stream) = upgrade.await {
+                    let mut ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(stream),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    echo(&mut ws).await;
+                }
+            });
+            Ok(resp)
+        },
+    );
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .enable_connect_protocol()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+fn usage() -> ! {
+    eprintln!("usage: echo_server [ADDR] [READ_BUFFER_BYTES] [h2]");
+    std::process::exit(2);
+}
+
+fn offers_jwt(h: &HeaderMap) -> bool {
+    h.get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "jwt")
+}
+
 /// Answers `Sec-WebSocket-Protocol: jwt` if the client offered `jwt`.
 // The signature is tungstenite's handshake `Callback`; its error type is not ours to shrink.
 #[allow(clippy::result_large_err)]
 fn select_jwt(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
-    let offers_jwt = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == "jwt");
-    if offers_jwt {
+    if offers_jwt(req.headers()) {
         resp.headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static("jwt"));
     }

@@ -178,7 +178,10 @@ impl App {
             }
         });
         let upstream = if config.backend.kind == crate::config::BackendKind::Upstream {
-            match crate::backend::upstream::Upstream::load(&config.backend) {
+            match crate::backend::upstream::Upstream::load(
+                &config.backend,
+                metrics.upstream_http2_connections.clone(),
+            ) {
                 Ok(u) => Some(u),
                 Err(e) => return Err(vec![e]),
             }

@@ -319,6 +319,10 @@ pub struct BackendConfig {
     pub kind: BackendKind,
     pub upstream: Option<String>,
     pub upstream_ca_file: Option<PathBuf>,
+    /// Upstream WebSockets as RFC 8441 streams of shared HTTP/2 connections.
+    pub upstream_http2: bool,
+    /// The most streams the gateway opens on one HTTP/2 connection.
+    pub upstream_http2_streams: usize,
     pub message_schema_file: Option<PathBuf>,
     /// HMAC key signing the identity headers forwarded upstream.
     pub identity_secret: Option<Secret>,
@@ -549,6 +553,8 @@ struct RawBackend {
     kind: BackendKind,
     upstream: Option<String>,
     upstream_ca_file: Option<PathBuf>,
+    upstream_http2: bool,
+    upstream_http2_streams: usize,
     message_schema_file: Option<PathBuf>,
     identity_secret_env: Option<String>,
     identity_secret_file: Option<PathBuf>,
@@ -562,6 +568,8 @@ impl Default for RawBackend {
             kind: BackendKind::Hub,
             upstream: None,
             upstream_ca_file: None,
+            upstream_http2: false,
+            upstream_http2_streams: 100,
             message_schema_file: None,
             identity_secret_env: None,
             identity_secret_file: None,
@@ -598,6 +606,9 @@ const MAX_TICKET_TTL: Duration = Duration::from_secs(60);
 const MIN_HEADER_BYTES: usize = 1024;
 const MAX_HEADER_BYTES: usize = 1024 * 1024;
 const MIN_SHARED_SECRET: usize = 32;
+/// Streams per upstream HTTP/2 connection: past a few thousand one
+/// connection (one task, one socket) becomes the bottleneck.
+const MAX_HTTP2_STREAMS: usize = 10_000;
 const SHORT_ADMIN_TOKEN: usize = 16;
 
 impl Config {
@@ -1706,10 +1717,18 @@ impl<'a> Builder<'a> {
         if raw.connect_timeout.is_zero() {
             self.problem("backend.connect_timeout: must be greater than 0".into());
         }
+        if !(1..=MAX_HTTP2_STREAMS).contains(&raw.upstream_http2_streams) {
+            self.problem(format!(
+                "backend.upstream_http2_streams: must be 1..={MAX_HTTP2_STREAMS}, got {}",
+                raw.upstream_http2_streams
+            ));
+        }
         BackendConfig {
             kind: raw.kind,
             upstream: raw.upstream,
             upstream_ca_file,
+            upstream_http2: raw.upstream_http2,
+            upstream_http2_streams: raw.upstream_http2_streams,
             message_schema_file,
             identity_secret,
             connect_timeout: raw.connect_timeout,
@@ -2285,6 +2304,11 @@ mod redact {
         if let Some(p) = &v.upstream_ca_file {
             t.insert("upstream_ca_file".into(), path(p));
         }
+        t.insert("upstream_http2".into(), Value::Boolean(v.upstream_http2));
+        t.insert(
+            "upstream_http2_streams".into(),
+            int(v.upstream_http2_streams),
+        );
         if let Some(p) = &v.message_schema_file {
             t.insert("message_schema_file".into(), path(p));
         }

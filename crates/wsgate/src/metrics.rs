@@ -50,6 +50,7 @@ pub struct Metrics {
     pub blocks: Counter,
     pub blocked: Gauge,
     pub upstream_connect: Histogram,
+    pub upstream_http2_connections: Gauge,
     sessions: Family<TransportLabels, Gauge>,
     /// JWKS refreshes, reloads (keys/mod.rs).
     pub keys: std::sync::Arc<crate::keys::KeyMetrics>,
@@ -161,6 +162,12 @@ impl Metrics {
             "Time to open the upstream WebSocket (TCP, TLS and handshake)",
             upstream_connect.clone(),
         );
+        let upstream_http2_connections = Gauge::default();
+        registry.register(
+            "wsgate_upstream_http2_connections",
+            "HTTP/2 connections open to the upstream (backend.upstream_http2)",
+            upstream_http2_connections.clone(),
+        );
         let sessions = Family::<TransportLabels, Gauge>::default();
         registry.register(
             "wsgate_sessions_active",
@@ -192,6 +199,7 @@ impl Metrics {
             blocks,
             blocked,
             upstream_connect,
+            upstream_http2_connections,
             sessions,
             keys,
         }

@@ -56,6 +56,20 @@ struct Upstream {
     addr: SocketAddr,
     seen: mpsc::UnboundedReceiver<Seen>,
     sent: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    accepted: Arc<AtomicUsize>,
+}
+
+/// How the HTTP/2 test upstream behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum H2Mode {
+    /// RFC 8441: echoes like `Mode::Echo`; a text `flood` turns the
+    /// stream into `Mode::Flood`.
+    Echo,
+    /// An HTTP/2 server that never enables extended CONNECT.
+    NoExtendedConnect,
+    /// Answers every CONNECT `403`.
+    Forbidden,
 }
 
 impl Upstream {
@@ -64,15 +78,45 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let (tx, seen) = mpsc::unbounded_channel();
         let sent = Arc::new(AtomicUsize::new(0));
-        let counter = sent.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (counter, conns) = (sent.clone(), accepted.clone());
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
                 let tx = tx.clone();
                 let counter = counter.clone();
                 tokio::spawn(serve(s, mode, tx, counter));
             }
         });
-        Upstream { addr, seen, sent }
+        Upstream {
+            addr,
+            seen,
+            sent,
+            accepted,
+        }
+    }
+
+    /// An HTTP/2-only upstream (prior knowledge): WebSockets as extended
+    /// CONNECT streams.
+    async fn start_h2(mode: H2Mode) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (counter, conns) = (sent.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_h2(s, mode, tx.clone(), counter.clone()));
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            sent,
+            accepted,
+        }
     }
 
     fn url(&self) -> String {
@@ -173,26 +217,44 @@ async fn serve(
         let _ = req_tx.send((req.uri().to_string(), req.headers().clone()));
         Ok(resp)
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, callback).await else {
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(s, callback).await else {
         return;
     };
     let (uri, headers) = req_rx.recv().unwrap();
+    relay(ws, mode, uri, headers, tx, sent).await;
+}
+
+/// The upstream's side of an open WebSocket: reports it, then echoes (or
+/// floods) as `mode` says.
+async fn relay<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    mode: Mode,
+    uri: String,
+    headers: HeaderMap,
+    tx: mpsc::UnboundedSender<Seen>,
+    sent: Arc<AtomicUsize>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (ev_tx, events) = mpsc::unbounded_channel();
     let _ = tx.send(Seen {
         uri,
         headers,
         events,
     });
-    if mode == Mode::Flood {
+    let flood = |mut ws: tokio_tungstenite::WebSocketStream<S>, sent: Arc<AtomicUsize>| async move {
         let chunk = vec![7u8; 64 * 1024];
         while ws.send(Message::Binary(chunk.clone().into())).await.is_ok() {
             sent.fetch_add(1, Ordering::SeqCst);
         }
-        return;
+    };
+    if mode == Mode::Flood {
+        return flood(ws, sent).await;
     }
     while let Some(Ok(m)) = ws.next().await {
         let _ = ev_tx.send(m.clone());
         match m {
+            Message::Text(t) if t.as_str() == "flood" => return flood(ws, sent).await,
             Message::Text(t) if t.starts_with("close:") => {
                 let mut it = t.splitn(3, ':').skip(1);
                 let code: u16 = it.next().unwrap().parse().unwrap();
@@ -211,6 +273,65 @@ async fn serve(
             _ => {}
         }
     }
+}
+
+/// One HTTP/2 connection of the test upstream: each extended CONNECT with
+/// `:protocol websocket` becomes a WebSocket stream (RFC 8441).
+async fn serve_h2(
+    s: TcpStream,
+    mode: H2Mode,
+    tx: mpsc::UnboundedSender<Seen>,
+    sent: Arc<AtomicUsize>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let (tx, sent) = (tx.clone(), sent.clone());
+            async move {
+                let mut resp = hyper::Response::new(String::new());
+                let websocket = req.method() == hyper::Method::CONNECT
+                    && req
+                        .extensions()
+                        .get::<hyper::ext::Protocol>()
+                        .is_some_and(|p| p.as_str() == "websocket");
+                if !websocket || mode == H2Mode::Forbidden {
+                    *resp.status_mut() = hyper::StatusCode::FORBIDDEN;
+                    return Ok::<_, std::convert::Infallible>(resp);
+                }
+                if let Some(p) = req
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                {
+                    resp.headers_mut()
+                        .insert("sec-websocket-protocol", p.trim().parse().unwrap());
+                }
+                let uri = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                let headers = req.headers().clone();
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(stream) = on.await else { return };
+                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(stream),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    relay(ws, Mode::Echo, uri, headers, tx, sent).await;
+                });
+                Ok(resp)
+            }
+        });
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    if mode != H2Mode::NoExtendedConnect {
+        b.enable_connect_protocol();
+    }
+    let _ = b.serve_connection(TokioIo::new(s), service).await;
 }
 
 fn config(upstream: &str, extra: &str) -> String {
@@ -775,4 +896,234 @@ async fn wss_upstream_is_verified_against_the_configured_ca() {
         .logs()
         .iter()
         .any(|l| l.contains("upstream_error") && l.contains("\"stage\":\"tls\"")));
+}
+
+/// A gateway relaying to `upstream` over HTTP/2 (RFC 8441).
+fn start_h2(upstream: &str, backend_extra: &str) -> Gateway {
+    let cfg = config(upstream, "").replace(
+        "kind = \"upstream\"",
+        &format!("kind = \"upstream\"\nupstream_http2 = true\n{backend_extra}"),
+    );
+    Gateway::start_with_env(
+        &cfg,
+        &[
+            ("WSGATE_ADMIN_TOKEN", ADMIN),
+            ("TEST_IDENTITY_SECRET", IDENTITY_SECRET),
+        ],
+    )
+}
+
+async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
+    let m = http(gw.admin, "GET", "/metrics", &[], "").await.body;
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn http2_upstream_carries_many_clients_on_one_connection() {
+    let mut up = Upstream::start_h2(H2Mode::Echo).await;
+    let gw = start_h2(&up.url(), "");
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let tok = token(&format!("h2-{i}"));
+        let (mut ws, resp) = upgrade(
+            &format!("{}?room={i}", gw.url()),
+            &[
+                ("authorization", &format!("Bearer {tok}")),
+                ("cookie", "session=not-the-token; theme=dark"),
+                ("x-wsgate-sub", "mallory"),
+                ("sec-websocket-protocol", "chat.v2"),
+            ],
+        )
+        .await
+        .open();
+        let seen = up.next().await;
+        let h = &seen.headers;
+        assert_eq!(header(h, "x-wsgate-sub"), Some(format!("h2-{i}").as_str()));
+        assert_eq!(h.get_all("x-wsgate-sub").iter().count(), 1);
+        assert!(signature_ok(h), "signature verifies: {h:?}");
+        assert_eq!(header(h, "cookie"), Some("theme=dark"));
+        assert_eq!(header(h, "sec-websocket-version"), Some("13"));
+        // RFC 8441 5: no HTTP/1.1 upgrade headers on an HTTP/2 stream.
+        for n in [
+            "authorization",
+            "sec-websocket-key",
+            "upgrade",
+            "connection",
+            "host",
+        ] {
+            assert!(h.get(n).is_none(), "{n} forwarded: {h:?}");
+        }
+        assert_eq!(seen.uri, format!("/app?upstream=1&room={i}"));
+        // The upstream's choice of subprotocol reaches the client.
+        assert_eq!(header(&resp, "sec-websocket-protocol"), Some("chat.v2"));
+        assert_eq!(echo(&mut ws, &format!("m{i}")).await, format!("m{i}"));
+        clients.push((ws, seen));
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "one HTTP/2 connection"
+    );
+    assert_eq!(
+        metric(&gw, "wsgate_upstream_http2_connections").await,
+        Some(1.0)
+    );
+    // Interleaved traffic stays on its own stream, binary intact.
+    for (i, (ws, _)) in clients.iter_mut().enumerate().rev() {
+        let payload: Vec<u8> = (0..70_000u32).map(|b| (b as u8) ^ (i as u8)).collect();
+        ws.send(Message::Binary(payload.clone().into()))
+            .await
+            .unwrap();
+        assert_eq!(next_binary(ws).await.as_ref(), &payload[..]);
+    }
+    // Close codes both ways, per stream.
+    let (mut ws, mut seen) = clients.pop().unwrap();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "done here".into(),
+    }))
+    .await
+    .unwrap();
+    // (after the echoes this stream carried)
+    let close = loop {
+        match next_event(&mut seen).await {
+            Message::Text(_) | Message::Binary(_) => continue,
+            other => break other,
+        }
+    };
+    match close {
+        Message::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4000, "done here"))
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    let (ws, _) = &mut clients[0];
+    ws.send(Message::Text("close:4321:see you".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(ws, Duration::from_secs(5)).await,
+        (4321, "see you".into())
+    );
+    // The other streams of the connection are untouched.
+    let (ws, _) = &mut clients[1];
+    assert_eq!(echo(ws, "still here").await, "still here");
+}
+
+#[tokio::test]
+async fn http2_streams_per_connection_are_bounded_and_given_back() {
+    let mut up = Upstream::start_h2(H2Mode::Echo).await;
+    let gw = start_h2(&up.url(), "upstream_http2_streams = 2");
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let (ws, _) = bearer(&gw.url(), &token(&format!("s{i}"))).await.open();
+        let _ = up.next().await;
+        open.push(ws);
+    }
+    // Two streams fill the first connection; the third client opens a second.
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        metric(&gw, "wsgate_upstream_http2_connections").await,
+        Some(2.0)
+    );
+    // Closed clients give their streams back: new ones reuse the connections.
+    for mut ws in open.drain(..) {
+        ws.close(None).await.unwrap();
+        let _ = close_code(&mut ws, Duration::from_secs(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..4 {
+        let (mut ws, _) = bearer(&gw.url(), &token(&format!("t{i}"))).await.open();
+        let _ = up.next().await;
+        assert_eq!(echo(&mut ws, "again").await, "again");
+        open.push(ws);
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2, "no new connection");
+}
+
+#[tokio::test]
+async fn http2_upstream_revocation_closes_the_stream() {
+    let mut up = Upstream::start_h2(H2Mode::Echo).await;
+    let gw = start_h2(&up.url(), "");
+    let (mut ws, _) = bearer(&gw.url(), &token("hank")).await.open();
+    let mut seen = up.next().await;
+    let r = http(
+        gw.admin,
+        "POST",
+        "/admin/v1/revoke",
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        r#"{"sub":"hank"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 4403);
+    match next_event(&mut seen).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4403),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http2_upstream_that_refuses_or_cannot_is_502() {
+    // An HTTP/2 server without SETTINGS_ENABLE_CONNECT_PROTOCOL.
+    let up = Upstream::start_h2(H2Mode::NoExtendedConnect).await;
+    let gw = start_h2(&up.url(), "connect_timeout = \"2s\"");
+    bearer(&gw.url(), &token("ivy"))
+        .await
+        .refused(502, "upstream_unavailable");
+    assert!(gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("upstream_error") && l.contains("extended CONNECT")));
+    // A CONNECT answered 403.
+    let up = Upstream::start_h2(H2Mode::Forbidden).await;
+    let gw = start_h2(&up.url(), "");
+    bearer(&gw.url(), &token("ivy"))
+        .await
+        .refused(502, "upstream_unavailable");
+    // An HTTP/1.1-only upstream does not understand the preface.
+    let up = Upstream::start(Mode::Echo).await;
+    let gw = start_h2(&up.url(), "connect_timeout = \"2s\"");
+    let refused = bearer(&gw.url(), &token("ivy")).await;
+    refused.refused(502, "upstream_unavailable");
+    let m = http(gw.admin, "GET", "/metrics", &[], "").await.body;
+    assert!(m.contains("wsgate_connections_active 0"), "{m}");
+}
+
+#[tokio::test]
+async fn http2_a_stalled_client_stalls_its_stream_only() {
+    let mut up = Upstream::start_h2(H2Mode::Echo).await;
+    let gw = start_h2(&up.url(), "");
+    let (mut slow, _) = bearer(&gw.url(), &token("kim")).await.open();
+    let _ = up.next().await;
+    let (mut fast, _) = bearer(&gw.url(), &token("lou")).await.open();
+    let _ = up.next().await;
+    slow.send(Message::Text("flood".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = up.sent.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        stalled,
+        up.sent.load(Ordering::SeqCst),
+        "upstream kept sending"
+    );
+    // The stream window and the gateway's queues, not the kernel's
+    // buffers, bound it: a few hundred KiB to a few MiB.
+    assert!(stalled < 100, "{stalled} messages buffered");
+    // The other stream of the same connection is not held up.
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    for i in 0..20 {
+        let m = format!("f{i}");
+        assert_eq!(echo(&mut fast, &m).await, m);
+    }
+    // Reading resumes the flood, every message intact.
+    for _ in 0..(stalled + 50) {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(b.len(), 64 * 1024),
+            Ok(Some(Ok(Message::Ping(_)))) => {}
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+    assert!(up.sent.load(Ordering::SeqCst) > stalled);
 }

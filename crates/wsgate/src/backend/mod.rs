@@ -2,4 +2,5 @@
 //! `hub` are served here; `upstream` relays to another WebSocket service.
 
 pub mod hub;
+pub mod multiplex;
 pub mod upstream;

@@ -7,9 +7,14 @@
 //! credential: `Authorization`, the session cookie, the ticket/token query
 //! parameters and the token subprotocol are removed, and any `X-Wsgate-*`
 //! header the client sent is dropped so it cannot forge an identity.
+//!
+//! The WebSocket is an HTTP/1.1 upgrade on its own TCP connection, or with
+//! `backend.upstream_http2` an RFC 8441 stream on a shared HTTP/2
+//! connection (multiplex.rs).
 
+use super::multiplex;
 use crate::config::{AuthConfig, BackendConfig};
-use crate::readahead::ReadAhead;
+use crate::readahead::{delegate_async_write, ReadAhead};
 use crate::server::upgrade::header_has_token;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -18,9 +23,11 @@ use http::{HeaderMap, HeaderValue, Request, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -34,9 +41,28 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// An open WebSocket to the upstream: hyper's upgraded connection (plain or
-/// TLS), with any bytes the upstream sent right after its `101` kept in
-/// front, read as the client side is (readahead.rs).
-pub type UpstreamWs = WebSocketStream<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
+/// TLS) or HTTP/2 stream, with any bytes the upstream sent right after its
+/// `101` kept in front, read as the client side is (readahead.rs).
+pub type UpstreamWs = WebSocketStream<ReadAhead<Tunnel<TokioIo<hyper::upgrade::Upgraded>>>>;
+
+/// The upstream byte stream, holding its place on a shared HTTP/2
+/// connection (if it is a stream of one) for as long as it lives.
+pub struct Tunnel<S> {
+    inner: S,
+    _slot: Option<multiplex::Slot>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tunnel<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+delegate_async_write!(Tunnel);
 
 /// Identity headers sent upstream.
 pub const SUB: &str = "x-wsgate-sub";
@@ -92,6 +118,8 @@ pub struct Upstream {
     authority: String,
     path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The shared HTTP/2 connections (`backend.upstream_http2`).
+    h2: Option<multiplex::Pool>,
     identity_key: Option<aws_lc_rs::hmac::Key>,
     timeout: Duration,
     schema: Option<jsonschema::Validator>,
@@ -106,7 +134,11 @@ pub struct Identity<'a> {
 
 impl Upstream {
     /// Reads the backend configuration; errors are startup errors.
-    pub fn load(cfg: &BackendConfig) -> Result<Self, String> {
+    /// `connections` counts the open HTTP/2 connections.
+    pub fn load(
+        cfg: &BackendConfig,
+        connections: prometheus_client::metrics::gauge::Gauge,
+    ) -> Result<Self, String> {
         let url = cfg
             .upstream
             .as_deref()
@@ -134,9 +166,12 @@ impl Upstream {
             .unwrap_or_else(|| "/".into());
         let tls = if secure {
             let roots = roots(cfg.upstream_ca_file.as_deref())?;
-            let config = rustls::ClientConfig::builder()
+            let mut config = rustls::ClientConfig::builder()
                 .with_root_certificates(roots)
                 .with_no_client_auth();
+            if cfg.upstream_http2 {
+                config.alpn_protocols = vec![b"h2".to_vec()];
+            }
             let name = ServerName::try_from(host.clone())
                 .map_err(|e| format!("backend.upstream: {host:?} is not a valid TLS name: {e}"))?;
             Some((TlsConnector::from(Arc::new(config)), name))
@@ -176,6 +211,13 @@ impl Upstream {
             authority,
             path,
             tls,
+            h2: cfg.upstream_http2.then(|| {
+                multiplex::Pool::new(
+                    cfg.upstream_http2_streams,
+                    cfg.connect_timeout / 2,
+                    connections,
+                )
+            }),
             identity_key,
             timeout: cfg.connect_timeout,
             schema,
@@ -209,29 +251,30 @@ impl Upstream {
         let read_chunk = app.config.limits.read_buffer_bytes;
         let req = self.request(auth, client, query, client_ip, who, crate::clock::now_ms())?;
         let attempt = async {
-            let addrs = self.addrs().await?;
-            let tcp = TcpStream::connect(&addrs[..])
-                .await
-                .map_err(|e| fail("connect", &e))?;
-            let _ = tcp.set_nodelay(true);
-            let io: Box<dyn Io> = match &self.tls {
-                None => Box::new(tcp),
-                Some((connector, name)) => Box::new(
-                    connector
-                        .connect(name.clone(), tcp)
-                        .await
-                        .map_err(|e| fail("tls", &e))?,
-                ),
+            let (upgraded, protocol, slot) = match &self.h2 {
+                // The HTTP upgrade by hyper, not tungstenite's client
+                // handshake: tungstenite's turns its 4 KiB handshake buffer
+                // into the socket's input buffer for good (4,055 B per
+                // proxied client, BENCHMARKS.md); from_raw_socket honours
+                // read_buffer_size.
+                None => {
+                    let (upgraded, protocol) = handshake(self.dial().await?, req).await?;
+                    (upgraded, protocol, None)
+                }
+                Some(pool) => {
+                    let (mut sender, slot) = pool.acquire(|| self.dial()).await?;
+                    let (upgraded, protocol) = multiplex::open(&mut sender, req).await?;
+                    (upgraded, protocol, Some(slot))
+                }
             };
-            // The HTTP upgrade by hyper, not tungstenite's client handshake:
-            // tungstenite's turns its 4 KiB handshake buffer into the
-            // socket's input buffer for good (4,055 B per proxied client,
-            // BENCHMARKS.md); from_raw_socket honours read_buffer_size.
-            let (upgraded, protocol) = handshake(io, req).await?;
+            let tunnel = Tunnel {
+                inner: TokioIo::new(upgraded),
+                _slot: slot,
+            };
             // Frames followed from the first byte after the 101, so that
             // the session can recycle this socket after a large message.
             let ws = WebSocketStream::from_raw_socket(
-                ReadAhead::new(TokioIo::new(upgraded), read_chunk).frames(),
+                ReadAhead::new(tunnel, read_chunk).frames(),
                 tokio_tungstenite::tungstenite::protocol::Role::Client,
                 Some(ws_config),
             )
@@ -245,6 +288,29 @@ impl Upstream {
                 Err(Reason::UpstreamTimeout)
             }
         }
+    }
+
+    /// A TCP connection (TLS over it for `wss://`, `h2` negotiated by ALPN
+    /// with `backend.upstream_http2`) to the first address that accepts.
+    async fn dial(&self) -> Result<Box<dyn Io>, Reason> {
+        let addrs = self.addrs().await?;
+        let tcp = TcpStream::connect(&addrs[..])
+            .await
+            .map_err(|e| fail("connect", &e))?;
+        let _ = tcp.set_nodelay(true);
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|e| fail("tls", &e))?;
+        // Without ALPN `h2` the server would read the HTTP/2 preface as a
+        // broken HTTP/1.1 request.
+        if self.h2.is_some() && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(fail("tls", &"the upstream did not negotiate h2 (ALPN)"));
+        }
+        Ok(Box::new(tls))
     }
 
     /// The upstream's addresses: the IP literal, or the host name's
@@ -298,7 +364,10 @@ impl Upstream {
     }
 
     /// The upstream handshake request: the client's headers minus its
-    /// credential and this hop's headers, plus the identity.
+    /// credential and this hop's headers, plus the identity. An HTTP/1.1
+    /// `GET` with `Upgrade: websocket`, or over HTTP/2 an extended
+    /// `CONNECT` with `:protocol websocket` (no key, no `Upgrade`, no
+    /// `Connection`: RFC 8441 5).
     fn request(
         &self,
         auth: &AuthConfig,
@@ -313,12 +382,29 @@ impl Upstream {
             Some(q) => format!("{}?{q}", self.path),
             None => self.path.clone(),
         };
-        // tungstenite wants the absolute URL; only its path goes on the wire.
-        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        // Absolute: HTTP/1.1 sends only the path (see `handshake`), HTTP/2
+        // the parts as :scheme, :authority and :path.
+        let scheme = match (self.h2.is_some(), self.tls.is_some()) {
+            (false, false) => "ws",
+            (false, true) => "wss",
+            (true, false) => "http",
+            (true, true) => "https",
+        };
         let url = format!("{scheme}://{}{path}", self.authority);
-        let mut req = Request::get(url.as_str())
+        let method = if self.h2.is_some() {
+            http::Method::CONNECT
+        } else {
+            http::Method::GET
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url.as_str())
             .body(())
             .map_err(|e| fail("request", &e))?;
+        if self.h2.is_some() {
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+        }
         let h = req.headers_mut();
         for (name, value) in client {
             if forwardable(name) {
@@ -336,14 +422,22 @@ impl Upstream {
                 h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
             }
         }
-        let fixed = [
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        let upgrade = [
             (header::HOST, self.authority.clone()),
             (header::CONNECTION, "Upgrade".into()),
             (header::UPGRADE, "websocket".into()),
-            (header::SEC_WEBSOCKET_VERSION, "13".into()),
             (header::SEC_WEBSOCKET_KEY, generate_key()),
         ];
-        for (name, value) in fixed {
+        let fixed = if self.h2.is_some() {
+            &[][..]
+        } else {
+            &upgrade[..]
+        };
+        for (name, value) in fixed.iter().cloned() {
             let v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;
             h.insert(name, v);
         }
@@ -490,7 +584,6 @@ fn forwarded_query(auth: &AuthConfig, query: Option<&str>) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-/// Logs an upstream failure (never the request, which may carry claims).
 /// RFC 6455 4.1 from the client's side, over hyper: sends `req` (its URI
 /// absolute, as built by `request`), and accepts only a `101` whose
 /// `Upgrade`, `Connection` and `Sec-WebSocket-Accept` match and whose
@@ -551,6 +644,15 @@ fn check_upgrade(
     {
         return Err(fail("handshake", &"not a WebSocket upgrade"));
     }
+    chosen_protocol(h, offered)
+}
+
+/// The subprotocol of an upstream's answer, if any: refused unless the
+/// gateway offered it.
+pub(super) fn chosen_protocol(
+    h: &HeaderMap,
+    offered: Option<&HeaderValue>,
+) -> Result<Option<String>, Reason> {
     let Some(chosen) = h.get(header::SEC_WEBSOCKET_PROTOCOL) else {
         return Ok(None);
     };
@@ -564,7 +666,8 @@ fn check_upgrade(
     Ok(Some(chosen.to_owned()))
 }
 
-fn fail(stage: &'static str, e: &dyn std::fmt::Display) -> Reason {
+/// Logs an upstream failure (never the request, which may carry claims).
+pub(super) fn fail(stage: &'static str, e: &dyn std::fmt::Display) -> Reason {
     tracing::warn!(event = "upstream_error", stage, error = %e);
     Reason::UpstreamUnavailable
 }
