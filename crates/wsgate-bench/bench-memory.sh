@@ -10,6 +10,8 @@
 # use fewer CONNECTIONS, e.g. 1000 for 1 MiB).
 # UPSTREAM=1: also wsgate in upstream mode in front of the echo server
 # (two files per client: CONNECTIONS=9000 under a 20,000-file limit).
+# UPSTREAM_HTTP2=1: also upstream mode over HTTP/2 (backend.upstream_http2,
+# the echo server in its h2 mode; one file per client).
 #
 #   crates/wsgate-bench/bench-memory.sh     (after cargo build --release -p wsgate -p wsgate-bench --bins --examples)
 set -euo pipefail
@@ -54,4 +56,17 @@ if [ "${UPSTREAM:-0}" = 1 ]; then
     srv=$last_pid
     wait_ready "$T/gw-up.log"
     measure "wsgate (HS256, upstream backend)" ws://127.0.0.1:18080/ws
+fi
+if [ "${UPSTREAM_HTTP2:-0}" = 1 ]; then
+    # Upstream mode over HTTP/2 (backend.upstream_http2): the clients'
+    # upstream WebSockets are streams of a few shared connections to the
+    # echo server in its HTTP/2 mode (one file per client).
+    bg taskset -c 1 "$B/examples/echo_server" 127.0.0.1:19002 4096 h2 >/dev/null 2>&1
+    sleep 0.5
+    sed 's/^kind = "echo"/kind = "upstream"\nupstream = "ws:\/\/127.0.0.1:19002\/ws"\nupstream_http2 = true/' \
+        "$here/configs/storm.toml" >"$T/storm-upstream-h2.toml"
+    bg taskset -c 0 "$B/wsgate" serve --config "$T/storm-upstream-h2.toml" >"$T/gw-up-h2.log" 2>&1
+    srv=$last_pid
+    wait_ready "$T/gw-up-h2.log"
+    measure "wsgate (HS256, upstream backend over HTTP/2)" ws://127.0.0.1:18080/ws
 fi

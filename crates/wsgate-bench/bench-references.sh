@@ -9,6 +9,14 @@
 #   wsgate bad-sig     wsgate, bad signatures                  (configs/hs256.toml)
 #   haproxy+upstream   HAProxy jwt_verify -> echo-server       (references/haproxy)
 #   wsgate+upstream    wsgate upstream mode -> echo-server     (configs/proxy.toml)
+#   haproxy+upstream h2  the same, HTTP/2 to the echo-server   (`proto h2`, `http-reuse always`)
+#   wsgate+upstream h2   the same, HTTP/2 to the echo-server   (configs/proxy-h2.toml)
+#
+# In the two h2 rows the echo server runs in its HTTP/2 mode (RFC 8441:
+# every client's upstream WebSocket is a stream of a shared connection);
+# HAProxy gets the settings that make it share connections too (with its
+# default `http-reuse safe` it opens a connection per client and costs
+# more than over HTTP/1.1). H2=0 skips them.
 #
 # The server process(es) run on core $SERVER_CORE (a proxy and its upstream
 # share it, as on one host), the load generator on $BENCH_CORE. After a
@@ -25,7 +33,7 @@
 # package (installed with apt-get if missing).
 #
 # Environment: ROUNDS (2), DURATION (10s), WARMUP (1s), CONCURRENCY (32),
-# SERVER_CORE (0), BENCH_CORE (1), TOKENS (4).
+# SERVER_CORE (0), BENCH_CORE (1), TOKENS (4), H2 (1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -38,6 +46,7 @@ CONCURRENCY=${CONCURRENCY:-32}
 SERVER_CORE=${SERVER_CORE:-0}
 BENCH_CORE=${BENCH_CORE:-1}
 TOKENS=${TOKENS:-4}
+H2=${H2:-1}
 
 die() {
     echo "bench-references: $*" >&2
@@ -93,6 +102,7 @@ done >"$T/bad.tok"
 
 # --- one measurement -----------------------------------------------------------
 ECHO_ADDR=127.0.0.1:19001 # configs/proxy.toml's upstream
+ECHO_H2_ADDR=127.0.0.1:19002 # configs/proxy-h2.toml's upstream
 NODE_ADDR=127.0.0.1:18780
 HAPROXY_ADDR=127.0.0.1:18880
 WSGATE_ADDR=127.0.0.1:18080 # configs/hs256.toml and proxy.toml
@@ -125,7 +135,7 @@ bench() { # url tokens expect duration
 measure() { # round setup kind url tokens expect server-start...
     local round=$1 setup=$2 kind=$3 url=$4 tok=$5 expect=$6
     shift 6
-    for a in $ECHO_ADDR $NODE_ADDR $HAPROXY_ADDR $WSGATE_ADDR; do
+    for a in $ECHO_ADDR $ECHO_H2_ADDR $NODE_ADDR $HAPROXY_ADDR $WSGATE_ADDR; do
         ! listening "$a" || die "$a is already in use by another process"
     done
     "$@" # start the server process(es); they land in pids
@@ -167,6 +177,16 @@ s_wsgate() { start wsgate "$WSGATE_ADDR" "$B/wsgate" serve --config "$here/confi
 s_haproxy() { HAPROXY_LISTEN=$HAPROXY_ADDR HAPROXY_UPSTREAM=$ECHO_ADDR start haproxy "$HAPROXY_ADDR" haproxy -db -f "$REFS/haproxy/haproxy.cfg"; }
 s_haproxy_up() { s_echo && s_haproxy; }
 s_wsgate_up() { s_echo && start wsgate-proxy "$WSGATE_ADDR" "$B/wsgate" serve --config "$here/configs/proxy.toml"; }
+s_echo_h2() { start echo-server-h2 "$ECHO_H2_ADDR" "$B/examples/echo_server" "$ECHO_H2_ADDR" 4096 h2; }
+# The reference configuration, its server line speaking HTTP/2 with shared connections.
+sed -e 's|^\(    server echo "${HAPROXY_UPSTREAM}"\)$|\1 proto h2|' -e 's|^backend echo$|backend echo\n    http-reuse always|' \
+    "$REFS/haproxy/haproxy.cfg" >"$T/haproxy-h2.cfg"
+grep -q 'proto h2' "$T/haproxy-h2.cfg" && grep -q 'http-reuse always' "$T/haproxy-h2.cfg" \
+    || die "could not derive the HTTP/2 variant of references/haproxy/haproxy.cfg"
+s_haproxy_up_h2() {
+    s_echo_h2 && HAPROXY_LISTEN=$HAPROXY_ADDR HAPROXY_UPSTREAM=$ECHO_H2_ADDR start haproxy "$HAPROXY_ADDR" haproxy -db -f "$T/haproxy-h2.cfg"
+}
+s_wsgate_up_h2() { s_echo_h2 && start wsgate-proxy "$WSGATE_ADDR" "$B/wsgate" serve --config "$here/configs/proxy-h2.toml"; }
 
 echo "versions: $("$B/wsgate" --version 2>/dev/null || echo wsgate), node $(node --version)," \
     "ws $(node -p "require('$REFS/node/node_modules/ws/package.json').version")," \
@@ -183,6 +203,10 @@ for round in $(seq 1 "$ROUNDS"); do
     measure "$round" "wsgate bad-sig" rejected "$W" bad.tok rejected s_wsgate
     measure "$round" "haproxy+upstream" upstream "ws://$HAPROXY_ADDR/ws" hs.tok accepted s_haproxy_up
     measure "$round" "wsgate+upstream" upstream "$W" hs.tok accepted s_wsgate_up
+    if [ "$H2" != 0 ]; then
+        measure "$round" "haproxy+upstream h2" upstream-h2 "ws://$HAPROXY_ADDR/ws" hs.tok accepted s_haproxy_up_h2
+        measure "$round" "wsgate+upstream h2" upstream-h2 "$W" hs.tok accepted s_wsgate_up_h2
+    fi
 done
 
 echo
@@ -197,8 +221,9 @@ for line in open(sys.argv[1]):
     rows.setdefault(setup, (kind, []))[1].append(
         (r["rate_per_s"], r["latency_us"]["p50_us"], r["latency_us"]["p99_us"], cpu))
 med = lambda xs: statistics.median(xs)
-wsgate = {"accepted": "wsgate (HS256)", "rejected": "wsgate bad-sig", "upstream": "wsgate+upstream"}
-what = {"accepted": "upgrades/s", "rejected": "rejections/s", "upstream": "upgrades/s"}
+wsgate = {"accepted": "wsgate (HS256)", "rejected": "wsgate bad-sig", "upstream": "wsgate+upstream",
+          "upstream-h2": "wsgate+upstream h2"}
+what = {"accepted": "upgrades/s", "rejected": "rejections/s", "upstream": "upgrades/s", "upstream-h2": "upgrades/s"}
 print("| setup | figure | rate | p50 µs | p99 µs | server CPU µs per attempt | CPU per round | × wsgate CPU |")
 print("|---|---|---:|---:|---:|---:|---|---:|")
 for setup, (kind, runs) in rows.items():

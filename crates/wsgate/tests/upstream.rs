@@ -70,6 +70,10 @@ enum H2Mode {
     NoExtendedConnect,
     /// Answers every CONNECT `403`.
     Forbidden,
+    /// Echoes, but sends GOAWAY once a connection's first stream arrived
+    /// (a server shutting down gracefully): that stream lives on, new
+    /// ones must go elsewhere.
+    GoAwayAfterFirst,
 }
 
 impl Upstream {
@@ -284,9 +288,12 @@ async fn serve_h2(
     sent: Arc<AtomicUsize>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
+    let first = Arc::new(tokio::sync::Notify::new());
+    let arrived = first.clone();
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let (tx, sent) = (tx.clone(), sent.clone());
+            arrived.notify_one();
             async move {
                 let mut resp = hyper::Response::new(String::new());
                 let websocket = req.method() == hyper::Method::CONNECT
@@ -331,7 +338,15 @@ async fn serve_h2(
     if mode != H2Mode::NoExtendedConnect {
         b.enable_connect_protocol();
     }
-    let _ = b.serve_connection(TokioIo::new(s), service).await;
+    let conn = b.serve_connection(TokioIo::new(s), service);
+    tokio::pin!(conn);
+    if mode == H2Mode::GoAwayAfterFirst {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = first.notified() => conn.as_mut().graceful_shutdown(),
+        }
+    }
+    let _ = conn.await;
 }
 
 fn config(upstream: &str, extra: &str) -> String {
@@ -1126,4 +1141,23 @@ async fn http2_a_stalled_client_stalls_its_stream_only() {
         }
     }
     assert!(up.sent.load(Ordering::SeqCst) > stalled);
+}
+
+#[tokio::test]
+async fn http2_upstream_going_away_costs_no_client() {
+    let mut up = Upstream::start_h2(H2Mode::GoAwayAfterFirst).await;
+    let gw = start_h2(&up.url(), "");
+    let (mut first, _) = bearer(&gw.url(), &token("jo")).await.open();
+    let _ = up.next().await;
+    // Each connection goes away after its first stream: every later client
+    // lands on a connection that is closing, and must still get through.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut ws, _) = bearer(&gw.url(), &token(&format!("jo{i}"))).await.open();
+        let _ = up.next().await;
+        assert_eq!(echo(&mut ws, "through").await, "through");
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 4);
+    // The stream opened before the GOAWAY is untouched.
+    assert_eq!(echo(&mut first, "still here").await, "still here");
 }

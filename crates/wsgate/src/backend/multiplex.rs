@@ -21,7 +21,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wsgate_core::Reason;
@@ -53,8 +53,16 @@ struct Allowed {
 struct Conn {
     sender: Sender,
     allowed: tokio::sync::watch::Receiver<Allowed>,
+    state: Arc<ConnState>,
+}
+
+#[derive(Default)]
+struct ConnState {
     /// Streams open on this connection (the [`Slot`]s alive).
-    streams: Arc<AtomicUsize>,
+    streams: AtomicUsize,
+    /// A request on it failed (typically after the upstream's GOAWAY):
+    /// no new stream goes there, the open ones live on.
+    broken: AtomicBool,
 }
 
 /// The open HTTP/2 connections to the upstream.
@@ -70,11 +78,18 @@ pub struct Pool {
 
 /// One stream's place on a connection, given back when dropped (with the
 /// upstream WebSocket that holds it).
-pub struct Slot(Arc<AtomicUsize>);
+pub struct Slot(Arc<ConnState>);
+
+impl Slot {
+    /// No new streams on this slot's connection.
+    fn discard(&self) {
+        self.0.broken.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -98,13 +113,13 @@ impl Pool {
     {
         let mut conns = self.conns.lock().await;
         let before = conns.len();
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| !c.sender.is_closed() && !c.state.broken.load(Ordering::Relaxed));
         if conns.len() != before {
             self.open.set(conns.len() as i64);
         }
         let free = conns
             .iter()
-            .map(|c| (c, c.streams.load(Ordering::Relaxed)))
+            .map(|c| (c, c.state.streams.load(Ordering::Relaxed)))
             .filter(|(c, n)| *n < self.streams_per_conn.min(c.allowed.borrow().max_streams))
             .min_by_key(|(_, n)| *n);
         if let Some((c, _)) = free {
@@ -114,7 +129,7 @@ impl Pool {
         let conn = Conn {
             sender,
             allowed,
-            streams: Arc::new(AtomicUsize::new(0)),
+            state: Arc::default(),
         };
         let taken = take(&conn);
         conns.push(conn);
@@ -195,28 +210,55 @@ impl Pool {
 }
 
 fn take(c: &Conn) -> (Sender, Slot) {
-    c.streams.fetch_add(1, Ordering::Relaxed);
-    (c.sender.clone(), Slot(c.streams.clone()))
+    c.state.streams.fetch_add(1, Ordering::Relaxed);
+    (c.sender.clone(), Slot(c.state.clone()))
 }
 
-/// Opens one WebSocket stream: `req` is an extended CONNECT (`:protocol
-/// websocket`, absolute URI); any 2xx accepts it (RFC 8441 5). Returns the
-/// stream and the subprotocol the upstream chose, if any was offered.
+/// Why a stream did not open.
+pub enum Refused {
+    /// The request never got an answer (a connection closing after the
+    /// upstream's GOAWAY, a reset stream): worth one more try on another
+    /// connection.
+    Unanswered(Reason),
+    /// The upstream answered, and not with a WebSocket.
+    Answered(Reason),
+}
+
+/// Opens one WebSocket stream on `slot`'s connection: `req` is an extended
+/// CONNECT (`:protocol websocket`, absolute URI); any 2xx accepts it (RFC
+/// 8441 5). Returns the stream and the subprotocol the upstream chose, if
+/// any was offered.
 pub async fn open(
     sender: &mut Sender,
+    slot: &Slot,
     req: Request<()>,
-) -> Result<(hyper::upgrade::Upgraded, Option<String>), Reason> {
+) -> Result<(hyper::upgrade::Upgraded, Option<String>), Refused> {
     let offered = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     let (parts, ()) = req.into_parts();
-    let mut resp = sender
+    let mut resp = match sender
         .send_request(Request::from_parts(parts, Empty::new()))
         .await
-        .map_err(|e| fail("handshake", &e))?;
+    {
+        Ok(r) => r,
+        Err(e) => {
+            slot.discard();
+            return Err(Refused::Unanswered(fail("handshake", &e)));
+        }
+    };
+    answered(&mut resp, offered)
+        .await
+        .map_err(Refused::Answered)
+}
+
+async fn answered(
+    resp: &mut http::Response<hyper::body::Incoming>,
+    offered: Option<http::HeaderValue>,
+) -> Result<(hyper::upgrade::Upgraded, Option<String>), Reason> {
     if !resp.status().is_success() {
         return Err(fail("handshake", &format!("status {}", resp.status())));
     }
     let protocol = chosen_protocol(resp.headers(), offered.as_ref())?;
-    let upgraded = hyper::upgrade::on(&mut resp)
+    let upgraded = hyper::upgrade::on(resp)
         .await
         .map_err(|e| fail("handshake", &e))?;
     Ok((upgraded, protocol))

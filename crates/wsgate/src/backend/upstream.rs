@@ -251,6 +251,10 @@ impl Upstream {
         let read_chunk = app.config.limits.read_buffer_bytes;
         let req = self.request(auth, client, query, client_ip, who, crate::clock::now_ms())?;
         let attempt = async {
+            // Over HTTP/2: a connection the upstream is closing (GOAWAY,
+            // e.g. a rolling restart) fails a request without an answer;
+            // one retry keeps that from reaching clients as 502s.
+            let mut retried = false;
             let (upgraded, protocol, slot) = match &self.h2 {
                 // The HTTP upgrade by hyper, not tungstenite's client
                 // handshake: tungstenite's turns its 4 KiB handshake buffer
@@ -262,9 +266,30 @@ impl Upstream {
                     (upgraded, protocol, None)
                 }
                 Some(pool) => {
-                    let (mut sender, slot) = pool.acquire(|| self.dial()).await?;
-                    let (upgraded, protocol) = multiplex::open(&mut sender, req).await?;
-                    (upgraded, protocol, Some(slot))
+                    let mut req = Some(req);
+                    loop {
+                        let (mut sender, slot) = pool.acquire(|| self.dial()).await?;
+                        // A second try is on another connection: the
+                        // failed one takes no new streams.
+                        let this = match req.take() {
+                            Some(r) => r,
+                            None => self.request(
+                                auth,
+                                client,
+                                query,
+                                client_ip,
+                                who,
+                                crate::clock::now_ms(),
+                            )?,
+                        };
+                        match multiplex::open(&mut sender, &slot, this).await {
+                            Ok((upgraded, protocol)) => break (upgraded, protocol, Some(slot)),
+                            Err(multiplex::Refused::Unanswered(_)) if !retried => retried = true,
+                            Err(
+                                multiplex::Refused::Unanswered(r) | multiplex::Refused::Answered(r),
+                            ) => return Err(r),
+                        }
+                    }
                 }
             };
             let tunnel = Tunnel {
