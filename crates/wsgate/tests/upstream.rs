@@ -281,12 +281,10 @@ async fn relay<S>(
 
 /// One HTTP/2 connection of the test upstream: each extended CONNECT with
 /// `:protocol websocket` becomes a WebSocket stream (RFC 8441).
-async fn serve_h2(
-    s: TcpStream,
-    mode: H2Mode,
-    tx: mpsc::UnboundedSender<Seen>,
-    sent: Arc<AtomicUsize>,
-) {
+async fn serve_h2<S>(s: S, mode: H2Mode, tx: mpsc::UnboundedSender<Seen>, sent: Arc<AtomicUsize>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let first = Arc::new(tokio::sync::Notify::new());
     let arrived = first.clone();
@@ -849,18 +847,22 @@ async fn a_client_that_does_not_read_slows_the_upstream() {
 }
 
 /// A TLS echo upstream for localhost with a fresh self-signed certificate;
-/// returns its port and the certificate's PEM file.
-async fn tls_upstream(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+/// returns its port and the certificate's PEM file. With `h2`: HTTP/2 only
+/// (ALPN `h2`), WebSockets as extended CONNECT streams.
+async fn tls_upstream(dir: &std::path::Path, h2: bool) -> (u16, std::path::PathBuf) {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let pem = dir.join("upstream-ca.pem");
     std::fs::write(&pem, ck.cert.pem()).unwrap();
     let key = PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes()).unwrap();
-    let cfg = tokio_rustls::rustls::ServerConfig::builder()
+    let mut cfg = tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
         .unwrap();
+    if h2 {
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -871,6 +873,10 @@ async fn tls_upstream(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
                 let Ok(tls) = acceptor.accept(s).await else {
                     return;
                 };
+                if h2 {
+                    let (tx, _) = mpsc::unbounded_channel();
+                    return serve_h2(tls, H2Mode::Echo, tx, Arc::default()).await;
+                }
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
                     return;
                 };
@@ -888,7 +894,7 @@ async fn tls_upstream(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
 #[tokio::test]
 async fn wss_upstream_is_verified_against_the_configured_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, ca) = tls_upstream(dir.path()).await;
+    let (port, ca) = tls_upstream(dir.path(), false).await;
     let url = format!("wss://localhost:{port}/app");
     // Trusted through backend.upstream_ca_file: relayed over TLS.
     let cfg = config(&url, "").replace(
@@ -1160,4 +1166,42 @@ async fn http2_upstream_going_away_costs_no_client() {
     assert_eq!(up.accepted.load(Ordering::SeqCst), 4);
     // The stream opened before the GOAWAY is untouched.
     assert_eq!(echo(&mut first, "still here").await, "still here");
+}
+
+#[tokio::test]
+async fn wss_http2_upstream_negotiates_h2_by_alpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusting = |url: &str, ca: &std::path::Path| {
+        let cfg = config(url, "").replace(
+            "kind = \"upstream\"",
+            &format!(
+                "kind = \"upstream\"\nupstream_http2 = true\nupstream_ca_file = {:?}",
+                ca.display().to_string()
+            ),
+        );
+        Gateway::start_with_env(&cfg, &[("TEST_IDENTITY_SECRET", IDENTITY_SECRET)])
+    };
+    // An HTTP/2 upstream over TLS: streams of one verified connection.
+    let (port, ca) = tls_upstream(dir.path(), true).await;
+    let gw = trusting(&format!("wss://localhost:{port}/app"), &ca);
+    for i in 0..3 {
+        let (mut ws, _) = bearer(&gw.url(), &token(&format!("tls{i}"))).await.open();
+        assert_eq!(echo(&mut ws, "over h2 and tls").await, "over h2 and tls");
+    }
+    assert_eq!(
+        metric(&gw, "wsgate_upstream_http2_connections").await,
+        Some(1.0)
+    );
+    // A TLS upstream that does not offer h2 by ALPN is refused, not sent
+    // an HTTP/2 preface it would misread.
+    let h1 = tempfile::tempdir().unwrap();
+    let (port, ca) = tls_upstream(h1.path(), false).await;
+    let gw = trusting(&format!("wss://localhost:{port}/app"), &ca);
+    bearer(&gw.url(), &token("tls"))
+        .await
+        .refused(502, "upstream_unavailable");
+    assert!(gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("upstream_error") && l.contains("ALPN")));
 }
