@@ -68,5 +68,5 @@ if [ "${UPSTREAM_HTTP2:-0}" = 1 ]; then
     bg taskset -c 0 "$B/wsgate" serve --config "$T/storm-upstream-h2.toml" >"$T/gw-up-h2.log" 2>&1
     srv=$last_pid
     wait_ready "$T/gw-up-h2.log"
-    measure "wsgate (HS256, upstream backend over HTTP/2)" ws://127.0.0.1:18080/ws
+    measure "wsgate (HS256, upstream backend over h2)" ws://127.0.0.1:18080/ws
 fi
