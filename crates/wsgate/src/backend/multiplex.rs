@@ -30,9 +30,10 @@ use wsgate_core::Reason;
 /// passed them on to the client (HTTP/2's default is 64 KiB; larger keeps
 /// a 1 MiB message from taking 16 window round trips).
 pub const STREAM_WINDOW: u32 = 256 * 1024;
-/// A connection is pinged when quiet this long, and dropped (its streams
-/// closed 1013 like a lost upstream socket) if the answer takes longer
-/// than [`PING_TIMEOUT`]: a dead upstream host is noticed without traffic.
+/// While it carries streams, a connection is pinged this often and dropped
+/// (its streams closed 1013 like a lost upstream socket) if the answer
+/// takes longer than [`PING_TIMEOUT`]: a dead upstream host is noticed
+/// without traffic.
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request and response headers above this are refused (the client's
@@ -225,8 +226,8 @@ pub enum Refused {
 }
 
 /// Opens one WebSocket stream on `slot`'s connection: `req` is an extended
-/// CONNECT (`:protocol websocket`, absolute URI); any 2xx accepts it (RFC
-/// 8441 5). Returns the stream and the subprotocol the upstream chose, if
+/// CONNECT (`:protocol websocket`, absolute URI); a `200` accepts it (RFC
+/// 8441 5 allows any 2xx; hyper upgrades a `200` only). Returns the stream and the subprotocol the upstream chose, if
 /// any was offered.
 pub async fn open(
     sender: &mut Sender,
@@ -254,7 +255,7 @@ async fn answered(
     resp: &mut http::Response<hyper::body::Incoming>,
     offered: Option<http::HeaderValue>,
 ) -> Result<(hyper::upgrade::Upgraded, Option<String>), Reason> {
-    if !resp.status().is_success() {
+    if resp.status() != http::StatusCode::OK {
         return Err(fail("handshake", &format!("status {}", resp.status())));
     }
     let protocol = chosen_protocol(resp.headers(), offered.as_ref())?;
