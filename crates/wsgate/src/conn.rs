@@ -710,8 +710,17 @@ where
                     Io::Read(Some(Err(e))) => {
                         tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
                         let (code, reason) = error_close(&e);
+                        if code == 1006 {
+                            // The connection went away (a reset, EOF without a
+                            // close frame, a lost HTTP/2 connection): as when it
+                            // ends cleanly, the client may come back.
+                            break Ended {
+                                upstream: None,
+                                ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+                            };
+                        }
                         break Ended {
-                            upstream: (code != 1006).then(|| frame(code, reason.into())),
+                            upstream: Some(frame(code, reason.into())),
                             client: Some(frame(close::INTERNAL, "upstream error".into())),
                             ..Ended::by_gateway(close::INTERNAL, "upstream error")
                         };

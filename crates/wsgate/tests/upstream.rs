@@ -74,6 +74,9 @@ enum H2Mode {
     /// (a server shutting down gracefully): that stream lives on, new
     /// ones must go elsewhere.
     GoAwayAfterFirst,
+    /// Echoes, but drops the whole connection (no GOAWAY, TCP closed)
+    /// 300 ms after its first stream arrived: a crashed upstream.
+    DieAfterFirst,
 }
 
 impl Upstream {
@@ -259,6 +262,8 @@ async fn relay<S>(
         let _ = ev_tx.send(m.clone());
         match m {
             Message::Text(t) if t.as_str() == "flood" => return flood(ws, sent).await,
+            // Gone without a close frame: a crashed upstream.
+            Message::Text(t) if t.as_str() == "die" => return,
             Message::Text(t) if t.starts_with("close:") => {
                 let mut it = t.splitn(3, ':').skip(1);
                 let code: u16 = it.next().unwrap().parse().unwrap();
@@ -343,6 +348,16 @@ where
             _ = conn.as_mut() => return,
             _ = first.notified() => conn.as_mut().graceful_shutdown(),
         }
+    }
+    if mode == H2Mode::DieAfterFirst {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = first.notified() => {}
+        }
+        // Served for a while, then gone: dropping the connection closes
+        // the socket, and every stream on it with it.
+        let _ = tokio::time::timeout(Duration::from_millis(300), conn.as_mut()).await;
+        return;
     }
     let _ = conn.await;
 }
@@ -1093,10 +1108,13 @@ async fn http2_upstream_that_refuses_or_cannot_is_502() {
     bearer(&gw.url(), &token("ivy"))
         .await
         .refused(502, "upstream_unavailable");
-    assert!(gw
-        .logs()
-        .iter()
-        .any(|l| l.contains("upstream_error") && l.contains("extended CONNECT")));
+    let errors = gw.events("upstream_error", 1);
+    assert!(
+        errors.iter().any(|e| e["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("extended CONNECT"))),
+        "{errors:?}"
+    );
     // A CONNECT answered 403.
     let up = Upstream::start_h2(H2Mode::Forbidden).await;
     let gw = start_h2(&up.url(), "");
@@ -1200,8 +1218,47 @@ async fn wss_http2_upstream_negotiates_h2_by_alpn() {
     bearer(&gw.url(), &token("tls"))
         .await
         .refused(502, "upstream_unavailable");
-    assert!(gw
-        .logs()
-        .iter()
-        .any(|l| l.contains("upstream_error") && l.contains("ALPN")));
+    let errors = gw.events("upstream_error", 1);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["error"].as_str().is_some_and(|e| e.contains("ALPN"))),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn http2_upstream_crash_closes_its_clients_1013_and_the_next_reconnects() {
+    let mut up = Upstream::start_h2(H2Mode::DieAfterFirst).await;
+    let gw = start_h2(&up.url(), "");
+    let (mut a, _) = bearer(&gw.url(), &token("kay")).await.open();
+    let _ = up.next().await;
+    let (mut b, _) = bearer(&gw.url(), &token("lee")).await.open();
+    let _ = up.next().await;
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    // Both streams of the dead connection end "upstream lost".
+    for ws in [&mut a, &mut b] {
+        assert_eq!(
+            close_code(ws, Duration::from_secs(5)).await,
+            (1013, "upstream lost".into())
+        );
+    }
+    // The next client gets a fresh connection.
+    let (mut c, _) = bearer(&gw.url(), &token("kay")).await.open();
+    let _ = up.next().await;
+    assert_eq!(echo(&mut c, "again").await, "again");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_gone_without_a_close_is_1013_upstream_lost() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    let (mut ws, _) = bearer(&gw.url(), &token("max")).await.open();
+    let _ = up.next().await;
+    ws.send(Message::Text("die".into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        (1013, "upstream lost".into())
+    );
 }
