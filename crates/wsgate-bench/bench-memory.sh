@@ -44,29 +44,23 @@ bg taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.lo
 srv=$last_pid
 wait_ready "$T/gw.log"
 measure "wsgate (HS256, echo backend)" ws://127.0.0.1:18080/ws
-if [ "${UPSTREAM:-0}" = 1 ]; then
-    # Upstream mode: each client socket has its upstream socket (two files
-    # per client: keep CONNECTIONS under half the open-file limit). Only
-    # the gateway's RSS is measured; the upstream is the echo server.
-    bg taskset -c 1 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1
+# Upstream mode: the echo server on core 1 as the upstream, only the
+# gateway's RSS measured.
+upstream_row() { # name tag echo-port [h2]
+    local name=$1 tag=$2 port=$3 h2=${4:-}
+    bg taskset -c 1 "$B/examples/echo_server" "127.0.0.1:$port" 4096 ${h2:+"$h2"} >/dev/null 2>&1
     sleep 0.5
-    sed 's/^kind = "echo"/kind = "upstream"\nupstream = "ws:\/\/127.0.0.1:19001\/ws"/' \
-        "$here/configs/storm.toml" >"$T/storm-upstream.toml"
-    bg taskset -c 0 "$B/wsgate" serve --config "$T/storm-upstream.toml" >"$T/gw-up.log" 2>&1
+    sed "s|^kind = \"echo\"|kind = \"upstream\"\nupstream = \"ws://127.0.0.1:$port/ws\"${h2:+\nupstream_http2 = true}|" \
+        "$here/configs/storm.toml" >"$T/storm-$tag.toml"
+    bg taskset -c 0 "$B/wsgate" serve --config "$T/storm-$tag.toml" >"$T/gw-$tag.log" 2>&1
     srv=$last_pid
-    wait_ready "$T/gw-up.log"
-    measure "wsgate (HS256, upstream backend)" ws://127.0.0.1:18080/ws
-fi
-if [ "${UPSTREAM_HTTP2:-0}" = 1 ]; then
-    # Upstream mode over HTTP/2 (backend.upstream_http2): the clients'
-    # upstream WebSockets are streams of a few shared connections to the
-    # echo server in its HTTP/2 mode (one file per client).
-    bg taskset -c 1 "$B/examples/echo_server" 127.0.0.1:19002 4096 h2 >/dev/null 2>&1
-    sleep 0.5
-    sed 's/^kind = "echo"/kind = "upstream"\nupstream = "ws:\/\/127.0.0.1:19002\/ws"\nupstream_http2 = true/' \
-        "$here/configs/storm.toml" >"$T/storm-upstream-h2.toml"
-    bg taskset -c 0 "$B/wsgate" serve --config "$T/storm-upstream-h2.toml" >"$T/gw-up-h2.log" 2>&1
-    srv=$last_pid
-    wait_ready "$T/gw-up-h2.log"
-    measure "wsgate (HS256, upstream backend over h2)" ws://127.0.0.1:18080/ws
-fi
+    wait_ready "$T/gw-$tag.log"
+    measure "$name" ws://127.0.0.1:18080/ws
+}
+# Each client socket has its upstream socket (two files per client: keep
+# CONNECTIONS under half the open-file limit).
+[ "${UPSTREAM:-0}" != 1 ] || upstream_row "wsgate (HS256, upstream backend)" upstream 19001
+# backend.upstream_http2: the clients' upstream WebSockets are streams of a
+# few shared connections to the echo server in its HTTP/2 mode (one file
+# per client).
+[ "${UPSTREAM_HTTP2:-0}" != 1 ] || upstream_row "wsgate (HS256, upstream backend over h2)" upstream-h2 19002 h2

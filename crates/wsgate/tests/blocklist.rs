@@ -80,13 +80,6 @@ async fn spend_then_refused(src: &str, to: SocketAddr, n: usize) {
     }
 }
 
-async fn metric(gw: &Gateway, name: &str) -> f64 {
-    let body = http(gw.admin, "GET", "/metrics", &[], "").await.body;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-}
-
 #[tokio::test]
 async fn a_flooding_address_is_dropped_in_the_kernel_then_released() {
     let gw = start("");

@@ -370,8 +370,12 @@ fn config(upstream: &str, extra: &str) -> String {
 }
 
 fn start(upstream: &str, extra: &str) -> Gateway {
+    launch(&config(upstream, extra))
+}
+
+fn launch(cfg: &str) -> Gateway {
     Gateway::start_with_env(
-        &config(upstream, extra),
+        cfg,
         &[
             ("WSGATE_ADMIN_TOKEN", ADMIN),
             ("TEST_IDENTITY_SECRET", IDENTITY_SECRET),
@@ -684,18 +688,17 @@ async fn close_codes_are_relayed_both_ways() {
     assert!(closes.iter().any(|c| c["code"] == 4321), "{closes:?}");
 }
 
-#[tokio::test]
-async fn revocation_and_expiry_close_both_sides() {
-    let mut up = Upstream::start(Mode::Echo).await;
-    let gw = start(&up.url(), "");
-    let (mut ws, _) = bearer(&gw.url(), &token("frank")).await.open();
+/// Opens a session for `sub`, revokes `sub` through the admin API, and
+/// checks that both the client and the upstream get 4403.
+async fn revocation_closes_both_sides(gw: &Gateway, up: &mut Upstream, sub: &str) {
+    let (mut ws, _) = bearer(&gw.url(), &token(sub)).await.open();
     let mut seen = up.next().await;
     let r = http(
         gw.admin,
         "POST",
         "/admin/v1/revoke",
         &[("authorization", &format!("Bearer {ADMIN}"))],
-        r#"{"sub":"frank"}"#,
+        &format!(r#"{{"sub":"{sub}"}}"#),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -704,6 +707,13 @@ async fn revocation_and_expiry_close_both_sides() {
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4403),
         other => panic!("expected close, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn revocation_and_expiry_close_both_sides() {
+    let mut up = Upstream::start(Mode::Echo).await;
+    let gw = start(&up.url(), "");
+    revocation_closes_both_sides(&gw, &mut up, "frank").await;
     // Expiry: 4401 on both sides (exp in 1 s, leeway 1 s).
     let (mut ws, _) = bearer(&gw.url(), &hs(&claims("grace", 1))).await.open();
     let mut seen = up.next().await;
@@ -936,23 +946,10 @@ async fn wss_upstream_is_verified_against_the_configured_ca() {
 
 /// A gateway relaying to `upstream` over HTTP/2 (RFC 8441).
 fn start_h2(upstream: &str, backend_extra: &str) -> Gateway {
-    let cfg = config(upstream, "").replace(
+    launch(&config(upstream, "").replace(
         "kind = \"upstream\"",
         &format!("kind = \"upstream\"\nupstream_http2 = true\n{backend_extra}"),
-    );
-    Gateway::start_with_env(
-        &cfg,
-        &[
-            ("WSGATE_ADMIN_TOKEN", ADMIN),
-            ("TEST_IDENTITY_SECRET", IDENTITY_SECRET),
-        ],
-    )
-}
-
-async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
-    let m = http(gw.admin, "GET", "/metrics", &[], "").await.body;
-    m.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    ))
 }
 
 #[tokio::test]
@@ -1001,10 +998,7 @@ async fn http2_upstream_carries_many_clients_on_one_connection() {
         1,
         "one HTTP/2 connection"
     );
-    assert_eq!(
-        metric(&gw, "wsgate_upstream_http2_connections").await,
-        Some(1.0)
-    );
+    assert_eq!(metric(&gw, "wsgate_upstream_http2_connections").await, 1.0);
     // Interleaved traffic stays on its own stream, binary intact.
     for (i, (ws, _)) in clients.iter_mut().enumerate().rev() {
         let payload: Vec<u8> = (0..70_000u32).map(|b| (b as u8) ^ (i as u8)).collect();
@@ -1059,10 +1053,7 @@ async fn http2_streams_per_connection_are_bounded_and_given_back() {
     }
     // Two streams fill the first connection; the third client opens a second.
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        metric(&gw, "wsgate_upstream_http2_connections").await,
-        Some(2.0)
-    );
+    assert_eq!(metric(&gw, "wsgate_upstream_http2_connections").await, 2.0);
     // Closed clients give their streams back: new ones reuse the connections.
     for mut ws in open.drain(..) {
         ws.close(None).await.unwrap();
@@ -1082,22 +1073,7 @@ async fn http2_streams_per_connection_are_bounded_and_given_back() {
 async fn http2_upstream_revocation_closes_the_stream() {
     let mut up = Upstream::start_h2(H2Mode::Echo).await;
     let gw = start_h2(&up.url(), "");
-    let (mut ws, _) = bearer(&gw.url(), &token("hank")).await.open();
-    let mut seen = up.next().await;
-    let r = http(
-        gw.admin,
-        "POST",
-        "/admin/v1/revoke",
-        &[("authorization", &format!("Bearer {ADMIN}"))],
-        r#"{"sub":"hank"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 4403);
-    match next_event(&mut seen).await {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4403),
-        other => panic!("expected close, got {other:?}"),
-    }
+    revocation_closes_both_sides(&gw, &mut up, "hank").await;
 }
 
 #[tokio::test]
@@ -1206,10 +1182,7 @@ async fn wss_http2_upstream_negotiates_h2_by_alpn() {
         let (mut ws, _) = bearer(&gw.url(), &token(&format!("tls{i}"))).await.open();
         assert_eq!(echo(&mut ws, "over h2 and tls").await, "over h2 and tls");
     }
-    assert_eq!(
-        metric(&gw, "wsgate_upstream_http2_connections").await,
-        Some(1.0)
-    );
+    assert_eq!(metric(&gw, "wsgate_upstream_http2_connections").await, 1.0);
     // A TLS upstream that does not offer h2 by ALPN is refused, not sent
     // an HTTP/2 preface it would misread.
     let h1 = tempfile::tempdir().unwrap();

@@ -409,24 +409,20 @@ impl Upstream {
         };
         // Absolute: HTTP/1.1 sends only the path (see `handshake`), HTTP/2
         // the parts as :scheme, :authority and :path.
-        let scheme = match (self.h2.is_some(), self.tls.is_some()) {
-            (false, false) => "ws",
-            (false, true) => "wss",
-            (true, false) => "http",
-            (true, true) => "https",
+        let h2 = self.h2.is_some();
+        let (scheme, method) = match (h2, self.tls.is_some()) {
+            (false, false) => ("ws", http::Method::GET),
+            (false, true) => ("wss", http::Method::GET),
+            (true, false) => ("http", http::Method::CONNECT),
+            (true, true) => ("https", http::Method::CONNECT),
         };
         let url = format!("{scheme}://{}{path}", self.authority);
-        let method = if self.h2.is_some() {
-            http::Method::CONNECT
-        } else {
-            http::Method::GET
-        };
         let mut req = Request::builder()
             .method(method)
             .uri(url.as_str())
             .body(())
             .map_err(|e| fail("request", &e))?;
-        if self.h2.is_some() {
+        if h2 {
             req.extensions_mut()
                 .insert(hyper::ext::Protocol::from_static("websocket"));
         }
@@ -451,20 +447,17 @@ impl Upstream {
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        let upgrade = [
-            (header::HOST, self.authority.clone()),
-            (header::CONNECTION, "Upgrade".into()),
-            (header::UPGRADE, "websocket".into()),
-            (header::SEC_WEBSOCKET_KEY, generate_key()),
-        ];
-        let fixed = if self.h2.is_some() {
-            &[][..]
-        } else {
-            &upgrade[..]
-        };
-        for (name, value) in fixed.iter().cloned() {
-            let v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;
-            h.insert(name, v);
+        if !h2 {
+            let upgrade = [
+                (header::HOST, self.authority.clone()),
+                (header::CONNECTION, "Upgrade".into()),
+                (header::UPGRADE, "websocket".into()),
+                (header::SEC_WEBSOCKET_KEY, generate_key()),
+            ];
+            for (name, value) in upgrade {
+                let v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;
+                h.insert(name, v);
+            }
         }
         for (name, value) in self.identity_headers(who, now_ms) {
             let v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;

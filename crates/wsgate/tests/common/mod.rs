@@ -426,6 +426,15 @@ impl HttpResponse {
 }
 
 /// Sends one HTTP/1.1 request with `Connection: close` and reads the answer.
+/// One sample from the admin listener's `/metrics`, by its full name
+/// (labels included); panics if it is not there.
+pub async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let body = http(gw.admin, "GET", "/metrics", &[], "").await.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
 pub async fn http(
     addr: SocketAddr,
     method: &str,
