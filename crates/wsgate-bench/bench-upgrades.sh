@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The BENCHMARKS.md "upgrades" table in one run: the unauthenticated minimal
 # echo server (reference), then wsgate with HS256, ES256 and bad-signature
-# tokens, each with the gateway on core 0 and the generator on core 1.
+# tokens, each with the gateway on core 0 and the generator on core 1; every
+# attempt has a unique token (POOL per run, default 100000; RSA_POOL 30000).
 #   crates/wsgate-bench/bench-upgrades.sh          (after cargo build --release --workspace --all-targets)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,18 +14,17 @@ trap 'rm -rf "$T"' EXIT
 WSGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export WSGATE_JWT_SECRET
 DATA=$repo/crates/wsgate/tests/data
-for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h; done >"$T/hs.tok"
-for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h --alg ES256 --key-file "$DATA/ec256.pem"; done >"$T/es.tok"
-for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h --alg RS256 --key-file "$DATA/rsa.pem"; done >"$T/rs.tok"
-for i in 1 2 3 4; do "$GW" token --sub "bench-$i" --ttl 1h --alg EdDSA --key-file "$DATA/ed25519.pem"; done >"$T/ed.tok"
-for i in 1 2 3 4; do WSGATE_JWT_SECRET=not-the-gateway-secret-not-the-gateway-secret "$GW" token --sub "bench-$i" --ttl 1h; done >"$T/bad.tok"
+# Every attempt carries a token of its own, valid or forged (issue 10): pools
+# are minted before each gateway starts (run-upgrade-bench.sh, POOL tokens;
+# RSA signs at ~1.5 ms a token, so its pool is smaller and its run shorter).
+"$B/wsgate-bench" mint --count "${POOL:-100000}" --mint-secret-env WSGATE_JWT_SECRET --out "$T/ref.tok"
 
 echo "== reference: minimal tokio-tungstenite echo server (no auth)"
 taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1 &
 pid=$!
 sleep 0.5
 t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
-taskset -c 1 "$B/wsgate-bench" upgrade --url ws://127.0.0.1:19001/ws --token-file "$T/hs.tok" \
+taskset -c 1 "$B/wsgate-bench" upgrade --url ws://127.0.0.1:19001/ws --token-file "$T/ref.tok" --unique \
     --concurrency 32 --duration "${DURATION:-10s}" --json >"$T/ref.json" 2>/dev/null
 t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
 kill "$pid"
@@ -34,10 +34,18 @@ r = json.load(open(sys.argv[1])); cpu = (int(sys.argv[3]) - int(sys.argv[2])) / 
 print(f"upgrades/s {r['rate_per_s']:.0f}  server CPU per upgrade {cpu / r['attempts'] * 1e6:.1f} us")
 PY
 cd "$here/configs"
-for run in "hs256.toml hs.tok accepted" "es256.toml es.tok accepted" "rs256.toml rs.tok accepted" \
-    "eddsa.toml ed.tok accepted" "hs256.toml bad.tok rejected"; do
+hs="--mint-secret-env WSGATE_JWT_SECRET"
+for run in "hs256.toml accepted $hs" \
+    "es256.toml accepted --mint-alg ES256 --mint-key-file $DATA/ec256.pem" \
+    "rs256.toml accepted --mint-alg RS256 --mint-key-file $DATA/rsa.pem" \
+    "eddsa.toml accepted --mint-alg EdDSA --mint-key-file $DATA/ed25519.pem" \
+    "hs256.toml rejected $hs --mint-invalid bad-signature"; do
     set -- $run
-    echo "== wsgate $1 tokens=$2 expect=$3"
-    TOKEN_FILE="$T/$2" EXPECT=$3 "$here/run-upgrade-bench.sh" "$GW" "$1" 2>&1 \
-        | grep -E "^(attempts|upgrades/s|rejections/s|latency|gateway CPU per)"
+    config=$1 expect=$2
+    shift 2
+    pool=${POOL:-100000}
+    case "$*" in *RS256*) pool=${RSA_POOL:-30000} ;; esac
+    echo "== wsgate $config expect=$expect tokens: $*"
+    MINT="$*" POOL=$pool EXPECT=$expect "$here/run-upgrade-bench.sh" "$GW" "$config" 2>&1 \
+        | grep -E "^(attempts|tokens|upgrades/s|rejections/s|latency|gateway CPU per)"
 done

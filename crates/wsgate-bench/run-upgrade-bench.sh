@@ -17,11 +17,17 @@
 #                      <repo>/target, then /release/wsgate-bench)
 #   WSGATE_JWT_SECRET  HS secret the config's key reads; a random one is
 #                      generated and exported if unset
-#   TOKEN_FILE         tokens, one per line; if unset, TOKENS tokens are minted
-#                      with `GATEWAY_BIN token --sub bench-N --ttl 1h
-#                      --secret-env WSGATE_JWT_SECRET $TOKEN_ARGS`
-#   TOKENS             number of tokens to mint (default 4)
-#   TOKEN_ARGS         extra `wsgate token` args, e.g. "--aud api --iss https://auth.example"
+#   TOKEN_FILE         tokens, one per line, rotated (UNIQUE=1: each used once).
+#                      If unset, every attempt gets a token of its own: pools
+#                      of WARMUP_POOL and POOL tokens are minted before the
+#                      gateway starts with `wsgate-bench mint $MINT`, and the
+#                      run ends early ("stopped by tokens") if POOL runs out
+#   MINT               `wsgate-bench mint` args (default: HS256 under
+#                      WSGATE_JWT_SECRET), e.g. "--mint-alg ES256 --mint-key-file
+#                      k.pem", "--mint-invalid bad-signature",
+#                      "--mint-claims '{\"aud\":\"api\"}'"
+#   POOL               tokens for the measured run (default 100000)
+#   WARMUP_POOL        tokens for the warm-up (default 3000)
 #   TRANSPORT          bearer | subprotocol | none (default bearer)
 #   CONCURRENCY        upgrade workers (default 32)
 #   DURATION           measured run length (default 10s)
@@ -52,8 +58,10 @@ EXTRA=("$@")
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 BENCH_BIN=${BENCH_BIN:-${CARGO_TARGET_DIR:-$repo/target}/${BENCH_PROFILE:-release}/wsgate-bench}
-TOKENS=${TOKENS:-4}
-TOKEN_ARGS=${TOKEN_ARGS:-}
+MINT=${MINT:---mint-secret-env WSGATE_JWT_SECRET}
+POOL=${POOL:-100000}
+WARMUP_POOL=${WARMUP_POOL:-3000}
+UNIQUE=${UNIQUE:-0}
 TRANSPORT=${TRANSPORT:-bearer}
 CONCURRENCY=${CONCURRENCY:-32}
 DURATION=${DURATION:-10s}
@@ -109,16 +117,22 @@ if [ -z "${WSGATE_JWT_SECRET:-}" ]; then
 fi
 export WSGATE_JWT_SECRET
 
-if [ -z "${TOKEN_FILE:-}" ] && [ "$TRANSPORT" != none ]; then
-    TOKEN_FILE=$work/tokens
-    for i in $(seq 1 "$TOKENS"); do
-        # shellcheck disable=SC2086 # TOKEN_ARGS is a list of words
-        "$GW" token --sub "bench-$i" --ttl 1h --secret-env WSGATE_JWT_SECRET $TOKEN_ARGS >>"$TOKEN_FILE" \
-            || die "minting a token failed"
-    done
-fi
+# Tokens: the given file, or a unique token per attempt from pools minted
+# now, on every core, before anything is measured.
+warm_args=()
 token_args=()
-[ -n "${TOKEN_FILE:-}" ] && token_args=(--token-file "$TOKEN_FILE")
+if [ -n "${TOKEN_FILE:-}" ]; then
+    token_args=(--token-file "$TOKEN_FILE")
+    [ "$UNIQUE" = 1 ] && token_args+=(--unique)
+    warm_args=("${token_args[@]}")
+elif [ "$TRANSPORT" != none ]; then
+    eval "mint_args=($MINT)" # MINT may quote a JSON argument
+    "$BENCH_BIN" mint --count "$WARMUP_POOL" "${mint_args[@]}" --out "$work/warmup.tok" \
+        && "$BENCH_BIN" mint --count "$POOL" "${mint_args[@]}" --out "$work/pool.tok" \
+        || die "wsgate-bench mint $MINT failed"
+    warm_args=(--token-file "$work/warmup.tok" --unique)
+    token_args=(--token-file "$work/pool.tok" --unique)
+fi
 
 cpu_ticks() { # utime + stime of the whole process (all threads)
     sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
@@ -143,12 +157,11 @@ done
 
 bench() {
     taskset -c "$BENCH_CORE" "$BENCH_BIN" upgrade --url "$URL" --transport "$TRANSPORT" \
-        ${token_args[@]+"${token_args[@]}"} --concurrency "$CONCURRENCY" --expect "$EXPECT" \
-        ${EXTRA[@]+"${EXTRA[@]}"} "$@"
+        --concurrency "$CONCURRENCY" --expect "$EXPECT" ${EXTRA[@]+"${EXTRA[@]}"} "$@"
 }
 
 if [ "$WARMUP" != 0 ] && [ "$WARMUP" != 0s ]; then
-    bench --duration "$WARMUP" --json >/dev/null 2>"$work/warmup.err" \
+    bench ${warm_args[@]+"${warm_args[@]}"} --duration "$WARMUP" --json >/dev/null 2>"$work/warmup.err" \
         || { cat "$work/warmup.err" >&2; die "warm-up run failed"; }
 fi
 
@@ -156,7 +169,7 @@ clk_tck=$(getconf CLK_TCK)
 rss_before=$(rss_kib "$gw_pid")
 ticks_before=$(cpu_ticks "$gw_pid")
 set +e
-report=$(bench --duration "$DURATION" --json 2>"$work/bench.err")
+report=$(bench ${token_args[@]+"${token_args[@]}"} --duration "$DURATION" --json 2>"$work/bench.err")
 rc=$?
 set -e
 ticks_after=$(cpu_ticks "$gw_pid")
@@ -173,14 +186,22 @@ rate=$(field rate_per_s)
 elapsed=$(field elapsed_s)
 p50=$(field p50_us)
 p99=$(field p99_us)
+stopped=$(printf '%s' "$report" | sed -n 's/.*"stopped_by":"\([a-z]*\)".*/\1/p')
+tokens=$(field tokens)
+case "$tokens/${token_args[*]}" in
+0/*) tokens="none" ;;
+*--unique*) tokens="unique per attempt ($tokens in the pool)" ;;
+*) tokens="$tokens, rotated" ;;
+esac
 
 awk -v url="$URL" -v tr="$TRANSPORT" -v c="$CONCURRENCY" -v n="$attempts" -v acc="$accepted" \
     -v rate="$rate" -v el="$elapsed" -v p50="$p50" -v p99="$p99" \
     -v dt="$((ticks_after - ticks_before))" -v hz="$clk_tck" \
-    -v r0="$rss_before" -v r1="$rss_after" -v ex="$EXPECT" 'BEGIN {
+    -v r0="$rss_before" -v r1="$rss_after" -v ex="$EXPECT" -v st="$stopped" -v tok="$tokens" 'BEGIN {
     cpu_us = dt * 1e6 / hz
     printf "target                      %s (transport %s, concurrency %s)\n", url, tr, c
-    printf "attempts                    %d in %.3f s (accepted %d)\n", n, el, acc
+    printf "attempts                    %d in %.3f s (accepted %d, stopped by %s)\n", n, el, acc, st
+    printf "tokens                      %s\n", tok
     what = (ex == "rejected") ? "rejections" : "upgrades"
     printf "%-27s %.1f\n", what "/s", rate
     printf "latency p50 / p99           %d us / %d us\n", p50, p99

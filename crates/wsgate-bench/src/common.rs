@@ -2,7 +2,7 @@
 //! loading and rotation, the WebSocket handshake, stop signalling, error
 //! classification and latency summaries.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use http::header::{HeaderValue, AUTHORIZATION, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{HeaderValue, AUTHORIZATION, COOKIE, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use http::{StatusCode, Uri};
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{client_async_with_config, WebSocketStream};
+
+use crate::tokens::{TokenArgs, TokenSource};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -36,6 +38,9 @@ pub enum Transport {
     Bearer,
     /// `Sec-WebSocket-Protocol: jwt, <token>`
     Subprotocol,
+    /// `Cookie: session=<token>`, with --origin (and `?csrf=` when the token
+    /// has a `csrf` claim).
+    Cookie,
     /// No credentials at all.
     None,
 }
@@ -163,145 +168,120 @@ pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<(usize, String)>> {
     Ok(tokens)
 }
 
-/// Credentials and extra headers added to every upgrade request. Tokens are
-/// rotated round-robin across attempts.
+/// Credentials and extra headers added to every upgrade request, with each
+/// attempt's token from a [`TokenSource`].
 pub struct Auth {
     transport: Transport,
-    values: Vec<HeaderValue>,
+    source: TokenSource,
     origin: Option<HeaderValue>,
-    next: Cell<usize>,
-    mint: Option<Mint>,
-}
-
-/// Mints a fresh HS256 token for every request (unique `sub` and `jti`),
-/// so the gateway never sees the same token twice, as with real clients.
-pub struct Mint {
-    key: jsonwebtoken::EncodingKey,
-    ttl_s: u64,
-    prefix: String,
-    count: Cell<u64>,
-}
-
-impl Mint {
-    pub fn new(secret: &[u8], ttl: std::time::Duration) -> Mint {
-        Mint {
-            key: jsonwebtoken::EncodingKey::from_secret(secret),
-            ttl_s: ttl.as_secs().max(1),
-            prefix: format!("m{}", std::process::id()),
-            count: Cell::new(0),
-        }
-    }
-
-    fn token(&self) -> Result<String, Failure> {
-        let n = self.count.get();
-        self.count.set(n + 1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let claims = serde_json::json!({
-            "sub": format!("{}-{n}", self.prefix),
-            "jti": format!("{}-j{n}", self.prefix),
-            "iat": now,
-            "exp": now + self.ttl_s,
-        });
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
-            .map_err(|e| Failure::new("mint", e.to_string()))
-    }
+    cookie_name: String,
 }
 
 impl Auth {
+    /// Tokens from `token_file`, rotated (no minting).
     pub fn load(
         transport: Transport,
         token_file: Option<&Path>,
         origin: Option<&str>,
     ) -> anyhow::Result<Auth> {
-        let mut values = Vec::new();
-        if transport != Transport::None {
-            let path = token_file.context("--token-file is required unless --transport none")?;
-            for (lineno, token) in read_tokens(path)? {
-                let value = match transport {
-                    Transport::Bearer => format!("Bearer {token}"),
-                    Transport::Subprotocol => format!("jwt, {token}"),
-                    Transport::None => continue,
-                };
-                let value = HeaderValue::from_str(&value).with_context(|| {
-                    format!(
-                        "{}:{}: token is not a valid header value",
-                        path.display(),
-                        lineno
-                    )
-                })?;
-                values.push(value);
+        let tokens = TokenArgs {
+            token_file: token_file.map(Path::to_path_buf),
+            ..TokenArgs::default()
+        };
+        Auth::new(transport, &tokens, origin)
+    }
+
+    /// Minted tokens, a unique pool or a rotated file, as the flags say.
+    pub fn new(
+        transport: Transport,
+        tokens: &TokenArgs,
+        origin: Option<&str>,
+    ) -> anyhow::Result<Auth> {
+        let source = if transport == Transport::None {
+            TokenSource::None
+        } else {
+            let s = TokenSource::from_args(tokens)?;
+            if !s.has_tokens() {
+                bail!("--token-file or --mint-alg is required unless --transport none");
             }
+            s
+        };
+        if transport == Transport::Cookie && origin.is_none() {
+            bail!(
+                "--transport cookie needs --origin (the gateway checks it against its allow-list)"
+            );
         }
         let origin = origin
             .map(|o| HeaderValue::from_str(o).context("--origin is not a valid header value"))
             .transpose()?;
         Ok(Auth {
             transport,
-            values,
+            source,
             origin,
-            next: Cell::new(0),
-            mint: None,
+            cookie_name: "session".into(),
         })
     }
 
-    /// A fresh token per request instead of the token file's.
-    pub fn minting(transport: Transport, mint: Mint, origin: Option<&str>) -> anyhow::Result<Auth> {
-        let mut a = Auth::load(Transport::None, None, origin)?;
-        a.transport = transport;
-        a.mint = Some(mint);
-        Ok(a)
-    }
-
+    /// Distinct tokens, for the reports (0: minted per attempt, or none).
     pub fn token_count(&self) -> usize {
-        // 0: minted per request.
-        self.values.len()
+        self.source.count()
     }
 
-    /// A fresh upgrade request (new Sec-WebSocket-Key) with the next token.
-    pub fn request(&self, uri: &Uri) -> Result<Request, Failure> {
+    /// For the logs: where the tokens come from.
+    pub fn describe(&self) -> String {
+        self.source.describe()
+    }
+
+    /// Whether a unique pool has run out (the run is over).
+    pub fn exhausted(&self) -> bool {
+        self.source.exhausted()
+    }
+
+    /// A fresh upgrade request (new Sec-WebSocket-Key) with the next token;
+    /// `None` once a unique pool is used up.
+    pub fn request(&self, uri: &Uri) -> Result<Option<Request>, Failure> {
+        let minted = match self.source.next()? {
+            Some(m) => Some(m),
+            None if self.source.has_tokens() => return Ok(None),
+            None => None,
+        };
+        let mut uri = uri.clone();
+        if let (Transport::Cookie, Some(csrf)) = (
+            self.transport,
+            minted.as_ref().and_then(|m| m.csrf.as_deref()),
+        ) {
+            // SPEC: a cookie upgrade under `cookie_csrf` names the claim in the query.
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+            let sep = if pq.contains('?') { '&' } else { '?' };
+            let mut parts = uri.into_parts();
+            parts.path_and_query = Some(
+                format!("{pq}{sep}csrf={csrf}")
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| Failure::new("request", e.to_string()))?,
+            );
+            uri = Uri::from_parts(parts).map_err(|e| Failure::new("request", e.to_string()))?;
+        }
         let mut req = uri
-            .clone()
             .into_client_request()
             .map_err(|e| Failure::from_ws("request", &e))?;
         let headers = req.headers_mut();
-        if let Some(m) = &self.mint {
-            let token = m.token()?;
-            let value = match self.transport {
-                Transport::Subprotocol => format!("jwt, {token}"),
-                _ => format!("Bearer {token}"),
+        if let Some(m) = minted {
+            let (name, value) = match self.transport {
+                Transport::Bearer => (AUTHORIZATION, format!("Bearer {}", m.token)),
+                Transport::Subprotocol => (SEC_WEBSOCKET_PROTOCOL, format!("jwt, {}", m.token)),
+                Transport::Cookie => (COOKIE, format!("{}={}", self.cookie_name, m.token)),
+                Transport::None => {
+                    return Err(Failure::new("request", "a token without a transport"))
+                }
             };
             let value =
-                HeaderValue::from_str(&value).map_err(|e| Failure::new("mint", e.to_string()))?;
-            match self.transport {
-                Transport::Subprotocol => {
-                    headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
-                }
-                Transport::Bearer => {
-                    headers.insert(AUTHORIZATION, value);
-                }
-                Transport::None => {}
-            }
-        } else if !self.values.is_empty() {
-            let i = self.next.get();
-            self.next.set((i + 1) % self.values.len());
-            let value = self.values[i].clone();
-            match self.transport {
-                Transport::Bearer => {
-                    headers.insert(AUTHORIZATION, value);
-                }
-                Transport::Subprotocol => {
-                    headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
-                }
-                Transport::None => {}
-            }
+                HeaderValue::from_str(&value).map_err(|e| Failure::new("token", e.to_string()))?;
+            headers.insert(name, value);
         }
         if let Some(origin) = &self.origin {
             headers.insert(ORIGIN, origin.clone());
         }
-        Ok(req)
+        Ok(Some(req))
     }
 }
 
@@ -435,7 +415,15 @@ pub async fn open_ws(
     config: WebSocketConfig,
     limit: Duration,
 ) -> Result<Box<Ws>, OpenError> {
-    let req = auth.request(&target.uri).map_err(OpenError::Failed)?;
+    let req = auth
+        .request(&target.uri)
+        .map_err(OpenError::Failed)?
+        .ok_or_else(|| {
+            OpenError::Failed(Failure::new(
+                "tokens exhausted",
+                "the --unique token pool is used up",
+            ))
+        })?;
     match tokio::time::timeout(limit, handshake(target.addr, req, config)).await {
         Err(_) => Err(OpenError::Failed(Failure::timeout("handshake"))),
         Ok(Err(f)) => Err(OpenError::Failed(f)),
@@ -760,7 +748,7 @@ mod tests {
         assert_eq!(auth.map(Auth::token_count), Some(2));
         let uri: Uri = "ws://127.0.0.1:1/ws".parse().unwrap_or_default();
         let protos: Vec<String> = (0..3)
-            .filter_map(|_| auth?.request(&uri).ok())
+            .filter_map(|_| auth?.request(&uri).ok().flatten())
             .map(|r| {
                 assert_eq!(
                     r.headers().get(ORIGIN).and_then(|v| v.to_str().ok()),

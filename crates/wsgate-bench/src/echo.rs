@@ -5,7 +5,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -21,15 +20,15 @@ use crate::common::{
     status_map, Auth, ErrorTally, Failure, LatencySummary, OpenFailures, Stop, Target, Transport,
     Ws,
 };
+use crate::tokens::TokenArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct EchoArgs {
     /// Target, e.g. ws://127.0.0.1:8080/ws (loopback only).
     #[arg(long)]
     pub url: String,
-    /// File with one token per line; connections rotate through them.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// How the token is sent.
     #[arg(long, value_enum, default_value_t = Transport::Bearer)]
     pub transport: Transport,
@@ -91,11 +90,7 @@ struct Report {
 
 pub async fn run(args: EchoArgs, json: bool) -> anyhow::Result<i32> {
     let target = Target::parse(&args.url)?;
-    let auth = Auth::load(
-        args.transport,
-        args.token_file.as_deref(),
-        args.origin.as_deref(),
-    )?;
+    let auth = Auth::new(args.transport, &args.tokens, args.origin.as_deref())?;
     if args.connections == 0 || args.open_concurrency == 0 {
         bail!("--connections and --open-concurrency must be at least 1");
     }

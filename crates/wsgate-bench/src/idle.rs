@@ -20,15 +20,15 @@ use crate::common::{
     client_config, close_ws, new_histogram, open_ws, record, round3, row, status_map, stopped,
     Auth, Failure, LatencySummary, OpenError, OpenFailures, Stop, Target, Transport,
 };
+use crate::tokens::TokenArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct IdleArgs {
     /// Target, e.g. ws://127.0.0.1:8080/ws (loopback only).
     #[arg(long)]
     pub url: String,
-    /// File with one token per line; connections rotate through them.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// How the token is sent.
     #[arg(long, value_enum, default_value_t = Transport::Bearer)]
     pub transport: Transport,
@@ -95,9 +95,9 @@ struct Report {
 
 pub async fn run(args: IdleArgs, json: bool, nofile: u64) -> anyhow::Result<i32> {
     let target = Target::parse(&args.url)?;
-    let auth = Rc::new(Auth::load(
+    let auth = Rc::new(Auth::new(
         args.transport,
-        args.token_file.as_deref(),
+        &args.tokens,
         args.origin.as_deref(),
     )?);
     if args.connections == 0 {

@@ -16,7 +16,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -33,11 +32,12 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::common::{
-    client_config, close_ws, error_rows, fmt_counts, handshake, new_histogram, read_tokens, record,
-    round2, round3, row, run_length, status_map, ErrorTally, Failure, Handshake, LatencySummary,
-    Stop, Target,
+    client_config, close_ws, error_rows, fmt_counts, handshake, new_histogram, record, round2,
+    round3, row, run_length, status_map, ErrorTally, Failure, Handshake, LatencySummary, Stop,
+    Target,
 };
 use crate::http1;
+use crate::tokens::{TokenArgs, TokenSource};
 
 /// The path tickets are minted on (SPEC 4).
 const MINT_PATH: &str = "/v1/tickets";
@@ -63,9 +63,10 @@ pub struct TicketsArgs {
     /// only). Tickets are minted at /v1/tickets on the same host:port.
     #[arg(long)]
     pub url: String,
-    /// Session tokens, one per line; mints rotate through them.
-    #[arg(long)]
-    pub token_file: PathBuf,
+    /// The session tokens the mint is asked with (--token-file: one per
+    /// line; --unique: each once; --mint-alg: a new one per round trip).
+    #[command(flatten)]
+    pub session: TokenArgs,
     /// Number of concurrent workers (each runs round trips back to back).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -177,19 +178,10 @@ pub async fn run(args: TicketsArgs, json: bool) -> anyhow::Result<i32> {
         .authority()
         .map(|a| a.as_str().to_string())
         .context("--url has no host:port")?;
-    let tokens: Vec<String> = read_tokens(&args.token_file)?
-        .into_iter()
-        .map(|(lineno, token)| {
-            if token.bytes().all(|b| b.is_ascii_graphic()) {
-                Ok(token)
-            } else {
-                bail!(
-                    "{}:{lineno}: token contains characters not allowed in a header",
-                    args.token_file.display()
-                )
-            }
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let tokens = TokenSource::from_args(&args.session)?;
+    if !tokens.has_tokens() {
+        bail!("--token-file or --mint-alg is required: the mint needs a session token");
+    }
     let origin = match &args.origin {
         Some(o) => {
             HeaderValue::from_str(o).context("--origin is not a valid header value")?;
@@ -209,7 +201,6 @@ pub async fn run(args: TicketsArgs, json: bool) -> anyhow::Result<i32> {
         target,
         authority: authority.clone(),
         tokens,
-        next_token: Cell::new(0),
         origin,
         stop: stop.clone(),
         tally: RefCell::new(Tally::default()),
@@ -229,7 +220,7 @@ pub async fn run(args: TicketsArgs, json: bool) -> anyhow::Result<i32> {
         "tickets: mint http://{authority}{MINT_PATH}, redeem {} ({}) tokens={} concurrency={} mint-conn={} replay-check={} {}",
         args.url,
         shared.target.addr,
-        shared.tokens.len(),
+        shared.tokens.describe(),
         args.concurrency,
         if args.mint_fresh_conn { "fresh" } else { "keepalive" },
         match args.replay_check.0 {
@@ -268,6 +259,8 @@ pub async fn run(args: TicketsArgs, json: bool) -> anyhow::Result<i32> {
         "interrupt"
     } else if args.count.is_some_and(|n| tally.round_trips >= n) {
         "count"
+    } else if shared.tokens.exhausted() {
+        "tokens"
     } else {
         "duration"
     };
@@ -275,7 +268,7 @@ pub async fn run(args: TicketsArgs, json: bool) -> anyhow::Result<i32> {
         mode: "tickets",
         url: args.url.clone(),
         mint_url: format!("http://{authority}{MINT_PATH}"),
-        tokens: shared.tokens.len(),
+        tokens: shared.tokens.count(),
         concurrency: args.concurrency,
         mint_connection: if args.mint_fresh_conn {
             "fresh"
@@ -410,8 +403,7 @@ struct Shared {
     target: Target,
     /// `host:port` of `--url`: the mint's Host, and what a minted url must name.
     authority: String,
-    tokens: Vec<String>,
-    next_token: Cell<usize>,
+    tokens: TokenSource,
     origin: Option<String>,
     stop: Stop,
     tally: RefCell<Tally>,
@@ -432,14 +424,13 @@ impl Shared {
         self.tally.borrow_mut().errors.add(f);
     }
 
-    fn next_token(&self) -> &str {
-        let i = self.next_token.get();
-        self.next_token.set((i + 1) % self.tokens.len());
-        &self.tokens[i]
-    }
-
-    fn mint_request(&self) -> Vec<u8> {
-        let token = self.next_token();
+    /// The mint's request with the next session token; `Ok(None)` once a
+    /// unique pool is used up.
+    fn mint_request(&self) -> Result<Option<Vec<u8>>, Failure> {
+        let Some(minted) = self.tokens.next()? else {
+            return Ok(None);
+        };
+        let token = minted.token;
         let mut req = format!(
             "POST {MINT_PATH} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
              Accept: application/json\r\nContent-Length: 0\r\n",
@@ -452,7 +443,7 @@ impl Shared {
             req.push_str("Connection: close\r\n");
         }
         req.push_str("\r\n");
-        req.into_bytes()
+        Ok(Some(req.into_bytes()))
     }
 
     /// Checks the mint's answer and returns the URL to redeem.
@@ -517,9 +508,19 @@ impl Worker {
                 return;
             }
             s.issued.set(n + 1);
+            let req = match s.mint_request() {
+                Ok(Some(r)) => r,
+                // A unique pool is used up: the run is over.
+                Ok(None) => return,
+                Err(f) => {
+                    s.tally.borrow_mut().round_trips += 1;
+                    s.error(f);
+                    continue;
+                }
+            };
             s.tally.borrow_mut().round_trips += 1;
             let t0 = Instant::now();
-            let Some(uri) = self.mint().await else {
+            let Some(uri) = self.mint(&req).await else {
                 continue;
             };
             if !redeem(&s, &uri).await {
@@ -539,11 +540,10 @@ impl Worker {
 
     /// Step 1: POST /v1/tickets. Returns the URL to redeem, or `None` after
     /// counting what went wrong.
-    async fn mint(&mut self) -> Option<Uri> {
+    async fn mint(&mut self, req: &[u8]) -> Option<Uri> {
         let s = self.shared.clone();
-        let req = s.mint_request();
         let t0 = Instant::now();
-        let answer = match timeout(s.timeout, self.exchange(&req)).await {
+        let answer = match timeout(s.timeout, self.exchange(req)).await {
             Ok(a) => a,
             Err(_) => {
                 self.conn = None;

@@ -4,7 +4,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use crate::common::{
     client_config, close_ws, error_rows, fmt_counts, new_histogram, record, round2, round3, row,
     run_length, status_map, Auth, ErrorTally, Handshake, LatencySummary, Stop, Target, Transport,
 };
+use crate::tokens::TokenArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,9 +35,8 @@ pub struct UpgradeArgs {
     /// Target, e.g. ws://127.0.0.1:8080/ws (loopback only).
     #[arg(long)]
     pub url: String,
-    /// File with one token per line; attempts rotate through them.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// How the token is sent.
     #[arg(long, value_enum, default_value_t = Transport::Bearer)]
     pub transport: Transport,
@@ -68,14 +67,6 @@ pub struct UpgradeArgs {
     /// cap; default: as fast as the workers go).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Mint a unique HS256 token (own `sub` and `jti`) for every attempt,
-    /// with the secret in this environment variable, instead of rotating
-    /// --token-file's tokens. A wrong secret makes every token invalid.
-    #[arg(long)]
-    pub mint_secret_env: Option<String>,
-    /// Lifetime of minted tokens.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
-    pub mint_ttl: Duration,
 }
 
 #[derive(Default)]
@@ -113,21 +104,11 @@ struct Report {
 
 pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
     let target = Target::parse(&args.url)?;
-    let auth = Rc::new(match &args.mint_secret_env {
-        Some(var) => {
-            let secret = std::env::var(var).map_err(|_| anyhow::anyhow!("${var} is not set"))?;
-            Auth::minting(
-                args.transport,
-                crate::common::Mint::new(secret.as_bytes(), args.mint_ttl),
-                args.origin.as_deref(),
-            )?
-        }
-        None => Auth::load(
-            args.transport,
-            args.token_file.as_deref(),
-            args.origin.as_deref(),
-        )?,
-    });
+    let auth = Rc::new(Auth::new(
+        args.transport,
+        &args.tokens,
+        args.origin.as_deref(),
+    )?);
     let run_for = run_length(args.concurrency, args.count, args.duration)?;
 
     let stop = Stop::new();
@@ -151,7 +132,7 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
         args.url,
         target.addr,
         args.transport,
-        auth.token_count(),
+        auth.describe(),
         args.concurrency,
         match args.count {
             Some(n) => format!("count={n} cap={}", humantime::format_duration(run_for)),
@@ -200,6 +181,8 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
         "interrupt"
     } else if args.count.is_some_and(|n| tally.attempts >= n) {
         "count"
+    } else if auth.exhausted() {
+        "tokens"
     } else {
         "duration"
     };
@@ -329,17 +312,20 @@ impl Worker {
                 }
                 tokio::time::sleep_until(due).await;
             }
-            self.tally.borrow_mut().attempts += 1;
-            let source =
-                (!self.sources.is_empty()).then(|| self.sources[(n as usize) % self.sources.len()]);
-
             let req = match self.auth.request(&self.target.uri) {
-                Ok(r) => r,
+                Ok(Some(r)) => r,
+                // A unique pool is used up: the run is over.
+                Ok(None) => return,
                 Err(f) => {
+                    self.tally.borrow_mut().attempts += 1;
                     self.tally.borrow_mut().errors.add(f);
                     continue;
                 }
             };
+            self.tally.borrow_mut().attempts += 1;
+            let source =
+                (!self.sources.is_empty()).then(|| self.sources[(n as usize) % self.sources.len()]);
+
             let t0 = Instant::now();
             let outcome = timeout(
                 self.timeout,
