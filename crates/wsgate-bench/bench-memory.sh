@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Memory per idle authenticated socket (issue 10): CONNECTIONS (default 10000)
-# sockets opened through wsgate (echo backend, HS256 bearer, each session's
+# sockets opened through wsgate (echo backend, HS256 bearer, a token and a
+# user of its own per socket, minted by the generator; each session's
 # expiry timer armed, registry entry, ping timer) and held idle; the
 # gateway's VmRSS before and with all of them open, per socket. The minimal
 # echo server (no auth, 4 KiB read buffer) holds the same sockets in the same
@@ -20,14 +21,13 @@ ulimit -n "$(ulimit -Hn)"
 WSGATE_JWT_SECRET=$(random_hex 32)
 export WSGATE_JWT_SECRET
 N=${CONNECTIONS:-10000}
-for i in 1 2 3 4; do "$B/wsgate" token --sub "bench-$i" --ttl 1h; done >"$T/hs.tok"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 measure() { # name url
     local name=$1 url=$2 before after
     sleep 1
     before=$(rss "$srv")
     rm -f "$T/ready"
-    taskset -c 1 "$B/wsgate-bench" idle --url "$url" --token-file "$T/hs.tok" --connections "$N" \
+    taskset -c 1 "$B/wsgate-bench" idle --url "$url" --mint-secret-env WSGATE_JWT_SECRET --connections "$N" \
         --hold 6s --ready-file "$T/ready" --send-bytes "${SEND_BYTES:-0}" >"$T/$name.out" 2>&1 &
     local gen=$!
     for _ in $(seq 1 600); do [ -s "$T/ready" ] && break; sleep 0.1; done

@@ -33,7 +33,8 @@
 # package (installed with apt-get if missing).
 #
 # Environment: ROUNDS (2), DURATION (10s), WARMUP (1s), CONCURRENCY (32),
-# SERVER_CORE (0), BENCH_CORE (1), TOKENS (4), H2 (1).
+# SERVER_CORE (0), BENCH_CORE (1), POOL (150000 unique tokens per run),
+# WARMUP_POOL (20000), H2 (1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -45,7 +46,8 @@ WARMUP=${WARMUP:-1s}
 CONCURRENCY=${CONCURRENCY:-32}
 SERVER_CORE=${SERVER_CORE:-0}
 BENCH_CORE=${BENCH_CORE:-1}
-TOKENS=${TOKENS:-4}
+POOL=${POOL:-150000}
+WARMUP_POOL=${WARMUP_POOL:-20000}
 H2=${H2:-1}
 
 die() {
@@ -95,10 +97,20 @@ trap 'stop_all; rm -rf "$T"' EXIT
 WSGATE_JWT_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 WSGATE_IDENTITY_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 export WSGATE_JWT_SECRET WSGATE_IDENTITY_SECRET
-for i in $(seq 1 "$TOKENS"); do "$B/wsgate" token --sub "bench-$i" --ttl 1h; done >"$T/hs.tok"
-for i in $(seq 1 "$TOKENS"); do
-    WSGATE_JWT_SECRET=not-the-gateway-secret-not-the-gateway-secret "$B/wsgate" token --sub "bench-$i" --ttl 1h
-done >"$T/bad.tok"
+# Every attempt carries a token of its own (issue 10): before each
+# measurement, with no server running, `wsgate-bench mint` signs a pool for
+# the warm-up and one for the run (POOL tokens; the run ends early if the
+# pool does, and CPU is divided by the attempts actually made). "bad" tokens
+# are signed, then one character of their signature is changed.
+pools() { # hs|bad
+    local extra=()
+    [ "$1" = bad ] && extra=(--mint-invalid bad-signature)
+    "$B/wsgate-bench" mint --count "$WARMUP_POOL" --mint-secret-env WSGATE_JWT_SECRET \
+        ${extra[@]+"${extra[@]}"} --out "$T/warmup.tok" \
+        && "$B/wsgate-bench" mint --count "$POOL" --mint-secret-env WSGATE_JWT_SECRET \
+            ${extra[@]+"${extra[@]}"} --out "$T/run.tok" \
+        || die "wsgate-bench mint failed"
+}
 
 # --- one measurement -----------------------------------------------------------
 ECHO_ADDR=127.0.0.1:19001 # configs/proxy.toml's upstream
@@ -129,7 +141,7 @@ ticks() { # utime + stime of the whole process (all threads)
     sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 bench() { # url tokens expect duration
-    taskset -c "$BENCH_CORE" "$B/wsgate-bench" upgrade --url "$1" --token-file "$T/$2" \
+    taskset -c "$BENCH_CORE" "$B/wsgate-bench" upgrade --url "$1" --token-file "$T/$2" --unique \
         --transport bearer --concurrency "$CONCURRENCY" --expect "$3" --duration "$4" --json
 }
 measure() { # round setup kind url tokens expect server-start...
@@ -138,16 +150,17 @@ measure() { # round setup kind url tokens expect server-start...
     for a in $ECHO_ADDR $ECHO_H2_ADDR $NODE_ADDR $HAPROXY_ADDR $WSGATE_ADDR; do
         ! listening "$a" || die "$a is already in use by another process"
     done
+    pools "$tok"
     "$@" # start the server process(es); they land in pids
     if [ "$WARMUP" != 0 ] && [ "$WARMUP" != 0s ]; then
-        bench "$url" "$tok" "$expect" "$WARMUP" >/dev/null 2>"$T/warmup.err" \
+        bench "$url" warmup.tok "$expect" "$WARMUP" >/dev/null 2>"$T/warmup.err" \
             || { cat "$T/warmup.err" >&2; die "$setup: warm-up failed"; }
     fi
     local before=() after=() p rc=0
     for p in "${pids[@]}"; do before+=("$(ticks "$p")"); done
     local s0 b0 s1 b1
     s0=$(core_jiffies "$SERVER_CORE") b0=$(core_jiffies "$BENCH_CORE")
-    bench "$url" "$tok" "$expect" "$DURATION" >"$T/run.json" 2>"$T/run.err" || rc=$?
+    bench "$url" run.tok "$expect" "$DURATION" >"$T/run.json" 2>"$T/run.err" || rc=$?
     for p in "${pids[@]}"; do after+=("$(ticks "$p")"); done
     s1=$(core_jiffies "$SERVER_CORE") b1=$(core_jiffies "$BENCH_CORE")
     for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "$setup: a server process died during the run"; done
@@ -165,7 +178,7 @@ j = [int(x) for x in sys.argv[3].split()]  # busy/total jiffies of both cores, b
 busy = lambda b0, t0, b1, t1: 100 * (b1 - b0) / max(t1 - t0, 1)
 print(f"round {line[0]}  {line[1]:<22} {r['rate_per_s']:8.0f}/s  p50 {r['latency_us']['p50_us']:5d} us  "
       f"p99 {r['latency_us']['p99_us']:5d} us  CPU {int(line[3]) / hz / max(r['attempts'], 1) * 1e6:6.1f} us/attempt  "
-      f"(attempts {r['attempts']}, accepted {r['accepted']}, rejected {r['rejected']}, close errors {r['close_errors']}; "
+      f"(attempts {r['attempts']}, stopped by {r['stopped_by']}, accepted {r['accepted']}, rejected {r['rejected']}, close errors {r['close_errors']}; "
       f"server core {busy(*j[0:4]):.0f}% busy, generator core {busy(*j[4:8]):.0f}% busy, all processes)",
       flush=True)
 PY
@@ -196,16 +209,16 @@ echo "duration $DURATION per run (warm-up $WARMUP), concurrency $CONCURRENCY, se
 : >"$T/results.tsv"
 W=ws://$WSGATE_ADDR/ws
 for round in $(seq 1 "$ROUNDS"); do
-    measure "$round" "echo-server (no auth)" accepted "ws://$ECHO_ADDR/ws" hs.tok accepted s_echo
-    measure "$round" "node (HS256)" accepted "ws://$NODE_ADDR/ws" hs.tok accepted s_node
-    measure "$round" "wsgate (HS256)" accepted "$W" hs.tok accepted s_wsgate
-    measure "$round" "haproxy bad-sig" rejected "ws://$HAPROXY_ADDR/ws" bad.tok rejected s_haproxy
-    measure "$round" "wsgate bad-sig" rejected "$W" bad.tok rejected s_wsgate
-    measure "$round" "haproxy+upstream" upstream "ws://$HAPROXY_ADDR/ws" hs.tok accepted s_haproxy_up
-    measure "$round" "wsgate+upstream" upstream "$W" hs.tok accepted s_wsgate_up
+    measure "$round" "echo-server (no auth)" accepted "ws://$ECHO_ADDR/ws" hs accepted s_echo
+    measure "$round" "node (HS256)" accepted "ws://$NODE_ADDR/ws" hs accepted s_node
+    measure "$round" "wsgate (HS256)" accepted "$W" hs accepted s_wsgate
+    measure "$round" "haproxy bad-sig" rejected "ws://$HAPROXY_ADDR/ws" bad rejected s_haproxy
+    measure "$round" "wsgate bad-sig" rejected "$W" bad rejected s_wsgate
+    measure "$round" "haproxy+upstream" upstream "ws://$HAPROXY_ADDR/ws" hs accepted s_haproxy_up
+    measure "$round" "wsgate+upstream" upstream "$W" hs accepted s_wsgate_up
     if [ "$H2" != 0 ]; then
-        measure "$round" "haproxy+upstream h2" upstream-h2 "ws://$HAPROXY_ADDR/ws" hs.tok accepted s_haproxy_up_h2
-        measure "$round" "wsgate+upstream h2" upstream-h2 "$W" hs.tok accepted s_wsgate_up_h2
+        measure "$round" "haproxy+upstream h2" upstream-h2 "ws://$HAPROXY_ADDR/ws" hs accepted s_haproxy_up_h2
+        measure "$round" "wsgate+upstream h2" upstream-h2 "$W" hs accepted s_wsgate_up_h2
     fi
 done
 

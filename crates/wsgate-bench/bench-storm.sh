@@ -13,9 +13,11 @@ export WSGATE_JWT_SECRET
 N=${CONNECTIONS:-15000}
 # Time to open N sockets at ~3k/s, plus margin.
 TTL=${TTL:-$(( N / 2000 + 12 ))}
-"$B/wsgate" token --sub storm --ttl "${TTL}s" >"$T/storm.tok"
+# One token per socket (each its own user), all with the same exp.
+"$B/wsgate-bench" mint --count "$N" --mint-secret-env WSGATE_JWT_SECRET \
+    --mint-exp "$(($(date +%s) + TTL))" --out "$T/storm.tok"
 "$B/wsgate" token --sub probe --ttl 1h >"$T/probe.tok"
 bg taskset -c 0 "$B/wsgate" serve --config "$here/configs/storm.toml" >"$T/gw.log" 2>&1
 wait_ready "$T/gw.log"
-taskset -c 1 "$B/wsgate-bench" storm --url ws://127.0.0.1:18080/ws --token-file "$T/storm.tok" \
+taskset -c 1 "$B/wsgate-bench" storm --url ws://127.0.0.1:18080/ws --token-file "$T/storm.tok" --unique \
     --probe-token-file "$T/probe.tok" --connections "$N" 2>/dev/null

@@ -18,15 +18,20 @@ use crate::common::{
     client_config, close_ws, jwt_payload, new_histogram, open_ws, read_tokens, record, row, Auth,
     LatencySummary, OpenFailures, Target, Transport,
 };
+use crate::tokens::TokenArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct StormArgs {
     /// Gateway WebSocket URL, e.g. ws://127.0.0.1:18080/ws (loopback only).
     #[arg(long)]
     pub url: String,
-    /// Tokens that all carry the same `exp` (e.g. `wsgate token --ttl 30s`).
+    /// Tokens that all carry the same `exp` (e.g. `wsgate-bench mint
+    /// --mint-exp`); rotated, or each used once with --unique.
     #[arg(long)]
     pub token_file: PathBuf,
+    /// One token per socket: --token-file must hold --connections tokens.
+    #[arg(long)]
+    pub unique: bool,
     /// A long-lived token for the probe upgrades.
     #[arg(long)]
     pub probe_token_file: PathBuf,
@@ -80,7 +85,19 @@ pub async fn run(args: StormArgs, json: bool, nofile: u64) -> anyhow::Result<i32
         .and_then(|(_, t)| jwt_payload(t))
         .and_then(|p| p.get("exp").and_then(|e| e.as_i64()))
         .context("cannot read exp from the first storm token")?;
-    let auth = Auth::load(Transport::Bearer, Some(&args.token_file), None)?;
+    if args.unique && tokens.len() < args.connections {
+        bail!(
+            "--unique: {} tokens for {} sockets",
+            tokens.len(),
+            args.connections
+        );
+    }
+    let storm_tokens = TokenArgs {
+        token_file: Some(args.token_file.clone()),
+        unique: args.unique,
+        ..TokenArgs::default()
+    };
+    let auth = Auth::new(Transport::Bearer, &storm_tokens, None)?;
     let probe = Auth::load(Transport::Bearer, Some(&args.probe_token_file), None)?;
     // The deadline as an Instant on this machine's clock.
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH)?;

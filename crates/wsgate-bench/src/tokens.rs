@@ -68,6 +68,10 @@ pub struct MintArgs {
     /// Lifetime of minted tokens.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
     pub mint_ttl: Duration,
+    /// `exp` of every minted token, in Unix seconds, instead of now +
+    /// --mint-ttl (an expiry storm: many tokens expiring in one second).
+    #[arg(long)]
+    pub mint_exp: Option<u64>,
     /// Make every minted token invalid this way.
     #[arg(long, value_enum)]
     pub mint_invalid: Option<Invalid>,
@@ -96,6 +100,7 @@ pub struct Minter {
     kid: Option<String>,
     extra: Map<String, Value>,
     ttl_s: u64,
+    exp: Option<u64>,
     invalid: Option<Invalid>,
     csrf: bool,
     prefix: String,
@@ -149,6 +154,7 @@ impl Minter {
             kid: args.mint_kid.clone(),
             extra,
             ttl_s: args.mint_ttl.as_secs().max(1),
+            exp: args.mint_exp,
             invalid: args.mint_invalid,
             csrf: args.mint_csrf,
             prefix: format!("m{}x{nanos:x}", std::process::id()),
@@ -168,7 +174,7 @@ impl Minter {
             .unwrap_or(0);
         let (iat, exp) = match self.invalid {
             Some(Invalid::Expired) => (now.saturating_sub(7200), now.saturating_sub(3600)),
-            _ => (now, now + self.ttl_s),
+            _ => (now, self.exp.unwrap_or(now + self.ttl_s)),
         };
         let mut claims = self.extra.clone();
         claims.insert("sub".into(), format!("{}-{n}", self.prefix).into());
