@@ -28,13 +28,18 @@ measure() { # name url
     before=$(rss "$srv")
     rm -f "$T/ready"
     taskset -c 1 "$B/wsgate-bench" idle --url "$url" --mint-secret-env WSGATE_JWT_SECRET --connections "$N" \
+        --sources 127.3.0.1-127.3.0.64 \
         --hold 6s --ready-file "$T/ready" --send-bytes "${SEND_BYTES:-0}" >"$T/$name.out" 2>&1 &
     local gen=$!
     for _ in $(seq 1 600); do [ -s "$T/ready" ] && break; sleep 0.1; done
     sleep 3
     after=$(rss "$srv")
     wait "$gen" || true
-    echo "$name: $(cat "$T/ready" 2>/dev/null); VmRSS ${before} KiB -> ${after} KiB; $(( (after - before) * 1024 / N )) bytes per socket"
+    local opened
+    opened=$(sed -n 's/^open=\([0-9]*\).*/\1/p' "$T/ready" 2>/dev/null)
+    [ "${opened:-0}" -gt 0 ] || { cat "$T/$name.out" >&2; echo "bench-memory: $name: no socket opened" >&2; exit 1; }
+    # Per socket actually open (a failed open holds nothing).
+    echo "$name: $(cat "$T/ready" 2>/dev/null); VmRSS ${before} KiB -> ${after} KiB; $(( (after - before) * 1024 / opened )) bytes per socket"
     stop "$srv"
 }
 bg taskset -c 0 "$B/examples/echo_server" 127.0.0.1:19001 4096 >/dev/null 2>&1

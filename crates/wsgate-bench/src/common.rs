@@ -415,6 +415,17 @@ pub async fn open_ws(
     config: WebSocketConfig,
     limit: Duration,
 ) -> Result<Box<Ws>, OpenError> {
+    open_ws_from(target, None, auth, config, limit).await
+}
+
+/// Like [`open_ws`], from a chosen local (loopback) source address.
+pub async fn open_ws_from(
+    target: &Target,
+    source: Option<IpAddr>,
+    auth: &Auth,
+    config: WebSocketConfig,
+    limit: Duration,
+) -> Result<Box<Ws>, OpenError> {
     let req = auth
         .request(&target.uri)
         .map_err(OpenError::Failed)?
@@ -424,7 +435,7 @@ pub async fn open_ws(
                 "the --unique token pool is used up",
             ))
         })?;
-    match tokio::time::timeout(limit, handshake(target.addr, req, config)).await {
+    match tokio::time::timeout(limit, handshake_from(target.addr, source, req, config)).await {
         Err(_) => Err(OpenError::Failed(Failure::timeout("handshake"))),
         Ok(Err(f)) => Err(OpenError::Failed(f)),
         Ok(Ok(Handshake::Rejected(status))) => Err(OpenError::Rejected(status)),

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
-    client_config, close_ws, new_histogram, open_ws, record, round3, row, status_map, stopped,
+    client_config, close_ws, new_histogram, open_ws_from, record, round3, row, status_map, stopped,
     Auth, Failure, LatencySummary, OpenError, OpenFailures, Stop, Target, Transport,
 };
 use crate::tokens::TokenArgs;
@@ -41,6 +41,12 @@ pub struct IdleArgs {
     /// How long to hold them once the ramp is complete.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub hold: Duration,
+    /// Loopback source addresses, rotated per socket: `127.1.0.1-127.1.3.255`,
+    /// commas allowed. Thousands of sockets from one address reuse the
+    /// 4-tuples of a previous run's TIME_WAIT sockets, and some SYNs then
+    /// wait out a retransmission (1 s, 3 s, ...).
+    #[arg(long)]
+    pub sources: Option<String>,
     /// New connection attempts started per second.
     #[arg(long, default_value_t = 2000.0)]
     pub ramp_per_sec: f64,
@@ -119,6 +125,10 @@ pub async fn run(args: IdleArgs, json: bool, nofile: u64) -> anyhow::Result<i32>
     let state = Rc::new(State::default());
     let hist = Rc::new(RefCell::new(new_histogram()?));
     let config = client_config(4096);
+    let sources: Vec<std::net::IpAddr> = match &args.sources {
+        Some(spec) => crate::common::parse_sources(spec)?,
+        None => Vec::new(),
+    };
 
     eprintln!(
         "idle: {} ({}) opening {} sockets at {}/s, then holding {}",
@@ -138,8 +148,10 @@ pub async fn run(args: IdleArgs, json: bool, nofile: u64) -> anyhow::Result<i32>
         let due = ((start.elapsed().as_secs_f64() * args.ramp_per_sec) as usize + 1)
             .min(args.connections);
         while tasks.len() < due {
+            let source = (!sources.is_empty()).then(|| sources[tasks.len() % sources.len()]);
             let c = IdleConn {
                 target: target.clone(),
+                source,
                 auth: auth.clone(),
                 config,
                 timeout: args.timeout,
@@ -282,6 +294,7 @@ fn progress(state: &State, start: Instant, last: &mut Instant, force: bool) {
 
 struct IdleConn {
     target: Target,
+    source: Option<std::net::IpAddr>,
     auth: Rc<Auth>,
     config: WebSocketConfig,
     timeout: Duration,
@@ -313,7 +326,14 @@ impl IdleConn {
 
     async fn run(self) {
         let t0 = Instant::now();
-        let opened = open_ws(&self.target, &self.auth, self.config, self.timeout).await;
+        let opened = open_ws_from(
+            &self.target,
+            self.source,
+            &self.auth,
+            self.config,
+            self.timeout,
+        )
+        .await;
         let st = &self.state;
         let mut ws = match opened {
             Ok(ws) => ws,
