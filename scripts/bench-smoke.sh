@@ -23,7 +23,12 @@ run() { # name command...
         sleep 0.1
     done
 }
-run upgrades env DURATION=1s WARMUP=0 "$B/bench-upgrades.sh"
+run upgrades env DURATION=1s WARMUP=0 POOL=2000 RSA_POOL=200 "$B/bench-upgrades.sh"
+run algs env ROUNDS=1 SEGMENT=400 "$B/bench-algs.sh"
+# The cookie transport with per-attempt CSRF claims, through the same runner.
+run cookie env TRANSPORT=cookie MINT="--mint-secret-env WSGATE_JWT_SECRET --mint-csrf" POOL=300 \
+    WARMUP=0 DURATION=1s "$B/run-upgrade-bench.sh" "${CARGO_TARGET_DIR:-target}/debug/wsgate" "$B/configs/cookie.toml" \
+    -- --origin https://app.example
 run echo env ROUNDS=1 DURATION=1s CONNECTIONS=20 "$B/bench-echo.sh"
 run proxy env ROUNDS=1 DURATION=1s CONNECTIONS=20 "$B/bench-proxy.sh"
 run fanout env SIZES=300 PUBLISHES=3 "$B/bench-fanout.sh"

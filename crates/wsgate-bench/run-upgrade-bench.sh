@@ -127,8 +127,11 @@ if [ -n "${TOKEN_FILE:-}" ]; then
     warm_args=("${token_args[@]}")
 elif [ "$TRANSPORT" != none ]; then
     eval "mint_args=($MINT)" # MINT may quote a JSON argument
-    "$BENCH_BIN" mint --count "$WARMUP_POOL" "${mint_args[@]}" --out "$work/warmup.tok" \
-        && "$BENCH_BIN" mint --count "$POOL" "${mint_args[@]}" --out "$work/pool.tok" \
+    if [ "$WARMUP" != 0 ] && [ "$WARMUP" != 0s ]; then
+        "$BENCH_BIN" mint --count "$WARMUP_POOL" "${mint_args[@]}" --out "$work/warmup.tok" \
+            || die "wsgate-bench mint $MINT failed"
+    fi
+    "$BENCH_BIN" mint --count "$POOL" "${mint_args[@]}" --out "$work/pool.tok" \
         || die "wsgate-bench mint $MINT failed"
     warm_args=(--token-file "$work/warmup.tok" --unique)
     token_args=(--token-file "$work/pool.tok" --unique)
