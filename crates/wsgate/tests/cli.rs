@@ -154,12 +154,19 @@ async fn dev_mode_banner_login_and_socket() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(gw.logs().iter().any(|l| l.contains("DEV MODE")));
-    // The banner also carries a random admin token for trying the admin API.
-    let admin_line = gw
-        .logs()
-        .into_iter()
-        .find(|l| l.contains("admin API:"))
-        .expect("admin line");
+    // The banner also carries a random admin token for trying the admin API
+    // (a later line of the banner: the log reader may not have it yet).
+    let admin_line = loop {
+        if let Some(l) = gw.logs().into_iter().find(|l| l.contains("admin API:")) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no admin line: {:?}",
+            gw.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let admin_token = admin_line
         .rsplit("Bearer ")
         .next()
