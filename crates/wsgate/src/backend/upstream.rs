@@ -432,7 +432,8 @@ impl Upstream {
                 h.append(name.clone(), value.clone());
             }
         }
-        if let Some(c) = strip_cookie(client, &auth.cookie_name) {
+        if let Some(mut c) = strip_cookie(client, &auth.cookie_name) {
+            c.set_sensitive(true);
             h.insert(header::COOKIE, c);
         }
         let ip = HeaderValue::from_str(&client_ip.to_string()).map_err(|e| fail("request", &e))?;
@@ -460,7 +461,12 @@ impl Upstream {
             }
         }
         for (name, value) in self.identity_headers(who, now_ms) {
-            let v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;
+            let mut v = HeaderValue::from_str(&value).map_err(|e| fail("request", &e))?;
+            // Over HTTP/2, HPACK "never indexed" (RFC 7541 §7.1.3): claims
+            // and signatures stay out of both ends' compression tables
+            // (they are unique per client, so indexing them only churned
+            // the tables) and no intermediary may index them either.
+            v.set_sensitive(true);
             h.insert(HeaderName::from_static(name), v);
         }
         Ok(req)
@@ -801,6 +807,34 @@ mod tests {
         );
         assert!(header_safe_sub("b64:x").starts_with("b64:"));
         assert!(header_safe_sub("é").starts_with("b64:"));
+    }
+
+    #[test]
+    fn identity_headers_and_the_cookie_are_never_indexed() {
+        let mut cfg = crate::config::Config::dev(&[]).unwrap();
+        cfg.backend.upstream = Some("ws://127.0.0.1:9/ws".into());
+        cfg.backend.upstream_http2 = true;
+        cfg.backend.identity_secret = Some(crate::config::Secret::new(
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+        ));
+        let up = Upstream::load(&cfg.backend, Default::default()).unwrap();
+        let claims = serde_json::Map::new();
+        let who = Identity {
+            sub: "u",
+            session: 7,
+            claims: &claims,
+        };
+        let client = headers(&[("cookie", "session=tok; theme=dark"), ("user-agent", "t")]);
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let req = up
+            .request(&cfg.auth, &client, None, ip, &who, 1_000)
+            .unwrap();
+        let h = req.headers();
+        for name in [SUB, SESSION, CLAIMS, TIMESTAMP, SIGNATURE, "cookie"] {
+            assert!(h[name].is_sensitive(), "{name} may be indexed");
+        }
+        assert_eq!(h["cookie"], "theme=dark");
+        assert!(!h["user-agent"].is_sensitive());
     }
 
     #[test]
