@@ -232,6 +232,11 @@ impl Auth {
         self.source.describe()
     }
 
+    /// The first token of the file, if tokens come from one.
+    pub fn first_token(&self) -> Option<&str> {
+        self.source.first()
+    }
+
     /// Whether a unique pool has run out (the run is over).
     pub fn exhausted(&self) -> bool {
         self.source.exhausted()

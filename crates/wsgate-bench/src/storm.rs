@@ -15,7 +15,7 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
-    client_config, close_ws, jwt_payload, new_histogram, open_ws, read_tokens, record, row, Auth,
+    client_config, close_ws, jwt_payload, new_histogram, open_ws, record, row, Auth,
     LatencySummary, OpenFailures, Target, Transport,
 };
 use crate::tokens::TokenArgs;
@@ -79,25 +79,24 @@ pub async fn run(args: StormArgs, json: bool, nofile: u64) -> anyhow::Result<i32
         );
     }
     let target = Target::parse(&args.url)?;
-    let tokens = read_tokens(&args.token_file)?;
-    let exp = tokens
-        .first()
-        .and_then(|(_, t)| jwt_payload(t))
-        .and_then(|p| p.get("exp").and_then(|e| e.as_i64()))
-        .context("cannot read exp from the first storm token")?;
-    if args.unique && tokens.len() < args.connections {
-        bail!(
-            "--unique: {} tokens for {} sockets",
-            tokens.len(),
-            args.connections
-        );
-    }
     let storm_tokens = TokenArgs {
         token_file: Some(args.token_file.clone()),
         unique: args.unique,
         ..TokenArgs::default()
     };
     let auth = Auth::new(Transport::Bearer, &storm_tokens, None)?;
+    let exp = auth
+        .first_token()
+        .and_then(jwt_payload)
+        .and_then(|p| p.get("exp").and_then(|e| e.as_i64()))
+        .context("cannot read exp from the first storm token")?;
+    if args.unique && auth.token_count() < args.connections {
+        bail!(
+            "--unique: {} tokens for {} sockets",
+            auth.token_count(),
+            args.connections
+        );
+    }
     let probe = Auth::load(Transport::Bearer, Some(&args.probe_token_file), None)?;
     // The deadline as an Instant on this machine's clock.
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH)?;

@@ -430,7 +430,7 @@ impl Shared {
         let Some(minted) = self.tokens.next()? else {
             return Ok(None);
         };
-        let token = minted.token;
+        let token = &minted.token;
         let mut req = format!(
             "POST {MINT_PATH} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
              Accept: application/json\r\nContent-Length: 0\r\n",

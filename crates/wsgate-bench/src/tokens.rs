@@ -15,7 +15,9 @@ use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
-use crate::common::{read_tokens, Failure};
+use std::borrow::Cow;
+
+use crate::common::{jwt_payload, read_tokens, Failure};
 
 /// How a minted token is made invalid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -107,6 +109,7 @@ pub struct Minter {
 }
 
 /// One minted token, and its `csrf` claim when it has one.
+#[derive(Clone)]
 pub struct Minted {
     pub token: String,
     pub csrf: Option<String>,
@@ -223,13 +226,10 @@ fn forge(token: &mut String) {
 /// The `csrf` claim of a token read from a file (unverified: the generator
 /// only needs to echo it).
 fn csrf_claim(token: &str) -> Option<String> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("csrf")?.as_str().map(str::to_string)
+    jwt_payload(token)?
+        .get("csrf")?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Tokens for the attempts of one run.
@@ -280,30 +280,37 @@ impl TokenSource {
         })
     }
 
-    /// The next attempt's token; `Ok(None)` once a unique pool is used up
-    /// (or when there is no credential: check `has_tokens`).
-    pub fn next(&self) -> Result<Option<Minted>, Failure> {
-        let copy = |m: &Minted| Minted {
-            token: m.token.clone(),
-            csrf: m.csrf.clone(),
-        };
+    /// The next attempt's token (borrowed from a file's, owned when
+    /// minted); `Ok(None)` once a unique pool is used up (or when there is
+    /// no credential: check `has_tokens`).
+    pub fn next(&self) -> Result<Option<Cow<'_, Minted>>, Failure> {
         match self {
             TokenSource::None => Ok(None),
             TokenSource::Rotate(tokens, next) => {
                 let i = next.get();
                 next.set((i + 1) % tokens.len().max(1));
-                Ok(tokens.get(i).map(copy))
+                Ok(tokens.get(i).map(Cow::Borrowed))
             }
             TokenSource::Unique(tokens, next) => {
                 let i = next.get();
                 next.set(i.saturating_add(1));
-                Ok(tokens.get(i).map(copy))
+                Ok(tokens.get(i).map(Cow::Borrowed))
             }
             TokenSource::Mint(m, n) => {
                 let i = n.get();
                 n.set(i + 1);
-                m.mint(i).map(Some)
+                m.mint(i).map(|t| Some(Cow::Owned(t)))
             }
+        }
+    }
+
+    /// The first token of a file (to read claims that all of them share).
+    pub fn first(&self) -> Option<&str> {
+        match self {
+            TokenSource::Rotate(t, _) | TokenSource::Unique(t, _) => {
+                t.first().map(|m| m.token.as_str())
+            }
+            TokenSource::None | TokenSource::Mint(..) => None,
         }
     }
 
@@ -491,7 +498,7 @@ mod tests {
             Cell::new(0),
         );
         let got: Vec<String> = (0..3)
-            .filter_map(|_| pool.next().ok().flatten().map(|m| m.token))
+            .filter_map(|_| pool.next().ok().flatten().map(|m| m.token.clone()))
             .collect();
         assert_eq!(got, ["a", "b"]);
         assert!(pool.exhausted());

@@ -138,35 +138,30 @@ async fn dev_mode_banner_login_and_socket() {
         ("WSGATE_SERVER__LISTEN", "127.0.0.1:0"),
         ("WSGATE_ADMIN__LISTEN", "127.0.0.1:0"),
     ]);
-    // The banner carries a ready token.
+    // The banner is one write of several lines, its admin line the last:
+    // once the log reader has that line, it has the whole banner.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let banner_token = loop {
+    let logs = loop {
         let logs = gw.logs();
-        if let Some(t) = logs
-            .iter()
-            .skip_while(|l| !l.contains("token (sub=dev-user"))
-            .nth(1)
-            .map(|l| l.trim_start_matches("stderr: ").trim().to_string())
-        {
-            break t;
+        if logs.iter().any(|l| l.contains("admin API:")) {
+            break logs;
         }
         assert!(std::time::Instant::now() < deadline, "no banner: {logs:?}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert!(gw.logs().iter().any(|l| l.contains("DEV MODE")));
-    // The banner also carries a random admin token for trying the admin API
-    // (a later line of the banner: the log reader may not have it yet).
-    let admin_line = loop {
-        if let Some(l) = gw.logs().into_iter().find(|l| l.contains("admin API:")) {
-            break l;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no admin line: {:?}",
-            gw.logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    // The banner carries a ready token.
+    let banner_token = logs
+        .iter()
+        .skip_while(|l| !l.contains("token (sub=dev-user"))
+        .nth(1)
+        .map(|l| l.trim_start_matches("stderr: ").trim().to_string())
+        .expect("token line");
+    assert!(logs.iter().any(|l| l.contains("DEV MODE")));
+    // It also carries a random admin token for trying the admin API.
+    let admin_line = logs
+        .iter()
+        .find(|l| l.contains("admin API:"))
+        .expect("admin line");
     let admin_token = admin_line
         .rsplit("Bearer ")
         .next()
