@@ -68,6 +68,11 @@ impl Reason {
         Reason::UpstreamTimeout,
     ];
 
+    /// This reason's position in [`Reason::ALL`], for tables built per reason.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The stable reason code of SPEC 3 (JSON `error`, log `reason`, metric label).
     pub const fn code(self) -> &'static str {
         match self {
@@ -240,6 +245,13 @@ mod tests {
     fn codes_are_unique_except_version() {
         let codes: HashSet<_> = Reason::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), Reason::ALL.len() - 1);
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! hyper sees the connection, so slow or oversized heads are refused with
 //! our own status and body, and the bytes read are replayed to hyper.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -84,12 +84,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, max: usize, timeout: Du
 
 /// A stream that first yields `prefix`, then reads from `inner`.
 pub struct Rewind<S> {
-    prefix: BytesMut,
+    prefix: Bytes,
     inner: S,
 }
 
 impl<S> Rewind<S> {
-    pub fn new(prefix: BytesMut, inner: S) -> Self {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
         Rewind { prefix, inner }
     }
 
@@ -110,7 +110,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             self.prefix.advance(n);
             if self.prefix.is_empty() {
                 // Give the memory back: idle sockets should not keep it.
-                self.prefix = BytesMut::new();
+                self.prefix = Bytes::new();
             }
             return Poll::Ready(Ok(()));
         }

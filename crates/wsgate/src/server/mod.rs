@@ -2,6 +2,7 @@
 //! then hyper for HTTP/1.1 and the upgrade.
 
 pub mod admin;
+pub mod direct;
 pub mod head;
 pub mod proxy;
 pub mod respond;
@@ -20,7 +21,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use wsgate_core::Reason;
@@ -403,7 +403,7 @@ async fn serve_conn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, which: L
         // would double every connection's task (see serve_tls_or_plain).
         return Box::pin(serve_tls_or_plain(
             app,
-            Rewind::new(rest, stream),
+            Rewind::new(rest.freeze(), stream),
             client,
             which,
         ))
@@ -507,6 +507,13 @@ where
             }
             return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
         }
+        // An upgrade on a fresh connection: answered without hyper. Boxed:
+        // its state would otherwise enlarge every connection's task.
+        Head::Complete(buf)
+            if which == Listener::Main && head::is_get_of(&buf, &app.config.server.path) =>
+        {
+            return Box::pin(direct::serve(app, stream, buf, peer)).await;
+        }
         Head::Complete(buf) => buf,
         Head::TooLarge => {
             return refuse_early(&app, &mut stream, peer.ip(), Reason::HeadersTooLarge).await;
@@ -515,7 +522,7 @@ where
         Head::TimedOut => return stream.reset_on_close(),
         Head::Closed => return,
     };
-    let io = TokioIo::new(Rewind::new(buf, stream));
+    let io = TokioIo::new(Rewind::new(buf.freeze(), stream));
     let app2 = app.clone();
     let svc = service_fn(move |req| {
         let app = app2.clone();
@@ -540,18 +547,8 @@ where
 {
     upgrade::log_early_rejection(ip, reason);
     app.metrics.handshake(Err(reason), None);
-    let owned;
-    let raw: &[u8] = if reason == Reason::RateLimited {
-        respond::rate_limited_raw()
-    } else {
-        owned = respond::reject_raw(reason);
-        &owned
-    };
-    let _ = tokio::time::timeout(app.config.server.handshake_timeout, async {
-        let _ = stream.write_all(raw).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+    let raw = respond::reject_raw(reason, false);
+    direct::write_and_close(stream, &raw, app.config.server.handshake_timeout).await;
 }
 
 async fn route(

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_VERSION, WWW_AUTHENTICATE,
 };
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use wsgate_core::Reason;
 
@@ -20,56 +20,113 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     r
 }
 
-/// A refused upgrade: status, JSON body, `Connection: close`, and the
-/// headers its status calls for. `token_presented` adds RFC 6750's
-/// `error="invalid_token"`. Nothing from the request is echoed.
-pub fn reject(reason: Reason, token_presented: bool) -> Response<Body> {
-    let body = serde_json::json!({"error": reason.code(), "message": reason.message()});
-    let mut r = json(reason.status(), &body);
-    let h = r.headers_mut();
-    h.insert(CONNECTION, HeaderValue::from_static("close"));
+/// The headers of a refused upgrade besides `Content-Type` and
+/// `Cache-Control`: `Connection: close` and what its status calls for.
+/// `token_presented` adds RFC 6750's `error="invalid_token"`.
+fn reject_headers(reason: Reason, token_presented: bool) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h = vec![(CONNECTION, HeaderValue::from_static("close"))];
     if reason.is_unauthorized() {
-        h.insert(
+        h.push((
             WWW_AUTHENTICATE,
             HeaderValue::from_static(if token_presented {
                 r#"Bearer realm="wsgate", error="invalid_token""#
             } else {
                 r#"Bearer realm="wsgate""#
             }),
-        );
+        ));
     }
     if reason == Reason::UnsupportedVersion {
-        h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.push((SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
     }
     if let Some(secs) = reason.retry_after_secs() {
-        h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        h.push((RETRY_AFTER, HeaderValue::from(secs)));
+    }
+    h
+}
+
+fn reject_body(reason: Reason) -> String {
+    serde_json::json!({"error": reason.code(), "message": reason.message()}).to_string()
+}
+
+/// A refused upgrade: status, JSON body, `Connection: close`, and the
+/// headers its status calls for. Nothing from the request is echoed.
+pub fn reject(reason: Reason, token_presented: bool) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(reject_body(reason))));
+    *r.status_mut() = reason.status();
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in reject_headers(reason, token_presented) {
+        h.insert(name, value);
     }
     r
 }
 
-/// The same rejection as raw bytes, for refusals made before hyper runs
-/// (oversized heads).
-pub fn reject_raw(reason: Reason) -> Vec<u8> {
-    let body = serde_json::json!({"error": reason.code(), "message": reason.message()}).to_string();
-    let status = reason.status();
-    let retry = reason
-        .retry_after_secs()
-        .map(|s| format!("Retry-After: {s}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\n{retry}Content-Length: {}\r\n\r\n{}",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
-        body.len(),
-        body
-    )
-    .into_bytes()
+/// The same rejection as the bytes of a whole HTTP/1.1 response, for
+/// refusals written without hyper (early refusals, direct upgrades). Built
+/// once per reason; a refused upgrade then only stamps the `date`.
+pub fn reject_raw(reason: Reason, token_presented: bool) -> Vec<u8> {
+    static ALL: std::sync::OnceLock<Vec<[Vec<u8>; 2]>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        Reason::ALL
+            .iter()
+            .map(|r| [encode_reject(*r, false), encode_reject(*r, true)])
+            .collect()
+    });
+    let raw = &all[reason.index()][usize::from(token_presented)];
+    // Last of the headers, where hyper puts it too.
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 2);
+    let mut out = Vec::with_capacity(raw.len() + DATE_LINE_LEN);
+    out.extend_from_slice(&raw[..split]);
+    push_date(&mut out);
+    out.extend_from_slice(&raw[split..]);
+    out
 }
 
-/// [`reject_raw`] for `rate_limited`, built once: it is what a flood gets.
-pub fn rate_limited_raw() -> &'static [u8] {
-    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    BYTES.get_or_init(|| reject_raw(Reason::RateLimited))
+/// `date: <IMF-fixdate>\r\n`.
+pub const DATE_LINE_LEN: usize = 6 + 29 + 2;
+
+/// Appends a `date` header line (RFC 9110 6.6.1: an origin server sends one
+/// with every 4xx). Formatted once a second per thread, as hyper does.
+pub fn push_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(c.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+fn encode_reject(reason: Reason, token_presented: bool) -> Vec<u8> {
+    let body = reject_body(reason);
+    let status = reason.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+    )
+    .into_bytes();
+    for (name, value) in reject_headers(reason, token_presented) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    out
 }
 
 /// 404 for unknown paths.
@@ -89,4 +146,43 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(http::header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_rejections_are_whole_dated_responses() {
+        for reason in Reason::ALL.iter().copied() {
+            for presented in [false, true] {
+                let raw = reject_raw(reason, presented);
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let mut resp = httparse::Response::new(&mut headers);
+                let len = match resp.parse(&raw) {
+                    Ok(httparse::Status::Complete(len)) => len,
+                    other => panic!("{reason:?}: {other:?}"),
+                };
+                assert_eq!(resp.code, Some(reason.status().as_u16()));
+                let get = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let body: serde_json::Value =
+                    serde_json::from_slice(&raw[len..]).expect("json body");
+                assert_eq!(body["error"], reason.code());
+                assert_eq!(get("content-length"), Some((raw.len() - len).to_string()));
+                assert_eq!(get("connection").as_deref(), Some("close"));
+                let date = get("date").expect("date");
+                assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+                let www = get("www-authenticate");
+                assert_eq!(www.is_some(), reason.is_unauthorized());
+                if let Some(www) = www {
+                    assert_eq!(www.contains("invalid_token"), presented);
+                }
+            }
+        }
+    }
 }

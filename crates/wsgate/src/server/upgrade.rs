@@ -75,87 +75,163 @@ enum Admission {
     Pending(conn::Unauthenticated, Option<ClientRequest>),
 }
 
-/// Handles `GET <server.path>`: decides, logs, answers `101` or a rejection.
-pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Response<Body> {
+/// What an upgrade attempt came to: decided, logged and counted, nothing
+/// written yet. hyper's path ([`handle`]) and the direct one
+/// ([`super::direct`]) write it each their own way.
+// Moved once, from `answer` into its caller: boxing `Next` would add an
+// allocation to every accepted upgrade to save a memcpy.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Answer {
+    Refuse {
+        reason: Reason,
+        /// A credential was presented (RFC 6750's `error="invalid_token"`).
+        presented: bool,
+    },
+    Switch {
+        /// `Sec-WebSocket-Accept`.
+        accept: HeaderValue,
+        /// The one `Sec-WebSocket-Protocol` echoed, if any.
+        protocol: Option<HeaderValue>,
+        next: Next,
+    },
+}
+
+/// What runs on the socket once `101` is written.
+pub(super) enum Next {
+    /// Authenticated on the upgrade: the session, already registered.
+    Session(SessionStart),
+    /// First-message auth (SPEC 5.2): authenticated after 101, or closed
+    /// 4001. Keeps the request when the upstream is opened after auth.
+    Pending {
+        guard: conn::Unauthenticated,
+        ip: IpAddr,
+        origin: Option<String>,
+        request: Option<ClientRequest>,
+    },
+}
+
+/// A client's socket after `101`, whichever stream it is (plain, TLS,
+/// behind PROXY, or hyper's upgraded one): type-erased so the session's
+/// code exists once, not once per stream type.
+pub type ClientIo = Box<dyn ClientStream>;
+
+pub trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ClientStream for T {}
+
+/// Decides an upgrade request (SPEC 3), counts it and logs it.
+pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, ip: IpAddr) -> Answer {
     let started = Instant::now();
     let ip = wsgate_core::client_ip::client_ip(ip, req.headers(), &app.trusted_proxies);
     let mut attempt = Attempt::new(ip);
-    let decision = decide(&app, &req, &mut attempt).await;
+    let decision = decide(app, req, &mut attempt).await;
     let latency_us = started.elapsed().as_micros() as u64;
     app.metrics.handshake(
         decision.as_ref().map(|_| ()).map_err(|r| *r),
         attempt.transport,
     );
-    match decision {
+    let acc = match decision {
         Err(reason) => {
             log_attempt(&attempt, Err(reason), latency_us);
-            reject(reason, attempt.presented)
-        }
-        Ok(acc) => {
-            log_attempt(&attempt, Ok(()), latency_us);
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            let mut resp = Response::new(Body::default());
-            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let h = resp.headers_mut();
-            h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-            if let Ok(v) = HeaderValue::from_str(&derive_accept_key(acc.key.as_bytes())) {
-                h.insert(SEC_WEBSOCKET_ACCEPT, v);
-            }
-            if let Some(p) = acc
-                .protocol
-                .as_deref()
-                .and_then(|p| HeaderValue::from_str(p).ok())
-            {
-                h.insert(SEC_WEBSOCKET_PROTOCOL, p);
-            }
-            let origin = attempt.origin.take();
-            let start = match acc.admission {
-                Admission::Session {
-                    id,
-                    verified,
-                    transport,
-                    slot,
-                    upstream,
-                } => Ok(SessionStart::new(
-                    &app, id, ip, origin, transport, verified, slot, upstream,
-                )),
-                Admission::Pending(guard, request) => Err((guard, origin, request)),
+            return Answer::Refuse {
+                reason,
+                presented: attempt.presented,
             };
-            tokio::spawn(async move {
-                // The upgrade fails only if the peer left before 101 was read.
-                let Ok(upgraded) = on_upgrade.await else {
-                    return;
-                };
-                // Idle sockets then hold no read buffer of read_buffer_bytes.
-                // Frame tracking: lets the session recycle the WebSocket.
-                let io =
-                    ReadAhead::new(TokioIo::new(upgraded), app.config.limits.read_buffer_bytes)
-                        .frames();
-                let mut ws =
-                    WebSocketStream::from_raw_socket(io, Role::Server, Some(app.client_ws_config))
-                        .await;
-                let start = match start {
-                    Ok(s) => s,
-                    Err((guard, origin, request)) => {
-                        // Boxed: only first-message sockets pay for its state.
-                        match Box::pin(conn::first_message(
-                            &app, &mut ws, guard, ip, origin, request,
-                        ))
-                        .await
-                        {
-                            Some(s) => s,
-                            None => return,
-                        }
-                    }
-                };
-                // Its own task: the state of this one (upgrade, first-message
-                // auth) is not kept beside the session's for the socket's life.
-                tokio::spawn(conn::run(app, ws, start));
-            });
-            resp
         }
+        Ok(acc) => acc,
+    };
+    log_attempt(&attempt, Ok(()), latency_us);
+    let origin = attempt.origin.take();
+    let next = match acc.admission {
+        Admission::Session {
+            id,
+            verified,
+            transport,
+            slot,
+            upstream,
+        } => Next::Session(SessionStart::new(
+            app, id, ip, origin, transport, verified, slot, upstream,
+        )),
+        Admission::Pending(guard, request) => Next::Pending {
+            guard,
+            ip,
+            origin,
+            request,
+        },
+    };
+    Answer::Switch {
+        // Base64 of a SHA-1: always a valid header value.
+        accept: HeaderValue::from_str(&derive_accept_key(acc.key.as_bytes()))
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
+        protocol: acc
+            .protocol
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok()),
+        next,
     }
+}
+
+/// Handles `GET <server.path>` that reached hyper (an upgrade after another
+/// request on a kept-alive connection, an absolute-form target): decides,
+/// logs, answers `101` or a rejection.
+pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Response<Body> {
+    let (accept, protocol, next) = match answer(&app, &req, ip).await {
+        Answer::Refuse { reason, presented } => return reject(reason, presented),
+        Answer::Switch {
+            accept,
+            protocol,
+            next,
+        } => (accept, protocol, next),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    tokio::spawn(async move {
+        // The upgrade fails only if the peer left before 101 was read.
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        begin(app, Box::new(TokioIo::new(upgraded)), next).await;
+    });
+    resp
+}
+
+/// Runs the socket after `101`: first-message auth where it applies, then
+/// the session in a task of its own.
+pub(super) async fn begin(app: Arc<App>, io: ClientIo, next: Next) {
+    // Idle sockets then hold no read buffer of read_buffer_bytes.
+    // Frame tracking: lets the session recycle the WebSocket.
+    let io = ReadAhead::new(io, app.config.limits.read_buffer_bytes).frames();
+    let mut ws =
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(app.client_ws_config)).await;
+    let start = match next {
+        Next::Session(s) => s,
+        Next::Pending {
+            guard,
+            ip,
+            origin,
+            request,
+        } => {
+            // Boxed: only first-message sockets pay for its state.
+            match Box::pin(conn::first_message(
+                &app, &mut ws, guard, ip, origin, request,
+            ))
+            .await
+            {
+                Some(s) => s,
+                None => return,
+            }
+        }
+    };
+    // Its own task: the state of this one (upgrade, first-message auth) is
+    // not kept beside the session's for the socket's life.
+    tokio::spawn(conn::run(app, ws, start));
 }
 
 fn log_attempt(a: &Attempt, result: Result<(), Reason>, latency_us: u64) {
@@ -196,11 +272,20 @@ pub(crate) fn header_has_token(
 }
 
 /// RFC 6455 4.2.1: returns the client's key when the request is an upgrade.
-fn well_formed(req: &Request<Incoming>) -> Result<HeaderValue, Reason> {
+fn well_formed<B>(req: &Request<B>) -> Result<HeaderValue, Reason> {
     if req.method() != Method::GET || req.version() < Version::HTTP_11 {
         return Err(Reason::BadUpgrade);
     }
     let h = req.headers();
+    // No body: after the 101 its bytes would be read as WebSocket frames,
+    // and a proxy in front may have framed them otherwise (smuggling).
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
+    {
+        return Err(Reason::BadUpgrade);
+    }
     // Exactly one Host (RFC 9112 3.2): two let a proxy and us disagree on it.
     if h.get_all(http::header::HOST).iter().count() != 1
         || !header_has_token(h, UPGRADE, "websocket")
@@ -237,11 +322,7 @@ fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     }
 }
 
-async fn decide(
-    app: &Arc<App>,
-    req: &Request<Incoming>,
-    a: &mut Attempt,
-) -> Result<Accepted, Reason> {
+async fn decide<B>(app: &Arc<App>, req: &Request<B>, a: &mut Attempt) -> Result<Accepted, Reason> {
     let headers = req.headers();
     // Log what the Origin claimed even when the request is refused.
     if let Some(o) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
