@@ -285,7 +285,9 @@ pub struct SessionInfo {
     pub sub: String,
     pub sid: Option<String>,
     pub jti: Option<String>,
-    pub ip: String,
+    /// Serialized as text ("203.0.113.7"); kept binary so an upgrade does
+    /// not format it (1.3k instructions) for a listing that may never come.
+    pub ip: std::net::IpAddr,
     pub origin: Option<String>,
     pub transport: &'static str,
     /// Unix ms.

@@ -72,7 +72,7 @@ impl SessionStart {
                 sub: verified.sub.clone(),
                 sid: verified.sid.clone(),
                 jti: verified.jti.clone(),
-                ip: ip.to_string(),
+                ip,
                 origin,
                 transport: transport.as_str(),
                 connected_at: now,

@@ -29,17 +29,18 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Whether a complete head has more than [`MAX_HEADERS`] fields: every
 /// field ends a line, and so do the request line and the blank line.
+/// (memchr: a byte-at-a-time scan of every head was 4k instructions per
+/// upgrade, BENCHMARKS.md "direct upgrade path".)
 fn too_many_fields(head: &[u8]) -> bool {
-    head.iter().filter(|b| **b == b'\n').count() > MAX_HEADERS + 2
+    memchr::memchr_iter(b'\n', head)
+        .nth(MAX_HEADERS + 2)
+        .is_some()
 }
 
 /// Position just past `\r\n\r\n`, scanning from `from`.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
-    buf[start..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| start + p + 4)
+    memchr::memmem::find(&buf[start..], b"\r\n\r\n").map(|p| start + p + 4)
 }
 
 /// Whether the request line of `head` is `GET <path>[?query] ...`. Only a

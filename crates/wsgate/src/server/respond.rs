@@ -66,23 +66,26 @@ pub fn reject(reason: Reason, token_presented: bool) -> Response<Body> {
 /// refusals written without hyper (early refusals, direct upgrades). Built
 /// once per reason; a refused upgrade then only stamps the `date`.
 pub fn reject_raw(reason: Reason, token_presented: bool) -> Vec<u8> {
-    static ALL: std::sync::OnceLock<Vec<[Vec<u8>; 2]>> = std::sync::OnceLock::new();
+    /// The response without its `date`, and where the date goes: last of
+    /// the headers, where hyper puts it too.
+    type Prebuilt = (Vec<u8>, usize);
+    static ALL: std::sync::OnceLock<Vec<[Prebuilt; 2]>> = std::sync::OnceLock::new();
     let all = ALL.get_or_init(|| {
+        let prebuilt = |r, presented| {
+            let raw = encode_reject(r, presented);
+            let at = memchr::memmem::find(&raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
+            (raw, at)
+        };
         Reason::ALL
             .iter()
-            .map(|r| [encode_reject(*r, false), encode_reject(*r, true)])
+            .map(|r| [prebuilt(*r, false), prebuilt(*r, true)])
             .collect()
     });
-    let raw = &all[reason.index()][usize::from(token_presented)];
-    // Last of the headers, where hyper puts it too.
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |i| i + 2);
+    let (raw, at) = &all[reason.index()][usize::from(token_presented)];
     let mut out = Vec::with_capacity(raw.len() + DATE_LINE_LEN);
-    out.extend_from_slice(&raw[..split]);
+    out.extend_from_slice(&raw[..*at]);
     push_date(&mut out);
-    out.extend_from_slice(&raw[split..]);
+    out.extend_from_slice(&raw[*at..]);
     out
 }
 
