@@ -532,9 +532,19 @@ pub fn sign(
     claims: &str,
     ts: &str,
 ) -> String {
-    let input = format!("v1\n{sub}\n{session}\n{claims}\n{ts}");
-    let tag = aws_lc_rs::hmac::sign(key, input.as_bytes());
-    format!("v1={}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    // Fed piece by piece: the joined input was a formatted copy of the
+    // claims per upgrade.
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(key);
+    ctx.update(b"v1");
+    for part in [sub, session, claims, ts] {
+        ctx.update(b"\n");
+        ctx.update(part.as_bytes());
+    }
+    let tag = ctx.sign();
+    let mut out = String::with_capacity(3 + 43);
+    out.push_str("v1=");
+    URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut out);
+    out
 }
 
 /// A `sub` is forwarded verbatim when it is visible ASCII; anything else
@@ -849,5 +859,8 @@ mod tests {
         assert_ne!(s, sign(&key, "u", "2", "e30", "100"));
         assert_ne!(s, sign(&key, "u", "1", "e31", "100"));
         assert_ne!(s, sign(&key, "u", "1", "e30", "101"));
+        // The documented input, joined (docs/backends.md).
+        let tag = aws_lc_rs::hmac::sign(&key, b"v1\nu\n1\ne30\n100");
+        assert_eq!(s, format!("v1={}", URL_SAFE_NO_PAD.encode(tag.as_ref())));
     }
 }
