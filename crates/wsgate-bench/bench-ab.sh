@@ -65,12 +65,7 @@ print(f"{name}\t{expect}\t{n}\t{(t1 - t0) / clk * 1e6 / n:.2f}\t{k('cycles:u'):.
 PY
 }
 echo -e "binary\toutcome\tattempts\tCPU µs\tkcycles user\tkcycles kernel\tkinstr user\tkinstr kernel"
-for _ in $(seq 1 "$ROUNDS"); do
-    for bin in "$A" "$Bn"; do
-        one "$bin" "$T/good.tok" accepted
-        one "$bin" "$T/bad.tok" rejected
-    done
-done
+ab_rounds
 python3 - "$T/rows" "$A" "$Bn" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]

@@ -50,12 +50,7 @@ one() { # binary tokens expect -> "binary outcome attempts instructions-per-atte
     printf '%s\t%s\t%d\t%.0f\n' "$bin" "$expect" "$COUNT" "$(echo "$total / $COUNT" | bc -l)" | tee -a "$T/rows"
 }
 echo -e "binary\toutcome\tattempts\tinstructions per attempt"
-for _ in $(seq 1 "$ROUNDS"); do
-    for bin in "$A" "$Bn"; do
-        one "$bin" "$T/good.tok" accepted
-        one "$bin" "$T/bad.tok" rejected
-    done
-done
+ab_rounds
 python3 - "$T/rows" "$A" "$Bn" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]

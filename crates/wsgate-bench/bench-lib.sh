@@ -26,3 +26,14 @@ wait_ready() {
     cat "$1" >&2
     exit 1
 }
+# A/B scripts: ROUNDS times, for binaries $A then $Bn, the caller's
+# `one BINARY TOKENS OUTCOME` on $T/good.tok (accepted) and $T/bad.tok
+# (rejected), alternating so drift hits both alike.
+ab_rounds() {
+    for _ in $(seq 1 "$ROUNDS"); do
+        for bin in "$A" "$Bn"; do
+            one "$bin" "$T/good.tok" accepted
+            one "$bin" "$T/bad.tok" rejected
+        done
+    done
+}

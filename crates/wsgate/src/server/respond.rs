@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_VERSION, WWW_AUTHENTICATE,
 };
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use wsgate_core::Reason;
 
@@ -12,7 +12,11 @@ pub type Body = Full<Bytes>;
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    json_bytes(status, value).map(Full::new)
+}
+
+fn json_bytes(status: StatusCode, value: &serde_json::Value) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(value.to_string()));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -20,46 +24,37 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     r
 }
 
-/// The headers of a refused upgrade besides `Content-Type` and
-/// `Cache-Control`: `Connection: close` and what its status calls for.
-/// `token_presented` adds RFC 6750's `error="invalid_token"`.
-fn reject_headers(reason: Reason, token_presented: bool) -> Vec<(HeaderName, HeaderValue)> {
-    let mut h = vec![(CONNECTION, HeaderValue::from_static("close"))];
+/// A refused upgrade: status, JSON body, `Connection: close`, and the
+/// headers its status calls for. `token_presented` adds RFC 6750's
+/// `error="invalid_token"`. Nothing from the request is echoed. Both
+/// [`reject`] (hyper) and [`reject_raw`] (written directly) are this.
+fn rejection(reason: Reason, token_presented: bool) -> Response<Bytes> {
+    let body = serde_json::json!({"error": reason.code(), "message": reason.message()});
+    let mut r = json_bytes(reason.status(), &body);
+    let h = r.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
     if reason.is_unauthorized() {
-        h.push((
+        h.insert(
             WWW_AUTHENTICATE,
             HeaderValue::from_static(if token_presented {
                 r#"Bearer realm="wsgate", error="invalid_token""#
             } else {
                 r#"Bearer realm="wsgate""#
             }),
-        ));
+        );
     }
     if reason == Reason::UnsupportedVersion {
-        h.push((SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
+        h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
     }
     if let Some(secs) = reason.retry_after_secs() {
-        h.push((RETRY_AFTER, HeaderValue::from(secs)));
-    }
-    h
-}
-
-fn reject_body(reason: Reason) -> String {
-    serde_json::json!({"error": reason.code(), "message": reason.message()}).to_string()
-}
-
-/// A refused upgrade: status, JSON body, `Connection: close`, and the
-/// headers its status calls for. Nothing from the request is echoed.
-pub fn reject(reason: Reason, token_presented: bool) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(reject_body(reason))));
-    *r.status_mut() = reason.status();
-    let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for (name, value) in reject_headers(reason, token_presented) {
-        h.insert(name, value);
+        h.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     r
+}
+
+/// [`rejection`] for hyper.
+pub fn reject(reason: Reason, token_presented: bool) -> Response<Body> {
+    rejection(reason, token_presented).map(Full::new)
 }
 
 /// The same rejection as the bytes of a whole HTTP/1.1 response, for
@@ -113,22 +108,24 @@ pub fn push_date(out: &mut Vec<u8>) {
     });
 }
 
+/// [`rejection`] as HTTP/1.1 bytes (lower-case names, as hyper writes them).
 fn encode_reject(reason: Reason, token_presented: bool) -> Vec<u8> {
-    let body = reject_body(reason);
-    let status = reason.status();
+    let r = rejection(reason, token_presented);
+    let status = r.status();
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n",
+        "HTTP/1.1 {} {}\r\n",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
     )
     .into_bytes();
-    for (name, value) in reject_headers(reason, token_presented) {
+    for (name, value) in r.headers() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("content-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", r.body().len()).as_bytes());
+    out.extend_from_slice(r.body());
     out
 }
 
