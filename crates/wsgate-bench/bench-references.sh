@@ -34,7 +34,8 @@
 #
 # Environment: ROUNDS (2), DURATION (10s), WARMUP (1s), CONCURRENCY (32),
 # SERVER_CORE (0), BENCH_CORE (1), POOL (150000 unique tokens per run),
-# WARMUP_POOL (20000), H2 (1).
+# WARMUP_POOL (20000), H2 (1), ONLY (a regular expression: run only the
+# setups whose name matches, e.g. ONLY='upstream' for the four proxy rows).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -49,6 +50,7 @@ BENCH_CORE=${BENCH_CORE:-1}
 POOL=${POOL:-150000}
 WARMUP_POOL=${WARMUP_POOL:-20000}
 H2=${H2:-1}
+ONLY=${ONLY:-}
 
 die() {
     echo "bench-references: $*" >&2
@@ -137,8 +139,8 @@ start() { # log-name ready-addr command... ; pinned to SERVER_CORE
 core_jiffies() { # "busy total" jiffies of one core, from /proc/stat
     awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
 }
-ticks() { # utime + stime of the whole process (all threads)
-    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+ticks() { # "utime stime" of the whole process (all threads)
+    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
 }
 bench() { # url tokens expect duration
     taskset -c "$BENCH_CORE" "$B/wsgate-bench" upgrade --url "$1" --token-file "$T/$2" --unique \
@@ -147,6 +149,7 @@ bench() { # url tokens expect duration
 measure() { # round setup kind url tokens expect server-start...
     local round=$1 setup=$2 kind=$3 url=$4 tok=$5 expect=$6
     shift 6
+    [ -z "$ONLY" ] || [[ "$setup" =~ $ONLY ]] || return 0
     for a in $ECHO_ADDR $ECHO_H2_ADDR $NODE_ADDR $HAPROXY_ADDR $WSGATE_ADDR; do
         ! listening "$a" || die "$a is already in use by another process"
     done
@@ -165,21 +168,31 @@ measure() { # round setup kind url tokens expect server-start...
     s1=$(core_jiffies "$SERVER_CORE") b1=$(core_jiffies "$BENCH_CORE")
     for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "$setup: a server process died during the run"; done
     [ "$rc" = 0 ] || { cat "$T/run.err" >&2; die "$setup: wsgate-bench exited $rc (expected every attempt $expect)"; }
-    local cpu=0 i
-    for i in "${!before[@]}"; do cpu=$((cpu + after[i] - before[i])); done
+    # user and kernel ticks per process, in start order: "u/s u/s ..."
+    local cpu=0 split="" i b a
+    for i in "${!before[@]}"; do
+        read -r -a b <<<"${before[i]}"
+        read -r -a a <<<"${after[i]}"
+        cpu=$((cpu + a[0] - b[0] + a[1] - b[1]))
+        split+="$((a[0] - b[0]))/$((a[1] - b[1])) "
+    done
     stop_all
-    # one TSV line per run: round setup kind ticks report
-    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$setup" "$kind" "$cpu" "$(cat "$T/run.json")" >>"$T/results.tsv"
+    # one TSV line per run: round setup kind ticks report split
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$setup" "$kind" "$cpu" "$(cat "$T/run.json")" "${split% }" >>"$T/results.tsv"
     python3 - "$T/results.tsv" "$(getconf CLK_TCK)" "$s0 $s1 $b0 $b1" <<'PY'
 import json, sys
 line = open(sys.argv[1]).read().splitlines()[-1].split("\t")
 r = json.loads(line[4]); hz = int(sys.argv[2])
+per = lambda t: t / hz / max(r['attempts'], 1) * 1e6
+# user + kernel µs per attempt of each process: upstream first, then the proxy
+split = ", ".join("%.1f+%.1f" % tuple(per(int(x)) for x in us.split("/")) for us in line[5].split())
 j = [int(x) for x in sys.argv[3].split()]  # busy/total jiffies of both cores, before and after
 busy = lambda b0, t0, b1, t1: 100 * (b1 - b0) / max(t1 - t0, 1)
 print(f"round {line[0]}  {line[1]:<22} {r['rate_per_s']:8.0f}/s  p50 {r['latency_us']['p50_us']:5d} us  "
       f"p99 {r['latency_us']['p99_us']:5d} us  CPU {int(line[3]) / hz / max(r['attempts'], 1) * 1e6:6.1f} us/attempt  "
       f"(attempts {r['attempts']}, stopped by {r['stopped_by']}, accepted {r['accepted']}, rejected {r['rejected']}, close errors {r['close_errors']}; "
-      f"server core {busy(*j[0:4]):.0f}% busy, generator core {busy(*j[4:8]):.0f}% busy, all processes)",
+      f"server core {busy(*j[0:4]):.0f}% busy, generator core {busy(*j[4:8]):.0f}% busy, all processes; "
+      f"user+kernel µs per process, in start order: {split})",
       flush=True)
 PY
 }
@@ -228,7 +241,7 @@ import json, statistics, sys
 hz = int(sys.argv[2])
 rows = {}  # setup -> (kind, [(rate, p50, p99, cpu_us)])
 for line in open(sys.argv[1]):
-    rnd, setup, kind, ticks, rep = line.rstrip("\n").split("\t")
+    rnd, setup, kind, ticks, rep, _split = line.rstrip("\n").split("\t")
     r = json.loads(rep)
     cpu = int(ticks) / hz / max(r["attempts"], 1) * 1e6
     rows.setdefault(setup, (kind, []))[1].append(

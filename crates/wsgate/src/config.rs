@@ -66,6 +66,8 @@ pub struct ServerConfig {
     /// Then how long close handshakes may take before the process exits.
     #[serde(deserialize_with = "de::duration")]
     pub shutdown_timeout: Duration,
+    /// Runtime worker threads; 0: one per CPU the process may use.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +81,19 @@ impl Default for ServerConfig {
             proxy_protocol: false,
             shutdown_grace: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            worker_threads: 0,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The runtime's worker threads: `worker_threads`, or with 0 the CPUs
+    /// this process may run on (its affinity mask, e.g. `taskset`, and
+    /// its cgroup CPU quota).
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -605,6 +620,8 @@ const MAX_LEEWAY: Duration = Duration::from_secs(300);
 const MAX_TICKET_TTL: Duration = Duration::from_secs(60);
 const MIN_HEADER_BYTES: usize = 1024;
 const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// More runtime threads than this is a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
 const MIN_SHARED_SECRET: usize = 32;
 /// Streams per upstream HTTP/2 connection: past a few thousand one
 /// connection (one task, one socket) becomes the bottleneck.
@@ -1138,6 +1155,12 @@ impl<'a> Builder<'a> {
             self.problem(format!(
                 "server.max_header_bytes: must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} (got {})",
                 s.max_header_bytes
+            ));
+        }
+        if s.worker_threads > MAX_WORKER_THREADS {
+            self.problem(format!(
+                "server.worker_threads: must be between 0 (one per CPU) and {MAX_WORKER_THREADS} (got {})",
+                s.worker_threads
             ));
         }
         if let Some(tls) = &mut s.tls {
@@ -2148,6 +2171,7 @@ mod redact {
         t.insert("proxy_protocol".into(), Value::Boolean(v.proxy_protocol));
         t.insert("shutdown_grace".into(), dur(v.shutdown_grace));
         t.insert("shutdown_timeout".into(), dur(v.shutdown_timeout));
+        t.insert("worker_threads".into(), int(v.worker_threads));
         tls(&mut t, v.tls.as_ref());
         t
     }

@@ -161,10 +161,8 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
     for w in cfg.warnings() {
         tracing::warn!(event = "config_warning", msg = w.as_str());
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = cfg.server.workers();
+    let rt = match runtime_builder(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -209,6 +207,8 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             admin_addr = %running.admin_addr,
             path = app.config.server.path.as_str(),
             dev_mode = app.config.dev_mode,
+            workers,
+            scheduler = if workers <= 1 { "current_thread" } else { "multi_thread" },
         );
         if app.config.dev_mode {
             banner(&app, running.addr, running.admin_addr);
@@ -328,5 +328,19 @@ fn raise_nofile_limit(max_connections: u64) {
         Err(e) => {
             tracing::warn!(event = "nofile_limit", error = %e, "cannot raise the open-file limit")
         }
+    }
+}
+
+/// The tokio runtime. With one worker, the current-thread scheduler: the
+/// whole gateway on the main thread, without the work-stealing queues and
+/// the hand-offs a lone worker of the multi-threaded one still pays (about
+/// a tenth of the CPU per proxied upgrade on one core, BENCHMARKS.md).
+fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     }
 }

@@ -845,3 +845,27 @@ async fn file_descriptor_exhaustion_neither_spins_nor_crashes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `server.worker_threads`: 1 runs the gateway on the current-thread
+/// scheduler, more on the multi-threaded one; both serve, refuse and
+/// enforce expiry the same way.
+#[tokio::test]
+async fn worker_threads_pick_the_scheduler() {
+    for (threads, scheduler) in [("1", "current_thread"), ("3", "multi_thread")] {
+        let gw = Gateway::start_with_env(
+            &base_config(""),
+            &[("WSGATE_SERVER__WORKER_THREADS", threads)],
+        );
+        let listening = gw.events("listening", 1);
+        assert_eq!(listening[0]["scheduler"], scheduler, "{}", listening[0]);
+        assert_eq!(listening[0]["workers"].to_string(), threads);
+        let (mut ws, _) = bearer(&gw.url(), &hs(&claims("short", 1))).await.open();
+        assert_eq!(echo(&mut ws, "hi").await, "hi");
+        bearer(&gw.url(), "not.a.token")
+            .await
+            .refused(401, "malformed_token");
+        // exp in 1s, leeway 1s: the timer fires on this scheduler too.
+        let (code, _) = close_code(&mut ws, Duration::from_secs(5)).await;
+        assert_eq!(code, 4401, "{scheduler}");
+    }
+}

@@ -117,6 +117,9 @@ pub struct Upstream {
     resolved: tokio::sync::Mutex<Option<Resolved>>,
     authority: String,
     path: String,
+    /// `scheme://authority/path` of the upstream request when no query
+    /// is forwarded.
+    uri: Uri,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The shared HTTP/2 connections (`backend.upstream_http2`).
     h2: Option<multiplex::Pool>,
@@ -200,7 +203,12 @@ impl Upstream {
                 Some(v)
             }
         };
+        let scheme = scheme(cfg.upstream_http2, tls.is_some());
+        let uri: Uri = format!("{scheme}://{authority}{path}")
+            .parse()
+            .map_err(|e| format!("backend.upstream: {e}"))?;
         Ok(Upstream {
+            uri,
             literal: host
                 .parse::<std::net::IpAddr>()
                 .ok()
@@ -222,6 +230,10 @@ impl Upstream {
             timeout: cfg.connect_timeout,
             schema,
         })
+    }
+
+    fn scheme(&self) -> &'static str {
+        scheme(self.h2.is_some(), self.tls.is_some())
     }
 
     /// Whether a client text message may be forwarded (SPEC 6 schema).
@@ -402,24 +414,31 @@ impl Upstream {
         who: &Identity<'_>,
         now_ms: i64,
     ) -> Result<Request<()>, Reason> {
-        let path = match forwarded_query(auth, query) {
-            Some(q) if self.path.contains('?') => format!("{}&{q}", self.path),
-            Some(q) => format!("{}?{q}", self.path),
-            None => self.path.clone(),
-        };
         // Absolute: HTTP/1.1 sends only the path (see `handshake`), HTTP/2
-        // the parts as :scheme, :authority and :path.
+        // the parts as :scheme, :authority and :path. Without a forwarded
+        // query it is the one parsed at startup.
         let h2 = self.h2.is_some();
-        let (scheme, method) = match (h2, self.tls.is_some()) {
-            (false, false) => ("ws", http::Method::GET),
-            (false, true) => ("wss", http::Method::GET),
-            (true, false) => ("http", http::Method::CONNECT),
-            (true, true) => ("https", http::Method::CONNECT),
+        let uri = match forwarded_query(auth, query) {
+            None => self.uri.clone(),
+            Some(q) => {
+                let sep = if self.path.contains('?') { '&' } else { '?' };
+                let url = format!(
+                    "{}://{}{}{sep}{q}",
+                    self.scheme(),
+                    self.authority,
+                    self.path
+                );
+                url.parse::<Uri>().map_err(|e| fail("request", &e))?
+            }
         };
-        let url = format!("{scheme}://{}{path}", self.authority);
+        let method = if h2 {
+            http::Method::CONNECT
+        } else {
+            http::Method::GET
+        };
         let mut req = Request::builder()
             .method(method)
-            .uri(url.as_str())
+            .uri(uri)
             .body(())
             .map_err(|e| fail("request", &e))?;
         if h2 {
@@ -437,7 +456,8 @@ impl Upstream {
             h.insert(header::COOKIE, c);
         }
         let ip = HeaderValue::from_str(&client_ip.to_string()).map_err(|e| fail("request", &e))?;
-        h.insert(HeaderName::from_static("x-forwarded-for"), ip);
+        const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        h.insert(FORWARDED_FOR, ip);
         let protocols = app_protocols(client, &auth.subprotocol);
         if !protocols.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&protocols.join(", ")) {
@@ -467,7 +487,7 @@ impl Upstream {
             // (they are unique per client, so indexing them only churned
             // the tables) and no intermediary may index them either.
             v.set_sensitive(true);
-            h.insert(HeaderName::from_static(name), v);
+            h.insert(name, v);
         }
         Ok(req)
     }
@@ -475,16 +495,29 @@ impl Upstream {
     /// `X-Wsgate-Sub` (base64url when not plain visible ASCII, see
     /// docs/backends.md), `X-Wsgate-Session`, `X-Wsgate-Claims`, and with a
     /// secret `X-Wsgate-Timestamp` + `X-Wsgate-Signature`.
-    fn identity_headers(&self, who: &Identity<'_>, now_ms: i64) -> Vec<(&'static str, String)> {
+    fn identity_headers(&self, who: &Identity<'_>, now_ms: i64) -> Vec<(HeaderName, String)> {
+        // Names built at compile time: from_static validates at run time.
+        const NAMES: [HeaderName; 5] = [
+            HeaderName::from_static(SUB),
+            HeaderName::from_static(SESSION),
+            HeaderName::from_static(CLAIMS),
+            HeaderName::from_static(TIMESTAMP),
+            HeaderName::from_static(SIGNATURE),
+        ];
+        let [sub_h, session_h, claims_h, ts_h, sig_h] = NAMES;
         let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(who.claims).unwrap_or_default());
         let sub = header_safe_sub(who.sub);
         let session = who.session.to_string();
-        let mut out = vec![(SUB, sub), (SESSION, session), (CLAIMS, claims)];
-        if let Some(key) = &self.identity_key {
+        let signed = self.identity_key.as_ref().map(|key| {
             let ts = (now_ms / 1000).to_string();
-            let sig = sign(key, &out[0].1, &out[1].1, &out[2].1, &ts);
-            out.push((TIMESTAMP, ts));
-            out.push((SIGNATURE, sig));
+            let sig = sign(key, &sub, &session, &claims, &ts);
+            (ts, sig)
+        });
+        let mut out = Vec::with_capacity(5);
+        out.extend([(sub_h, sub), (session_h, session), (claims_h, claims)]);
+        if let Some((ts, sig)) = signed {
+            out.push((ts_h, ts));
+            out.push((sig_h, sig));
         }
         out
     }
@@ -521,6 +554,17 @@ pub async fn open(
         .upstream_connect
         .observe(t0.elapsed().as_secs_f64());
     r.map(|(ws, p)| (Box::new(ws), p))
+}
+
+/// The upstream request's scheme: HTTP/1.1 upgrades are `ws(s)://`,
+/// RFC 8441 streams carry `:scheme http(s)`.
+fn scheme(h2: bool, tls: bool) -> &'static str {
+    match (h2, tls) {
+        (false, false) => "ws",
+        (false, true) => "wss",
+        (true, false) => "http",
+        (true, true) => "https",
+    }
 }
 
 /// `v1=<base64url HMAC-SHA256>` over the identity headers exactly as sent,

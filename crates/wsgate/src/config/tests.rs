@@ -904,6 +904,24 @@ fn limits_store_backend_proxies_hub_log() {
 }
 
 #[test]
+fn worker_threads() {
+    let c = ok(&format!("{KEY}[server]\nworker_threads = 2\n"), &base_env());
+    assert_eq!((c.server.worker_threads, c.server.workers()), (2, 2));
+    let auto = ServerConfig::default();
+    assert_eq!(auto.worker_threads, 0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(auto.workers(), cpus);
+    let p = errs(
+        &format!("{KEY}[server]\nworker_threads = 5000\n"),
+        &base_env(),
+    );
+    assert_has(
+        &p,
+        "server.worker_threads: must be between 0 (one per CPU) and 1024 (got 5000)",
+    );
+}
+
+#[test]
 fn multiple_problems_reported_together() {
     let text = format!(
         "{KEY}[server]\npath = \"ws\"\nmax_header_bytes = 10\n[tickets]\nttl = \"5m\"\n\

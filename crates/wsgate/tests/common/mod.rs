@@ -128,6 +128,11 @@ impl Gateway {
             .env("WSGATE_LIMITS__HANDSHAKE_BURST_PER_IP", "100000")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // `WSGATE_SERVER__WORKER_THREADS=1 cargo test` runs every gateway
+        // of the suite on the current-thread scheduler.
+        if let Ok(v) = std::env::var("WSGATE_SERVER__WORKER_THREADS") {
+            cmd.env("WSGATE_SERVER__WORKER_THREADS", v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
