@@ -66,7 +66,8 @@ pub struct ServerConfig {
     /// Then how long close handshakes may take before the process exits.
     #[serde(deserialize_with = "de::duration")]
     pub shutdown_timeout: Duration,
-    /// Runtime worker threads; 0: one per CPU the process may use.
+    /// Runtime worker threads; 0: one per CPU the process may use; 1:
+    /// the current-thread scheduler (see main.rs `runtime_builder`).
     pub worker_threads: usize,
 }
 

@@ -162,7 +162,11 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         tracing::warn!(event = "config_warning", msg = w.as_str());
     }
     let workers = cfg.server.workers();
-    let rt = match runtime_builder(workers).enable_all().build() {
+    let current_thread = cfg.server.worker_threads == 1;
+    let rt = match runtime_builder(cfg.server.worker_threads, workers)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -208,7 +212,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             path = app.config.server.path.as_str(),
             dev_mode = app.config.dev_mode,
             workers,
-            scheduler = if workers <= 1 { "current_thread" } else { "multi_thread" },
+            scheduler = if current_thread { "current_thread" } else { "multi_thread" },
         );
         if app.config.dev_mode {
             banner(&app, running.addr, running.admin_addr);
@@ -331,12 +335,15 @@ fn raise_nofile_limit(max_connections: u64) {
     }
 }
 
-/// The tokio runtime. With one worker, the current-thread scheduler: the
-/// whole gateway on the main thread, without the work-stealing queues and
-/// the hand-offs a lone worker of the multi-threaded one still pays (about
-/// a tenth of the CPU per proxied upgrade on one core, BENCHMARKS.md).
-fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
-    if workers <= 1 {
+/// The tokio runtime: multi-threaded unless `server.worker_threads = 1`
+/// asks for the current-thread scheduler. That one costs about a tenth
+/// less CPU per proxied upgrade on one core, but its run queue is strictly
+/// first in, first out: when 15,000 sessions expire at once, a new upgrade
+/// waits behind all of them (280 ms measured, against 9 ms on a lone
+/// worker of the multi-threaded one, whose bounded local queue lets new
+/// connections in early; BENCHMARKS.md). So it is never picked on its own.
+fn runtime_builder(worker_threads: usize, workers: usize) -> tokio::runtime::Builder {
+    if worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();

@@ -847,18 +847,25 @@ async fn file_descriptor_exhaustion_neither_spins_nor_crashes() {
 }
 
 /// `server.worker_threads`: 1 runs the gateway on the current-thread
-/// scheduler, more on the multi-threaded one; both serve, refuse and
-/// enforce expiry the same way.
+/// scheduler, anything else (0: one per CPU) on the multi-threaded one;
+/// both serve, refuse and enforce expiry the same way.
 #[tokio::test]
 async fn worker_threads_pick_the_scheduler() {
-    for (threads, scheduler) in [("1", "current_thread"), ("3", "multi_thread")] {
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    for (threads, workers, scheduler) in [
+        ("1", "1", "current_thread"),
+        ("3", "3", "multi_thread"),
+        ("0", cpus.as_str(), "multi_thread"),
+    ] {
         let gw = Gateway::start_with_env(
             &base_config(""),
             &[("WSGATE_SERVER__WORKER_THREADS", threads)],
         );
         let listening = gw.events("listening", 1);
         assert_eq!(listening[0]["scheduler"], scheduler, "{}", listening[0]);
-        assert_eq!(listening[0]["workers"].to_string(), threads);
+        assert_eq!(listening[0]["workers"].to_string(), workers);
         let (mut ws, _) = bearer(&gw.url(), &hs(&claims("short", 1))).await.open();
         assert_eq!(echo(&mut ws, "hi").await, "hi");
         bearer(&gw.url(), "not.a.token")
