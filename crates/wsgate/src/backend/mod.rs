@@ -1,6 +1,7 @@
 //! Where authenticated traffic goes (SPEC 6): `echo` and the channel
 //! `hub` are served here; `upstream` relays to another WebSocket service.
 
+mod coalesce;
 pub mod hub;
 pub mod multiplex;
 pub mod upstream;

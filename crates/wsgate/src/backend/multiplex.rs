@@ -13,6 +13,7 @@
 //! client that stops reading stalls its own stream and never its
 //! neighbours on the same connection.
 
+use super::coalesce::Coalesce;
 use super::upstream::{chosen_protocol, fail, Io};
 use bytes::Bytes;
 use http::{header, Request};
@@ -156,7 +157,7 @@ impl Pool {
             .max_header_list_size(MAX_HEADER_LIST)
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(PING_TIMEOUT)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(Coalesce::new(io)))
             .await
             .map_err(|e| fail("handshake", &e))?;
         let seen = |c: &hyper::client::conn::http2::Connection<_, _, _>| Allowed {
