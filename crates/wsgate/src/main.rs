@@ -336,7 +336,7 @@ fn raise_nofile_limit(max_connections: u64) {
 }
 
 /// The tokio runtime: multi-threaded unless `server.worker_threads = 1`
-/// asks for the current-thread scheduler. That one costs about a tenth
+/// asks for the current-thread scheduler. That one costs a few percent
 /// less CPU per proxied upgrade on one core, but its run queue is strictly
 /// first in, first out: when 15,000 sessions expire at once, a new upgrade
 /// waits behind all of them (280 ms measured, against 9 ms on a lone
