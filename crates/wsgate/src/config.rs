@@ -97,6 +97,11 @@ impl ServerConfig {
             n => n,
         }
     }
+
+    /// `worker_threads = 1`: tokio's current-thread scheduler.
+    pub fn current_thread(&self) -> bool {
+        self.worker_threads == 1
+    }
 }
 
 /// `[server.tls]` / `[admin.tls]`: both files are required.

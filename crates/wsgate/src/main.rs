@@ -161,12 +161,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
     for w in cfg.warnings() {
         tracing::warn!(event = "config_warning", msg = w.as_str());
     }
-    let workers = cfg.server.workers();
-    let current_thread = cfg.server.worker_threads == 1;
-    let rt = match runtime_builder(cfg.server.worker_threads, workers)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime_builder(&cfg.server).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -211,8 +206,12 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             admin_addr = %running.admin_addr,
             path = app.config.server.path.as_str(),
             dev_mode = app.config.dev_mode,
-            workers,
-            scheduler = if current_thread { "current_thread" } else { "multi_thread" },
+            workers = app.config.server.workers(),
+            scheduler = if app.config.server.current_thread() {
+                "current_thread"
+            } else {
+                "multi_thread"
+            },
         );
         if app.config.dev_mode {
             banner(&app, running.addr, running.admin_addr);
@@ -342,12 +341,12 @@ fn raise_nofile_limit(max_connections: u64) {
 /// waits behind all of them (280 ms measured, against 9 ms on a lone
 /// worker of the multi-threaded one, whose bounded local queue lets new
 /// connections in early; BENCHMARKS.md). So it is never picked on its own.
-fn runtime_builder(worker_threads: usize, workers: usize) -> tokio::runtime::Builder {
-    if worker_threads == 1 {
+fn runtime_builder(server: &wsgate::config::ServerConfig) -> tokio::runtime::Builder {
+    if server.current_thread() {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
+        b.worker_threads(server.workers());
         b
     }
 }

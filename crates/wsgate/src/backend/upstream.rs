@@ -70,6 +70,13 @@ pub const SESSION: &str = "x-wsgate-session";
 pub const CLAIMS: &str = "x-wsgate-claims";
 pub const TIMESTAMP: &str = "x-wsgate-timestamp";
 pub const SIGNATURE: &str = "x-wsgate-signature";
+// The same as header names, built at compile time (from_static validates at
+// run time when called there).
+const SUB_H: HeaderName = HeaderName::from_static(SUB);
+const SESSION_H: HeaderName = HeaderName::from_static(SESSION);
+const CLAIMS_H: HeaderName = HeaderName::from_static(CLAIMS);
+const TIMESTAMP_H: HeaderName = HeaderName::from_static(TIMESTAMP);
+const SIGNATURE_H: HeaderName = HeaderName::from_static(SIGNATURE);
 
 /// Headers that describe this hop or this handshake, never the client:
 /// rebuilt for the upstream connection rather than copied.
@@ -230,10 +237,6 @@ impl Upstream {
             timeout: cfg.connect_timeout,
             schema,
         })
-    }
-
-    fn scheme(&self) -> &'static str {
-        scheme(self.h2.is_some(), self.tls.is_some())
     }
 
     /// Whether a client text message may be forwarded (SPEC 6 schema).
@@ -424,7 +427,7 @@ impl Upstream {
                 let sep = if self.path.contains('?') { '&' } else { '?' };
                 let url = format!(
                     "{}://{}{}{sep}{q}",
-                    self.scheme(),
+                    scheme(h2, self.tls.is_some()),
                     self.authority,
                     self.path
                 );
@@ -499,28 +502,15 @@ impl Upstream {
     /// docs/backends.md), `X-Wsgate-Session`, `X-Wsgate-Claims`, and with a
     /// secret `X-Wsgate-Timestamp` + `X-Wsgate-Signature`.
     fn identity_headers(&self, who: &Identity<'_>, now_ms: i64) -> Vec<(HeaderName, String)> {
-        // Names built at compile time: from_static validates at run time.
-        const NAMES: [HeaderName; 5] = [
-            HeaderName::from_static(SUB),
-            HeaderName::from_static(SESSION),
-            HeaderName::from_static(CLAIMS),
-            HeaderName::from_static(TIMESTAMP),
-            HeaderName::from_static(SIGNATURE),
-        ];
-        let [sub_h, session_h, claims_h, ts_h, sig_h] = NAMES;
         let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(who.claims).unwrap_or_default());
         let sub = header_safe_sub(who.sub);
         let session = who.session.to_string();
-        let signed = self.identity_key.as_ref().map(|key| {
+        let mut out = vec![(SUB_H, sub), (SESSION_H, session), (CLAIMS_H, claims)];
+        if let Some(key) = &self.identity_key {
             let ts = (now_ms / 1000).to_string();
-            let sig = sign(key, &sub, &session, &claims, &ts);
-            (ts, sig)
-        });
-        let mut out = Vec::with_capacity(5);
-        out.extend([(sub_h, sub), (session_h, session), (claims_h, claims)]);
-        if let Some((ts, sig)) = signed {
-            out.push((ts_h, ts));
-            out.push((sig_h, sig));
+            let sig = sign(key, &out[0].1, &out[1].1, &out[2].1, &ts);
+            out.push((TIMESTAMP_H, ts));
+            out.push((SIGNATURE_H, sig));
         }
         out
     }
