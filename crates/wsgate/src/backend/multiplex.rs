@@ -14,12 +14,10 @@
 //! neighbours on the same connection.
 
 use super::coalesce::Coalesce;
+use super::h2stream::Stream;
 use super::upstream::{chosen_protocol, fail, Io};
 use bytes::Bytes;
 use http::{header, Request};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,18 +41,10 @@ const MAX_HEADER_LIST: u32 = 32 * 1024;
 /// How often a new connection looks for the upstream's SETTINGS.
 const SETTINGS_POLL: Duration = Duration::from_millis(1);
 
-type Sender = SendRequest<Empty<Bytes>>;
-
-/// What the upstream's SETTINGS allow, as last seen by the connection task.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Allowed {
-    extended_connect: bool,
-    max_streams: usize,
-}
+type Sender = h2::client::SendRequest<Bytes>;
 
 struct Conn {
     sender: Sender,
-    allowed: tokio::sync::watch::Receiver<Allowed>,
     state: Arc<ConnState>,
 }
 
@@ -62,8 +52,9 @@ struct Conn {
 struct ConnState {
     /// Streams open on this connection (the [`Slot`]s alive).
     streams: AtomicUsize,
-    /// A request on it failed (typically after the upstream's GOAWAY):
-    /// no new stream goes there, the open ones live on.
+    /// The connection ended, or a request on it failed (typically after
+    /// the upstream's GOAWAY): no new stream goes there, the open ones
+    /// live on as long as it does.
     broken: AtomicBool,
 }
 
@@ -115,24 +106,23 @@ impl Pool {
     {
         let mut conns = self.conns.lock().await;
         let before = conns.len();
-        conns.retain(|c| !c.sender.is_closed() && !c.state.broken.load(Ordering::Relaxed));
+        conns.retain(|c| !c.state.broken.load(Ordering::Relaxed));
         if conns.len() != before {
             self.open.set(conns.len() as i64);
         }
         let free = conns
             .iter()
             .map(|c| (c, c.state.streams.load(Ordering::Relaxed)))
-            .filter(|(c, n)| *n < self.streams_per_conn.min(c.allowed.borrow().max_streams))
+            .filter(|(c, n)| {
+                *n < self
+                    .streams_per_conn
+                    .min(c.sender.current_max_send_streams())
+            })
             .min_by_key(|(_, n)| *n);
         if let Some((c, _)) = free {
             return Ok(take(c));
         }
-        let (sender, allowed) = self.handshake(dial().await?).await?;
-        let conn = Conn {
-            sender,
-            allowed,
-            state: Arc::default(),
-        };
+        let conn = self.handshake(dial().await?).await?;
         let taken = take(&conn);
         conns.push(conn);
         self.open.set(conns.len() as i64);
@@ -143,70 +133,71 @@ impl Pool {
         Ok(taken)
     }
 
-    async fn handshake(
-        &self,
-        io: Box<dyn Io>,
-    ) -> Result<(Sender, tokio::sync::watch::Receiver<Allowed>), Reason> {
+    async fn handshake(&self, io: Box<dyn Io>) -> Result<Conn, Reason> {
         let window =
             STREAM_WINDOW.saturating_mul(u32::try_from(self.streams_per_conn).unwrap_or(u32::MAX));
-        let (sender, mut conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let (sender, mut conn) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(STREAM_WINDOW)
             // At most 2^31 - 1 (RFC 9113 6.9.1).
             .initial_connection_window_size(window.min(i32::MAX as u32))
             .max_header_list_size(MAX_HEADER_LIST)
-            .keep_alive_interval(PING_EVERY)
-            .keep_alive_timeout(PING_TIMEOUT)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(Coalesce::new(io)))
+            .handshake::<_, Bytes>(Coalesce::new(io))
             .await
             .map_err(|e| fail("handshake", &e))?;
-        let seen = |c: &hyper::client::conn::http2::Connection<_, _, _>| Allowed {
-            extended_connect: c.is_extended_connect_protocol_enabled(),
-            max_streams: c.current_max_send_streams(),
-        };
-        let (tx, mut allowed) = tokio::sync::watch::channel(seen(&conn));
-        // The connection task, publishing what the upstream's SETTINGS
-        // allow (hyper exposes it on this future, not on the sender). h2
-        // reads frames in a task of its own, so this one is woken by
-        // requests only: until extended CONNECT is allowed (at most
-        // `settings_wait`) a timer wakes it to look.
-        let deadline = tokio::time::Instant::now() + self.settings_wait;
-        let mut look = Some(Box::pin(tokio::time::sleep(SETTINGS_POLL)));
+        let state = Arc::new(ConnState::default());
+        let pings = keepalive(conn.ping_pong(), state.clone());
+        let ended = state.clone();
+        // The connection task: h2 reads and writes frames only while it is
+        // polled. It ends with the connection, or when a ping goes
+        // unanswered (dropping the connection fails its streams).
         tokio::spawn(async move {
-            let ended = std::future::poll_fn(|cx| {
-                let r = std::pin::Pin::new(&mut conn).poll(cx);
-                let now = seen(&conn);
-                tx.send_if_modified(|a| std::mem::replace(a, now) != now);
-                while let Some(timer) = look.as_mut() {
-                    if now.extended_connect || tokio::time::Instant::now() >= deadline {
-                        look = None;
-                    } else if timer.as_mut().poll(cx).is_ready() {
-                        timer
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + SETTINGS_POLL);
-                    } else {
-                        break;
-                    }
-                }
-                r
-            })
-            .await;
-            if let Err(e) = ended {
+            tokio::pin!(pings);
+            let r = tokio::select! {
+                r = &mut conn => r.map_err(|e| e.to_string()),
+                e = &mut pings => Err(e),
+            };
+            ended.broken.store(true, Ordering::Relaxed);
+            if let Err(e) = r {
                 tracing::warn!(event = "upstream_error", stage = "http2", error = %e);
             }
         });
         // A client may send `:protocol` only once the server's SETTINGS
-        // allowed it (RFC 8441 3); they come first on the connection.
-        let enabled =
-            tokio::time::timeout(self.settings_wait, allowed.wait_for(|a| a.extended_connect))
-                .await
-                .is_ok_and(|r| r.is_ok());
-        match enabled {
-            true => Ok((sender, allowed)),
-            false => Err(fail(
-                "handshake",
-                &"the upstream did not enable extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)",
-            )),
+        // allowed it (RFC 8441 3); they come first on the connection. h2
+        // wakes nobody for them: look every millisecond, once per
+        // connection.
+        let deadline = tokio::time::Instant::now() + self.settings_wait;
+        while !sender.is_extended_connect_protocol_enabled() {
+            if tokio::time::Instant::now() >= deadline || state.broken.load(Ordering::Relaxed) {
+                state.broken.store(true, Ordering::Relaxed);
+                return Err(fail(
+                    "handshake",
+                    &"the upstream did not enable extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)",
+                ));
+            }
+            tokio::time::sleep(SETTINGS_POLL).await;
+        }
+        Ok(Conn { sender, state })
+    }
+}
+
+/// Pings every [`PING_EVERY`] while the connection carries streams;
+/// returns why the connection should be dropped (a ping unanswered for
+/// [`PING_TIMEOUT`]). A connection that fails on its own is reported by
+/// its task, so a failed ping waits for that.
+async fn keepalive(pings: Option<h2::PingPong>, state: Arc<ConnState>) -> String {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        if state.streams.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return format!("no answer to a ping within {PING_TIMEOUT:?}"),
         }
     }
 }
@@ -228,40 +219,34 @@ pub enum Refused {
 
 /// Opens one WebSocket stream on `slot`'s connection: `req` is an extended
 /// CONNECT (`:protocol websocket`, absolute URI); a `200` accepts it (RFC
-/// 8441 5 allows any 2xx; hyper upgrades a `200` only). Returns the stream and the subprotocol the upstream chose, if
-/// any was offered.
+/// 8441 5 allows any 2xx; like hyper, 200 only). Returns the stream and the
+/// subprotocol the upstream chose, if any was offered.
 pub async fn open(
     sender: &mut Sender,
     slot: &Slot,
     req: Request<()>,
-) -> Result<(hyper::upgrade::Upgraded, Option<String>), Refused> {
+) -> Result<(Stream, Option<String>), Refused> {
     let offered = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let (parts, ()) = req.into_parts();
-    let mut resp = match sender
-        .send_request(Request::from_parts(parts, Empty::new()))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
+    // Unanswered: the connection takes no new streams, unless only this
+    // stream was reset (e.g. REFUSED_STREAM).
+    let unanswered = |e: h2::Error| {
+        if !e.is_reset() {
             slot.discard();
-            return Err(Refused::Unanswered(fail("handshake", &e)));
         }
+        Refused::Unanswered(fail("handshake", &e))
     };
-    answered(&mut resp, offered)
+    std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
-        .map_err(Refused::Answered)
-}
-
-async fn answered(
-    resp: &mut http::Response<hyper::body::Incoming>,
-    offered: Option<http::HeaderValue>,
-) -> Result<(hyper::upgrade::Upgraded, Option<String>), Reason> {
+        .map_err(unanswered)?;
+    let (resp, send) = sender.send_request(req, false).map_err(unanswered)?;
+    let resp = resp.await.map_err(unanswered)?;
     if resp.status() != http::StatusCode::OK {
-        return Err(fail("handshake", &format!("status {}", resp.status())));
+        // Dropping `send` resets the stream.
+        return Err(Refused::Answered(fail(
+            "handshake",
+            &format!("status {}", resp.status()),
+        )));
     }
-    let protocol = chosen_protocol(resp.headers(), offered.as_ref())?;
-    let upgraded = hyper::upgrade::on(resp)
-        .await
-        .map_err(|e| fail("handshake", &e))?;
-    Ok((upgraded, protocol))
+    let protocol = chosen_protocol(resp.headers(), offered.as_ref()).map_err(Refused::Answered)?;
+    Ok((Stream::new(send, resp.into_body()), protocol))
 }

@@ -12,7 +12,7 @@
 //! `backend.upstream_http2` an RFC 8441 stream on a shared HTTP/2
 //! connection (multiplex.rs).
 
-use super::multiplex;
+use super::{h2stream, multiplex};
 use crate::config::{AuthConfig, BackendConfig};
 use crate::readahead::{delegate_async_write, ReadAhead};
 use crate::server::upgrade::header_has_token;
@@ -40,10 +40,57 @@ use wsgate_core::Reason;
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// An open WebSocket to the upstream: hyper's upgraded connection (plain or
-/// TLS) or HTTP/2 stream, with any bytes the upstream sent right after its
-/// `101` kept in front, read as the client side is (readahead.rs).
-pub type UpstreamWs = WebSocketStream<ReadAhead<Tunnel<TokioIo<hyper::upgrade::Upgraded>>>>;
+/// An open WebSocket to the upstream, with any bytes the upstream sent
+/// right after its `101` kept in front, read as the client side is
+/// (readahead.rs).
+pub type UpstreamWs = WebSocketStream<ReadAhead<Tunnel<Pipe>>>;
+
+/// The upstream byte stream: hyper's upgraded HTTP/1.1 connection (plain or
+/// TLS), or a stream of a shared HTTP/2 connection.
+pub enum Pipe {
+    Http1(TokioIo<hyper::upgrade::Upgraded>),
+    Http2(h2stream::Stream),
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Http1(io) => Pin::new(io).poll_read(cx, buf),
+            Pipe::Http2(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Pipe::Http1(io) => Pin::new(io).poll_write(cx, buf),
+            Pipe::Http2(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Http1(io) => Pin::new(io).poll_flush(cx),
+            Pipe::Http2(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Http1(io) => Pin::new(io).poll_shutdown(cx),
+            Pipe::Http2(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The upstream byte stream, holding its place on a shared HTTP/2
 /// connection (if it is a stream of one) for as long as it lives.
@@ -278,7 +325,7 @@ impl Upstream {
                 // read_buffer_size.
                 None => {
                     let (upgraded, protocol) = handshake(self.dial().await?, req).await?;
-                    (upgraded, protocol, None)
+                    (Pipe::Http1(TokioIo::new(upgraded)), protocol, None)
                 }
                 Some(pool) => {
                     let mut req = Some(req);
@@ -298,7 +345,9 @@ impl Upstream {
                             )?,
                         };
                         match multiplex::open(&mut sender, &slot, this).await {
-                            Ok((upgraded, protocol)) => break (upgraded, protocol, Some(slot)),
+                            Ok((stream, protocol)) => {
+                                break (Pipe::Http2(stream), protocol, Some(slot))
+                            }
                             Err(multiplex::Refused::Unanswered(_)) if !retried => retried = true,
                             Err(
                                 multiplex::Refused::Unanswered(r) | multiplex::Refused::Answered(r),
@@ -308,7 +357,7 @@ impl Upstream {
                 }
             };
             let tunnel = Tunnel {
-                inner: TokioIo::new(upgraded),
+                inner: upgraded,
                 _slot: slot,
             };
             // Frames followed from the first byte after the 101, so that
@@ -446,7 +495,7 @@ impl Upstream {
             .map_err(|e| fail("request", &e))?;
         if h2 {
             req.extensions_mut()
-                .insert(hyper::ext::Protocol::from_static("websocket"));
+                .insert(h2::ext::Protocol::from_static("websocket"));
         }
         let h = req.headers_mut();
         for (name, value) in client {
