@@ -75,6 +75,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     // As std's and tokio's bind do: a restarted gateway can rebind at once.
     socket.set_reuseaddr(true)?;
+    // Small writes (a 101, a close frame) go out at once. Linux copies
+    // TCP_NODELAY from the listener to every accepted socket, which saves
+    // a setsockopt per connection (test `accepted_sockets_have_nodelay`).
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -365,6 +369,8 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Inherited from the listener on Linux (see `listen`).
+                #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(serve_conn(app.clone(), stream, peer, which));
             }
@@ -676,5 +682,22 @@ impl Signals {
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The listener's TCP_NODELAY reaches accepted sockets (Linux copies
+    /// it), so `accept_loop` need not set it on each.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = super::listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        #[cfg(target_os = "linux")]
+        assert!(accepted.nodelay().expect("getsockopt"));
+        // The client side was never set: the option is per socket.
+        assert!(!client.nodelay().expect("getsockopt"));
     }
 }
