@@ -50,6 +50,11 @@ enum Mode {
     BadAccept,
     /// A correct 101 that picks a subprotocol nobody offered.
     UnofferedProtocol,
+    /// The greeting's 101 and frame in pieces, 30 ms apart (a head that
+    /// arrives over several reads).
+    Trickle,
+    /// A 101 with 20 KiB of headers (over the 16 KiB cap).
+    HugeHead,
 }
 
 struct Upstream {
@@ -155,7 +160,11 @@ async fn serve(
             }
             return;
         }
-        Mode::Greeting | Mode::BadAccept | Mode::UnofferedProtocol => {
+        Mode::Greeting
+        | Mode::BadAccept
+        | Mode::UnofferedProtocol
+        | Mode::Trickle
+        | Mode::HugeHead => {
             let mut buf = vec![0u8; 16384];
             let mut n = 0;
             while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -177,10 +186,12 @@ async fn serve(
                 Mode::BadAccept => "dGhlIHNhbXBsZSBub25jZQ==".to_owned(),
                 _ => tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
             };
-            let proto = if mode == Mode::UnofferedProtocol {
-                "Sec-WebSocket-Protocol: nobody-offered-this\r\n"
-            } else {
-                ""
+            let proto = match mode {
+                Mode::UnofferedProtocol => {
+                    "Sec-WebSocket-Protocol: nobody-offered-this\r\n".to_owned()
+                }
+                Mode::HugeHead => format!("X-Padding: {}\r\n", "p".repeat(20 * 1024)),
+                _ => String::new(),
             };
             let mut out = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
@@ -190,7 +201,14 @@ async fn serve(
             // An unmasked text frame (server to client): "hello".
             out.extend_from_slice(&[0x81, 5]);
             out.extend_from_slice(b"hello");
-            let _ = s.write_all(&out).await;
+            if mode == Mode::Trickle {
+                for piece in out.chunks(out.len() / 3 + 1) {
+                    let _ = s.write_all(piece).await;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            } else {
+                let _ = s.write_all(&out).await;
+            }
             // Hold the socket until the gateway closes it.
             while let Ok(k) = s.read(&mut buf).await {
                 if k == 0 {
@@ -748,17 +766,21 @@ async fn upstream_down_or_not_websocket_is_502() {
 async fn bytes_right_behind_the_101_reach_the_client() {
     // The upstream's first frame comes in the same segment as its 101:
     // the handshake must hand those bytes on, not drop them.
-    let up = Upstream::start(Mode::Greeting).await;
-    let gw = start(&up.url(), "");
-    for _ in 0..5 {
-        let (mut ws, _) = bearer(&gw.url(), &token("gwen")).await.open();
-        assert_eq!(next_text(&mut ws).await, "hello");
+    // Also when the head and the frame arrive in pieces.
+    for mode in [Mode::Greeting, Mode::Trickle] {
+        let up = Upstream::start(mode).await;
+        let gw = start(&up.url(), "");
+        for _ in 0..5 {
+            let (mut ws, _) = bearer(&gw.url(), &token("gwen")).await.open();
+            assert_eq!(next_text(&mut ws).await, "hello");
+        }
     }
 }
 
 #[tokio::test]
-async fn a_101_with_a_wrong_accept_or_an_unoffered_protocol_is_502() {
-    for mode in [Mode::BadAccept, Mode::UnofferedProtocol] {
+async fn a_wrong_or_oversized_101_is_502() {
+    // A response head over 16 KiB is refused as well.
+    for mode in [Mode::BadAccept, Mode::UnofferedProtocol, Mode::HugeHead] {
         let up = Upstream::start(mode).await;
         let gw = start(&up.url(), "");
         bearer(&gw.url(), &token("gus"))

@@ -15,19 +15,19 @@
 use super::{h2stream, multiplex};
 use crate::config::{AuthConfig, BackendConfig};
 use crate::readahead::{delegate_async_write, ReadAhead};
+use crate::server::head::{read_head_untimed, Head, Rewind, MAX_HEADERS};
 use crate::server::upgrade::header_has_token;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Uri};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -45,10 +45,11 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 /// (readahead.rs).
 pub type UpstreamWs = WebSocketStream<ReadAhead<Tunnel<Pipe>>>;
 
-/// The upstream byte stream: hyper's upgraded HTTP/1.1 connection (plain or
-/// TLS), or a stream of a shared HTTP/2 connection.
+/// The upstream byte stream: the upgraded HTTP/1.1 connection (plain or
+/// TLS; any bytes read past the `101`'s head first), or a stream of a
+/// shared HTTP/2 connection.
 pub enum Pipe {
-    Http1(TokioIo<hyper::upgrade::Upgraded>),
+    Http1(Rewind<Box<dyn Io>>),
     Http2(h2stream::Stream),
 }
 
@@ -318,14 +319,14 @@ impl Upstream {
             // one retry keeps that from reaching clients as 502s.
             let mut retried = false;
             let (upgraded, protocol, slot) = match &self.h2 {
-                // The HTTP upgrade by hyper, not tungstenite's client
+                // Our own HTTP upgrade, not tungstenite's client
                 // handshake: tungstenite's turns its 4 KiB handshake buffer
                 // into the socket's input buffer for good (4,055 B per
                 // proxied client, BENCHMARKS.md); from_raw_socket honours
                 // read_buffer_size.
                 None => {
                     let (upgraded, protocol) = handshake(self.dial().await?, req).await?;
-                    (Pipe::Http1(TokioIo::new(upgraded)), protocol, None)
+                    (Pipe::Http1(upgraded), protocol, None)
                 }
                 Some(pool) => {
                     let mut req = Some(req);
@@ -704,49 +705,90 @@ fn forwarded_query(auth: &AuthConfig, query: Option<&str>) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-/// RFC 6455 4.1 from the client's side, over hyper: sends `req` (its URI
-/// absolute, as built by `request`), and accepts only a `101` whose
-/// `Upgrade`, `Connection` and `Sec-WebSocket-Accept` match and whose
-/// subprotocol, if any, was offered.
+/// Response heads above this (or with more than 100 fields) are refused.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// RFC 6455 4.1 from the client's side: writes `req` (its URI absolute, as
+/// built by `request`; the head carries the path) in one write, reads the
+/// answer's head with httparse, and accepts only a `101` whose `Upgrade`,
+/// `Connection` and `Sec-WebSocket-Accept` match and whose subprotocol, if
+/// any, was offered. Bytes the upstream sent after its head are read
+/// first. Not hyper's client: its connection task, dispatch channel and
+/// upgrade hand-over cost a task and three channel hops per proxied client
+/// for a single request whose connection is then ours (BENCHMARKS.md,
+/// eighth issue-10 session). The caller's timeout bounds the wait.
 async fn handshake(
-    io: Box<dyn Io>,
+    mut io: Box<dyn Io>,
     req: Request<()>,
-) -> Result<(hyper::upgrade::Upgraded, Option<String>), Reason> {
-    let (parts, ()) = req.into_parts();
-    let key = parts
-        .headers
+) -> Result<(Rewind<Box<dyn Io>>, Option<String>), Reason> {
+    let key = req
+        .headers()
         .get(header::SEC_WEBSOCKET_KEY)
         .cloned()
         .ok_or_else(|| fail("request", &"no key"))?;
-    let offered = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let mut req = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
-    *req.uri_mut() = path.parse().map_err(|e| fail("request", &e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    let offered = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    io.write_all(&request_head(&req))
         .await
         .map_err(|e| fail("handshake", &e))?;
-    // The connection future hands the socket over once the 101 is read
-    // (and ends with the connection otherwise); the caller's timeout bounds
-    // the wait for the response.
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let mut resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| fail("handshake", &e))?;
-    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(fail("handshake", &format!("status {}", resp.status())));
+    io.flush().await.map_err(|e| fail("handshake", &e))?;
+    let buf = match read_head_untimed(&mut io, MAX_RESPONSE_HEAD).await {
+        Head::Complete(buf) => buf,
+        Head::TooLarge => return Err(fail("handshake", &"response head too large")),
+        Head::Closed | Head::TimedOut => {
+            return Err(fail("handshake", &"connection closed before a response"))
+        }
+    };
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(&buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Err(fail("handshake", &"incomplete response")),
+        Err(e) => return Err(fail("handshake", &e)),
+    };
+    if resp.code != Some(101) {
+        return Err(fail(
+            "handshake",
+            &format!("status {}", resp.code.unwrap_or_default()),
+        ));
     }
-    let protocol = check_upgrade(resp.headers(), &key, offered.as_ref())?;
-    let upgraded = hyper::upgrade::on(&mut resp)
-        .await
-        .map_err(|e| fail("handshake", &e))?;
-    Ok((upgraded, protocol))
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for f in resp.headers.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|e| fail("handshake", &e))?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|e| fail("handshake", &e))?;
+        headers.append(name, value);
+    }
+    let protocol = check_upgrade(&headers, &key, offered.as_ref())?;
+    // Usually nothing follows the head; copied out so that the head's
+    // buffer is not kept for the socket's life.
+    let rest = match buf.get(len..) {
+        Some(rest) if !rest.is_empty() => bytes::Bytes::copy_from_slice(rest),
+        _ => bytes::Bytes::new(),
+    };
+    Ok((Rewind::new(rest, io), protocol))
+}
+
+/// The request's HTTP/1.1 head: `GET <path> HTTP/1.1` and its headers
+/// (`Host` among them). Names and values are `http`'s types, which hold no
+/// CR, LF or NUL, so nothing can be injected.
+fn request_head(req: &Request<()>) -> Vec<u8> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(target.len() + fields + 32);
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// The `101`'s headers: `Upgrade: websocket`, `Connection: upgrade`, the
@@ -837,6 +879,22 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn the_request_head_is_the_path_and_the_headers() {
+        let mut req = Request::builder()
+            .uri("ws://up.example:8080/app?x=1")
+            .body(())
+            .expect("request");
+        let h = req.headers_mut();
+        h.insert(header::HOST, HeaderValue::from_static("up.example:8080"));
+        h.append("x-two", HeaderValue::from_static("a"));
+        h.append("x-two", HeaderValue::from_static("b"));
+        assert_eq!(
+            String::from_utf8(request_head(&req)).expect("ascii"),
+            "GET /app?x=1 HTTP/1.1\r\nhost: up.example:8080\r\nx-two: a\r\nx-two: b\r\n\r\n"
+        );
     }
 
     #[test]

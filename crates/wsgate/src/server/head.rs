@@ -58,28 +58,31 @@ pub fn is_get_of(head: &[u8], path: &str) -> bool {
 
 /// Reads until the end of the head, `max` bytes of head, or `timeout`.
 pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, max: usize, timeout: Duration) -> Head {
-    let mut buf = BytesMut::with_capacity(2048);
-    let fut = async {
-        loop {
-            let scanned = buf.len();
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096);
-            }
-            match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Head::Closed,
-                Ok(_) => {}
-            }
-            match head_end(&buf, scanned) {
-                Some(end) if end > max || too_many_fields(&buf[..end]) => return Head::TooLarge,
-                Some(_) => return Head::Complete(std::mem::take(&mut buf)),
-                None if buf.len() > max => return Head::TooLarge,
-                None => {}
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, fut).await {
+    match tokio::time::timeout(timeout, read_head_untimed(io, max)).await {
         Ok(h) => h,
         Err(_) => Head::TimedOut,
+    }
+}
+
+/// [`read_head`] for a caller that bounds the wait itself (never
+/// [`Head::TimedOut`]).
+pub async fn read_head_untimed<S: AsyncRead + Unpin>(io: &mut S, max: usize) -> Head {
+    let mut buf = BytesMut::with_capacity(2048);
+    loop {
+        let scanned = buf.len();
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
+        }
+        match head_end(&buf, scanned) {
+            Some(end) if end > max || too_many_fields(&buf[..end]) => return Head::TooLarge,
+            Some(_) => return Head::Complete(buf),
+            None if buf.len() > max => return Head::TooLarge,
+            None => {}
+        }
     }
 }
 
