@@ -218,9 +218,10 @@ pub enum Refused {
 }
 
 /// Opens one WebSocket stream on `slot`'s connection: `req` is an extended
-/// CONNECT (`:protocol websocket`, absolute URI); a `200` accepts it (RFC
-/// 8441 5 allows any 2xx; like hyper, 200 only). Returns the stream and the
-/// subprotocol the upstream chose, if any was offered.
+/// CONNECT (`:protocol websocket`, absolute URI); a `200` accepts it, as
+/// docs/backends.md states (RFC 8441 5 would allow any 2xx; servers answer
+/// 200). Returns the stream and the subprotocol the upstream chose, if any
+/// was offered.
 pub async fn open(
     sender: &mut Sender,
     slot: &Slot,
