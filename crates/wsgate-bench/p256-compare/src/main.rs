@@ -29,6 +29,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
 
+    // Keys and signatures are made here, from no outside input: a failure
+    // is a broken build of a crate, and the benchmark stops on it.
     let rng = SystemRandom::new();
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");

@@ -33,6 +33,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 use wsgate_core::credential;
 use wsgate_core::Reason;
 
@@ -46,52 +47,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub type UpstreamWs = WebSocketStream<ReadAhead<Tunnel<Pipe>>>;
 
 /// The upstream byte stream: the upgraded HTTP/1.1 connection (plain or
-/// TLS; any bytes read past the `101`'s head first), or a stream of a
-/// shared HTTP/2 connection.
-pub enum Pipe {
-    Http1(Rewind<Box<dyn Io>>),
-    Http2(h2stream::Stream),
-}
-
-impl AsyncRead for Pipe {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Pipe::Http1(io) => Pin::new(io).poll_read(cx, buf),
-            Pipe::Http2(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Pipe {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Pipe::Http1(io) => Pin::new(io).poll_write(cx, buf),
-            Pipe::Http2(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Pipe::Http1(io) => Pin::new(io).poll_flush(cx),
-            Pipe::Http2(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Pipe::Http1(io) => Pin::new(io).poll_shutdown(cx),
-            Pipe::Http2(io) => Pin::new(io).poll_shutdown(cx),
-        }
-    }
-}
+/// TLS; any bytes read past the `101`'s head first) on the left, or a
+/// stream of a shared HTTP/2 connection on the right.
+pub type Pipe = Either<Rewind<Box<dyn Io>>, h2stream::Stream>;
 
 /// The upstream byte stream, holding its place on a shared HTTP/2
 /// connection (if it is a stream of one) for as long as it lives.
@@ -326,7 +284,7 @@ impl Upstream {
                 // read_buffer_size.
                 None => {
                     let (upgraded, protocol) = handshake(self.dial().await?, req).await?;
-                    (Pipe::Http1(upgraded), protocol, None)
+                    (Either::Left(upgraded), protocol, None)
                 }
                 Some(pool) => {
                     let mut req = Some(req);
@@ -347,7 +305,7 @@ impl Upstream {
                         };
                         match multiplex::open(&mut sender, &slot, this).await {
                             Ok((stream, protocol)) => {
-                                break (Pipe::Http2(stream), protocol, Some(slot))
+                                break (Either::Right(stream), protocol, Some(slot))
                             }
                             Err(multiplex::Refused::Unanswered(_)) if !retried => retried = true,
                             Err(
