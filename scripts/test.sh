@@ -34,7 +34,7 @@ AUTOBAHN_NO_BUILD=1 ./scripts/autobahn.sh
 # --- end Autobahn
 
 # --- hardening (issue 9): supply chain and fuzzing. The hardening tests
-# themselves (crates/wsgate/tests/hardening.rs, wsgate-core/tests/
+# themselves (crates/wsgate/tests/hardening/, wsgate-core/tests/
 # wycheproof.rs) ran with cargo test above. WSGATE_FUZZ_SECONDS=0 skips
 # fuzzing (e.g. on a laptop); docs/fuzzing.md has the costs.
 echo "== cargo deny"

@@ -3,9 +3,15 @@
 //! each asserting the exact refusal (status + SPEC reason code, or close
 //! code). `docs/security.md` lists every attack with the test covering it;
 //! keep the two in step. Every gateway's logs are also checked for leaked
-//! tokens when it is dropped (tests/common).
+//! tokens when it is dropped (tests/common). Attacks grouped by area live
+//! in the modules beside this file.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod control;
+mod forwarding;
+mod metrics_format;
+mod tickets;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use common::*;

@@ -1,0 +1,1 @@
+//! `/metrics` is a format Prometheus reads as written (`promtool check metrics`).
