@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 /// Claims a session token never passes on to a ticket: the ticket gets its
 /// own registered claims, and the CSRF value stays with the session.
-const NOT_COPIED: [&str; 9] = [
+const NOT_COPIED: [&str; 10] = [
     "iss",
     "aud",
     "exp",
@@ -19,6 +19,7 @@ const NOT_COPIED: [&str; 9] = [
     "csrf",
     "session_exp",
     "session_jti",
+    "session_iat",
 ];
 
 /// Builds a ticket's claims for the session `session` at `now`.
@@ -49,6 +50,13 @@ pub fn claims(
     if let Some(j) = &session.jti {
         c.insert("session_jti".into(), Value::from(j.clone()));
     }
+    // The session token's own issue time: a revocation by `sub` ("tokens
+    // issued before ...") must match the socket a ticket opens exactly as it
+    // matches the token. Without it the socket has no `iat`, which every
+    // `sub` revocation matches (fail closed).
+    if let Some(iat) = session.iat_ms {
+        c.insert("session_iat".into(), Value::from(iat as f64 / 1000.0));
+    }
     c
 }
 
@@ -59,8 +67,9 @@ pub struct Redeemable {
     pub jti: String,
     /// When the ticket was issued (the store's restart fence).
     pub issued_at: UnixMillis,
-    /// The identity the socket gets: the ticket's claims, with the session's
-    /// deadline (`session_exp`) and the session token's `jti`.
+    /// The identity the socket gets: the ticket's claims, with the session
+    /// token's deadline (`session_exp`), `jti` (`session_jti`) and issue
+    /// time (`session_iat`), so revocations match it as they match the token.
     pub session: Verified,
 }
 
@@ -80,10 +89,19 @@ pub fn redeemable(ticket: Verified) -> Result<Redeemable, Reason> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(Reason::MalformedToken),
     };
+    let session_iat = match ticket.claims.get("session_iat") {
+        None => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or(Reason::MalformedToken)?,
+        ),
+    };
     let mut session = ticket;
     // Saturating float-to-int: huge values clamp instead of wrapping.
     session.exp_ms = (session_exp * 1000.0) as i64;
     session.jti = session_jti;
+    session.iat_ms = session_iat.map(|s| (s * 1000.0) as i64);
     Ok(Redeemable {
         jti,
         issued_at,
@@ -157,6 +175,48 @@ mod tests {
         assert_eq!(r.issued_at, NOW);
         assert_eq!(r.session.exp_ms, NOW + 3_600_000);
         assert_eq!(r.session.jti.as_deref(), Some("sess-1"));
+    }
+
+    /// A ticket minted after a `sub` revocation that refuses its session
+    /// token is refused too: the socket carries the token's `iat`, not the
+    /// ticket's.
+    #[test]
+    fn redeemed_ticket_carries_the_session_iat() {
+        let minted_at = NOW + 5_000;
+        let c = claims(&session(), "t", 30_000, "tj".into(), minted_at);
+        assert_eq!(c["session_iat"].as_f64(), Some(NOW as f64 / 1000.0));
+        let ticket = Verified {
+            sub: "alice".into(),
+            exp_ms: minted_at + 30_000,
+            iat_ms: Some(minted_at),
+            jti: Some("tj".into()),
+            sid: Some("s-9".into()),
+            alg: Algorithm::HS256,
+            claims: c,
+        };
+        let r = redeemable(ticket.clone()).expect("redeemable");
+        assert_eq!(
+            r.issued_at, minted_at,
+            "the store's fence keeps the ticket's own"
+        );
+        assert_eq!(r.session.iat_ms, Some(NOW));
+        let mut set = crate::revocation::RevocationSet::new();
+        set.insert(crate::revocation::Revocation {
+            target: crate::revocation::Target::Sub("alice".into()),
+            at: NOW + 1_000,
+            until: NOW + 7_200_000,
+        });
+        assert!(set.is_revoked(&r.session, minted_at + 1_000));
+        // No session_iat (a session token without iat): no issue time to
+        // prove it came after a revocation, so every `sub` revocation hits.
+        let mut bare = ticket.clone();
+        bare.claims.remove("session_iat");
+        let r = redeemable(bare).expect("redeemable");
+        assert_eq!(r.session.iat_ms, None);
+        assert!(set.is_revoked(&r.session, minted_at + 1_000));
+        let mut bad = ticket;
+        bad.claims.insert("session_iat".into(), json!("1"));
+        assert_eq!(redeemable(bad), Err(Reason::MalformedToken));
     }
 
     #[test]

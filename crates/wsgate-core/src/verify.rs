@@ -152,10 +152,6 @@ struct RawHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
-    #[serde(default)]
-    crit: Option<Value>,
-    #[serde(default)]
-    b64: Option<Value>,
 }
 
 /// Parses an algorithm name as configured or as found in a token header.
@@ -245,18 +241,17 @@ impl Verifier {
             .decode(h64)
             .map_err(|_| Reason::MalformedToken)?;
         // Duplicate member names are refused (see crate::json).
-        let header: RawHeader = crate::json::unique_object(&header_bytes)
-            .and_then(|h| serde_json::from_value(Value::Object(h)))
-            .map_err(|_| Reason::MalformedToken)?;
-        match &header.crit {
-            None => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
-            // We understand no JWS extension; RFC 7515 4.1.11 says reject.
-            Some(_) => return Err(Reason::MalformedToken),
-        }
-        if header.b64.is_some() {
+        let header =
+            crate::json::unique_object(&header_bytes).map_err(|_| Reason::MalformedToken)?;
+        // We understand no JWS extension, so any `crit` is refused (RFC 7515
+        // 4.1.11), the empty list (which the RFC forbids) and `null` too; so
+        // is `b64` (RFC 7797). Checked on the object: serde reads `null` as
+        // absent.
+        if header.contains_key("crit") || header.contains_key("b64") {
             return Err(Reason::MalformedToken);
         }
+        let header: RawHeader =
+            serde_json::from_value(Value::Object(header)).map_err(|_| Reason::MalformedToken)?;
         let alg = parse_alg(&header.alg).ok_or(Reason::AlgorithmNotAllowed)?;
 
         // Key choice: a kid selects keys with that kid (or, if none has it,
@@ -719,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn crit_is_rejected_unless_empty() {
+    fn crit_is_always_rejected() {
         let v = verifier(leeway5());
         let mk = |crit: &str| {
             let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","crit":{crit}}}"#));
@@ -738,7 +733,10 @@ mod tests {
             Err(Reason::MalformedToken)
         );
         assert_eq!(v.verify(&mk(r#""x""#), NOW), Err(Reason::MalformedToken));
-        assert!(v.verify(&mk("[]"), NOW).is_ok());
+        // RFC 7515 4.1.11: "MUST NOT be used" as an empty list.
+        assert_eq!(v.verify(&mk("[]"), NOW), Err(Reason::MalformedToken));
+        assert_eq!(v.verify(&mk("null"), NOW), Err(Reason::MalformedToken));
+        assert!(v.verify(&hs(base()), NOW).is_ok());
     }
 
     #[test]

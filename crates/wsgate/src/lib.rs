@@ -5,6 +5,7 @@
 //! and the backends.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod app;
 pub mod backend;
 pub mod blocklist;

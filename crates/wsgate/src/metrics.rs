@@ -21,6 +21,11 @@ pub struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
     pub code: u16,
 }
@@ -52,6 +57,7 @@ pub struct Metrics {
     token_verify: Histogram,
     pub revocations: Counter,
     pub tickets_issued: Counter,
+    ticket_refusals: Family<ReasonLabels, Counter>,
     pub store_errors: Counter,
     pub egress_alerts: Counter,
     pub schema_rejections: Counter,
@@ -127,6 +133,12 @@ impl Metrics {
             "wsgate_tickets_issued",
             "Tickets minted",
             tickets_issued.clone(),
+        );
+        let ticket_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "wsgate_ticket_refusals",
+            "POST /v1/tickets requests refused, by reason",
+            ticket_refusals.clone(),
         );
         let store_errors = Counter::default();
         registry.register(
@@ -204,6 +216,7 @@ impl Metrics {
             token_verify,
             revocations,
             tickets_issued,
+            ticket_refusals,
             store_errors,
             egress_alerts,
             schema_rejections,
@@ -247,6 +260,13 @@ impl Metrics {
                 .clone()
         })
         .inc();
+    }
+
+    /// Counts one refused ticket request.
+    pub fn ticket_refused(&self, r: Reason) {
+        self.ticket_refusals
+            .get_or_create(&ReasonLabels { reason: r.code() })
+            .inc();
     }
 
     pub fn close(&self, code: u16) {

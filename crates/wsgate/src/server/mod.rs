@@ -324,34 +324,8 @@ async fn expire_blocks(app: Arc<App>) {
         for key in ended {
             tracing::info!(event = "address_unblocked", address = %key);
         }
-        apply_blocks(&app, change);
+        crate::admission::apply_blocks(&app, change);
     }
-}
-
-/// Counts a rate-limit refusal of a direct peer towards a kernel block.
-fn count_refusal(app: &App, ip: std::net::IpAddr) {
-    let change = app.blocklist.refused(ip, std::time::Instant::now());
-    if change != crate::blocklist::Change::None {
-        app.metrics.blocks.inc();
-        tracing::warn!(
-            event = "address_blocked",
-            address = %crate::limiter::IpKey::from(ip),
-            reason = "rate_limited",
-            seconds = app.config.limits.block_duration.as_secs()
-        );
-        apply_blocks(app, change);
-    }
-}
-
-fn apply_blocks(app: &App, change: crate::blocklist::Change) {
-    if change == crate::blocklist::Change::None {
-        return;
-    }
-    if let Err(e) = app.blocklist.apply(change) {
-        // The 429s go on; only the kernel-side drop is missing.
-        tracing::error!(event = "block_filter_error", error = %e);
-    }
-    app.metrics.blocked.set(app.blocklist.len() as i64);
 }
 
 async fn accept_loop(
@@ -490,7 +464,7 @@ where
     let blockable = cap != 0 && which == Listener::Main && !server.proxy_protocol;
     let Some(pending) = app.pending.acquire(peer.ip(), cap) else {
         if blockable {
-            count_refusal(&app, peer.ip());
+            crate::admission::count_refusal(&app, peer.ip());
         }
         return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
     };
@@ -509,7 +483,7 @@ where
                 && head::is_get_of(&buf, &app.config.server.path) =>
         {
             if blockable {
-                count_refusal(&app, peer.ip());
+                crate::admission::count_refusal(&app, peer.ip());
             }
             return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
         }
@@ -572,7 +546,7 @@ async fn route(
         (Listener::Main, p) if p == app.config.server.path => {
             upgrade::handle(app, req, peer.ip()).await
         }
-        (Listener::Main, "/v1/tickets") => tickets::handle(&app, req).await,
+        (Listener::Main, "/v1/tickets") => tickets::handle(&app, req, peer.ip()).await,
         (Listener::Main, "/") if app.config.dev_mode => {
             if req.method() == Method::GET {
                 crate::dev::page()

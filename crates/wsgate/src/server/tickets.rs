@@ -2,6 +2,8 @@
 //! short-lived ticket out, with CORS for the allowed origins only.
 
 use super::respond::{self, reject, Body};
+use super::upgrade::{self, Attempt};
+use crate::admission;
 use crate::app::App;
 use crate::clock::now_ms;
 use http::header::{
@@ -11,13 +13,15 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use jsonwebtoken::Algorithm;
+use std::net::IpAddr;
 use subtle::ConstantTimeEq;
+use wsgate_core::client_ip::client_ip;
 use wsgate_core::credential::{self, ExtractPolicy, Transport};
 use wsgate_core::origin::OriginVerdict;
 use wsgate_core::Reason;
 
-/// Handles every method on `/v1/tickets`.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+/// Handles every method on `/v1/tickets`; `peer` is the socket's address.
+pub async fn handle(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let Some(tickets) = &app.tickets else {
         return respond::not_found();
     };
@@ -41,10 +45,25 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
             r
         }
         Method::OPTIONS => reject(Reason::OriginNotAllowed, false),
-        Method::POST => match issue(app, tickets, &req, verdict) {
-            Ok(r) => r,
-            Err((reason, presented)) => reject(reason, presented),
-        },
+        Method::POST => {
+            let ip = client_ip(peer, req.headers(), &app.trusted_proxies);
+            let mut attempt = Attempt::new(ip);
+            attempt.origin = origin.map(upgrade::logged_origin);
+            // Charged before any verification, like an upgrade: the mint is
+            // no cheaper way to test stolen or guessed tokens.
+            let minted = match admission::charge(app, ip, peer) {
+                Ok(()) => issue(app, tickets, &req, verdict, &mut attempt).await,
+                Err(r) => Err(r),
+            };
+            match minted {
+                Ok(r) => r,
+                Err(reason) => {
+                    log_refusal(&attempt, reason);
+                    app.metrics.ticket_refused(reason);
+                    reject(reason, attempt.presented)
+                }
+            }
+        }
         _ => respond::method_not_allowed("POST, OPTIONS"),
     };
     if let Some(o) = cors_origin.and_then(|o| HeaderValue::from_str(o).ok()) {
@@ -78,13 +97,15 @@ fn origin(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     }
 }
 
-/// Verifies the session credential and mints the ticket.
-fn issue(
+/// Authenticates the session credential (the same verification and
+/// revocation check as an upgrade) and mints the ticket.
+async fn issue(
     app: &App,
     tickets: &crate::app::Tickets,
     req: &Request<Incoming>,
     verdict: OriginVerdict,
-) -> Result<Response<Body>, (Reason, bool)> {
+    attempt: &mut Attempt,
+) -> Result<Response<Body>, Reason> {
     let headers = req.headers();
     // Bearer first; the session cookie otherwise (then CSRF is required).
     let policy = ExtractPolicy {
@@ -92,24 +113,32 @@ fn issue(
         ..app.extract.clone()
     };
     let cred = credential::extract(&policy, headers, None)
-        .map_err(|e| (e.reason, true))?
-        .ok_or((Reason::MissingToken, false))?;
-    let now = now_ms();
-    let session = app
-        .verifier
-        .verify(&cred.token, now)
-        .map_err(|r| (r, true))?;
+        .map_err(|e| {
+            attempt.transport = e.transport;
+            attempt.presented = true;
+            e.reason
+        })?
+        .ok_or(Reason::MissingToken)?;
+    attempt.transport = Some(cred.transport);
+    attempt.presented = true;
+    // The cookie is ambient: checked before anything is verified with it.
+    if cred.transport == Transport::Cookie && verdict != OriginVerdict::Allowed {
+        return Err(Reason::OriginNotAllowed);
+    }
+    let session = admission::verify(app, &cred.token).await?;
+    attempt.sub = Some(session.sub.clone());
+    // A revoked session mints nothing (and its tickets carry its `iat`, so
+    // a revocation made after the mint still refuses them at redemption).
+    let session = admission::not_revoked(app, session)?;
     if cred.transport == Transport::Cookie {
-        if verdict != OriginVerdict::Allowed {
-            return Err((Reason::OriginNotAllowed, true));
-        }
         let sent = headers.get("x-csrf-token").map(|v| v.as_bytes());
         let want = session.claims.get("csrf").and_then(|v| v.as_str());
         match (sent, want) {
             (Some(s), Some(w)) if !w.is_empty() && bool::from(s.ct_eq(w.as_bytes())) => {}
-            _ => return Err((Reason::CsrfFailed, true)),
+            _ => return Err(Reason::CsrfFailed),
         }
     }
+    let now = now_ms();
     let jti = crate::mint::random_id(18);
     let claims = wsgate_core::ticket::claims(
         &session,
@@ -123,8 +152,10 @@ fn issue(
         .and_then(|v| v.as_i64())
         .map(|exp| (exp - now / 1000).max(0))
         .unwrap_or(0);
+    // Signing with a configured HMAC key does not fail; if it did, nothing
+    // is minted.
     let ticket = crate::mint::sign(Algorithm::HS256, None, &claims, &tickets.signer)
-        .map_err(|_| (Reason::StoreUnavailable, false))?;
+        .map_err(|_| Reason::StoreUnavailable)?;
     let url = format!(
         "{}://{}{}?{}={}",
         if app.config.server.tls.is_some() {
@@ -148,6 +179,20 @@ fn issue(
         StatusCode::CREATED,
         &serde_json::json!({"ticket": ticket, "expires_in": expires_in, "url": url}),
     ))
+}
+
+/// The log line of a refused ticket request: the fields of a refused
+/// upgrade's (SPEC 7), never the credential.
+fn log_refusal(a: &Attempt, reason: Reason) {
+    tracing::info!(
+        event = "ticket_refused",
+        reason = reason.code(),
+        status = reason.status().as_u16(),
+        ip = %a.ip,
+        origin = a.origin.as_deref(),
+        transport = a.transport.map(|t| t.as_str()),
+        sub = a.sub.as_deref(),
+    );
 }
 
 /// The Host header when it is a plausible `host[:port]` (it is echoed in `url`).

@@ -2,6 +2,7 @@
 //! only when all pass is `101` written and the session task started.
 
 use super::respond::{reject, Body};
+use crate::admission;
 use crate::app::{App, Slot};
 use crate::backend::upstream::{self, ClientRequest, UpstreamWs};
 use crate::clock::now_ms;
@@ -39,7 +40,7 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    fn new(ip: IpAddr) -> Self {
+    pub(crate) fn new(ip: IpAddr) -> Self {
         Attempt {
             ip,
             origin: None,
@@ -52,6 +53,11 @@ impl Attempt {
 
 /// Origins are attacker-chosen text; keep log lines bounded.
 const MAX_LOGGED_ORIGIN: usize = 256;
+
+/// An Origin as logged: at most [`MAX_LOGGED_ORIGIN`] characters.
+pub(crate) fn logged_origin(o: &str) -> String {
+    o.chars().take(MAX_LOGGED_ORIGIN).collect()
+}
 
 /// A request that passed every check.
 struct Accepted {
@@ -119,11 +125,11 @@ pub trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Un
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ClientStream for T {}
 
 /// Decides an upgrade request (SPEC 3), counts it and logs it.
-pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, ip: IpAddr) -> Answer {
+pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, peer: IpAddr) -> Answer {
     let started = Instant::now();
-    let ip = wsgate_core::client_ip::client_ip(ip, req.headers(), &app.trusted_proxies);
+    let ip = wsgate_core::client_ip::client_ip(peer, req.headers(), &app.trusted_proxies);
     let mut attempt = Attempt::new(ip);
-    let decision = decide(app, req, &mut attempt).await;
+    let decision = decide(app, req, peer, &mut attempt).await;
     let latency_us = started.elapsed().as_micros() as u64;
     app.metrics.handshake(
         decision.as_ref().map(|_| ()).map_err(|r| *r),
@@ -322,19 +328,22 @@ fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     }
 }
 
-async fn decide<B>(app: &Arc<App>, req: &Request<B>, a: &mut Attempt) -> Result<Accepted, Reason> {
+async fn decide<B>(
+    app: &Arc<App>,
+    req: &Request<B>,
+    peer: IpAddr,
+    a: &mut Attempt,
+) -> Result<Accepted, Reason> {
     let headers = req.headers();
     // Log what the Origin claimed even when the request is refused.
     if let Some(o) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
-        a.origin = Some(o.chars().take(MAX_LOGGED_ORIGIN).collect());
+        a.origin = Some(logged_origin(o));
     }
     let key = well_formed(req)?;
     if app.is_draining() {
         return Err(Reason::Draining);
     }
-    if app.limiter.check(a.ip).is_err() {
-        return Err(Reason::RateLimited);
-    }
+    admission::charge(app, a.ip, peer)?;
     let origin = origin_header(headers)?;
     let verdict = app.origins.check(origin);
     if verdict == OriginVerdict::Denied {
@@ -372,16 +381,11 @@ async fn decide<B>(app: &Arc<App>, req: &Request<B>, a: &mut Attempt) -> Result<
     let verified = if cred.transport == Transport::Ticket {
         redeem_ticket(app, &cred.token).await?
     } else {
-        let t0 = Instant::now();
-        // An unknown kid may wait for one rate-limited JWKS refetch.
-        let v = app.verifier.verify_fresh(&cred.token, now_ms()).await;
-        app.metrics.verify_time(t0.elapsed());
-        v?
+        admission::verify(app, &cred.token).await?
     };
+    // Known before the revocation check, so a revoked attempt logs its sub.
     a.sub = Some(verified.sub.clone());
-    if app.is_revoked(&verified, now_ms()) {
-        return Err(Reason::Revoked);
-    }
+    let verified = admission::not_revoked(app, verified)?;
     if cred.transport == Transport::Cookie && app.config.auth.cookie_csrf {
         let sent = credential::query_value(query, "csrf");
         let want = verified.claims.get("csrf").and_then(|v| v.as_str());

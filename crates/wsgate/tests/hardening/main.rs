@@ -453,6 +453,9 @@ async fn unknown_crit_header() {
         json!("exp"),
         json!([1]),
         json!({}),
+        // RFC 7515 4.1.11 forbids the empty list; panva/jose refuses it too.
+        json!([]),
+        json!(null),
     ] {
         let h = json!({"alg": "HS256", "crit": crit, "exp": 1}).to_string();
         refused_401(&gw, &hs_raw(&h, &good_claims("root")), "malformed_token").await;
