@@ -42,9 +42,16 @@ pub async fn verify(app: &App, token: &str) -> Result<Verified, Reason> {
     v
 }
 
-/// Passes `v` unless a revocation in force matches it.
+/// Passes `v` unless a revocation in force matches it. While this node
+/// cannot trust its revocation set (not loaded yet, or no longer confirmed
+/// by the store: [`crate::revocations`]) nothing passes: `503
+/// store_unavailable`, never a guess.
 pub fn not_revoked(app: &App, v: Verified) -> Result<Verified, Reason> {
-    if app.is_revoked(&v, now_ms()) {
+    let now = now_ms();
+    if !app.revocation_freshness.is_known(now) {
+        return Err(Reason::StoreUnavailable);
+    }
+    if app.is_revoked(&v, now) {
         return Err(Reason::Revoked);
     }
     Ok(v)

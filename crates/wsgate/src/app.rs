@@ -44,6 +44,11 @@ pub struct App {
     pub unauthenticated: AtomicUsize,
     /// Revocations in force, kept in step with the store's feed.
     pub revocations: RwLock<RevocationSet>,
+    /// Whether `revocations` may be trusted now (crate::revocations).
+    pub revocation_freshness: crate::revocations::Freshness,
+    /// Asks the revocation feed to reload and write back (a revocation's
+    /// write to the store may not have landed).
+    pub revocation_resync: tokio::sync::Notify,
     pub draining: AtomicBool,
     next_id: AtomicU64,
     /// Random per process: names this node's cluster-wide slot leases.
@@ -148,8 +153,7 @@ impl App {
             .max_message_size(Some(max_msg))
             .max_frame_size(Some(max_msg));
         let client_ws_config = ws_config.read_buffer_size(CLIENT_WS_BUFFER);
-        let store =
-            crate::store::open(&config.store.url, &config.store.key_prefix).map_err(|e| vec![e])?;
+        let store = crate::store::open(&config.store).map_err(|e| vec![e])?;
         let tickets = config.tickets.enabled.then(|| {
             // Without a configured secret (memory store only, config
             // validation refuses it with Redis) tickets are this node's alone.
@@ -223,6 +227,12 @@ impl App {
             upstream,
             unauthenticated: AtomicUsize::new(0),
             revocations: RwLock::new(RevocationSet::new()),
+            revocation_freshness: if store.is_shared() {
+                crate::revocations::Freshness::new(config.store.max_revocation_staleness)
+            } else {
+                crate::revocations::Freshness::always()
+            },
+            revocation_resync: tokio::sync::Notify::new(),
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             node_id: crate::mint::random_id(9),

@@ -300,6 +300,17 @@ pub struct StoreConfig {
     /// Prepended to every Redis key, so several deployments (or test runs)
     /// can share one Redis without seeing each other's state.
     pub key_prefix: String,
+    /// How long this node's revocation set may go unconfirmed by the store
+    /// (no answered ping on the revocation feed, no reload) before it
+    /// counts as unknown: upgrades and ticket mints then answer
+    /// `503 store_unavailable`, `/readyz` 503.
+    #[serde(deserialize_with = "de::duration")]
+    pub max_revocation_staleness: Duration,
+    /// After Redis lost its data (restarted without persistence), how long
+    /// nodes wait for one that held the complete revocation set to write it
+    /// back before trusting what is stored.
+    #[serde(deserialize_with = "de::duration")]
+    pub revocation_writeback_wait: Duration,
 }
 
 /// Default `store.key_prefix`.
@@ -310,6 +321,8 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "memory://".into(),
             key_prefix: DEFAULT_STORE_KEY_PREFIX.into(),
+            max_revocation_staleness: Duration::from_secs(3),
+            revocation_writeback_wait: Duration::from_secs(5),
         }
     }
 }
@@ -320,6 +333,8 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("url", &redact::store_url(&self.url))
             .field("key_prefix", &self.key_prefix)
+            .field("max_revocation_staleness", &self.max_revocation_staleness)
+            .field("revocation_writeback_wait", &self.revocation_writeback_wait)
             .finish()
     }
 }
@@ -1684,6 +1699,19 @@ impl<'a> Builder<'a> {
                 s.key_prefix
             ));
         }
+        // Below the feed's ping period plus its answer's timeout every
+        // healthy node would flap between known and unknown.
+        if s.max_revocation_staleness < Duration::from_secs(2) {
+            let via = self.via("store.max_revocation_staleness");
+            self.problem(format!(
+                "store.max_revocation_staleness: must be at least 2s (the revocation feed is \
+                 pinged every 500ms and waits 1s for the answer){via}"
+            ));
+        }
+        if s.revocation_writeback_wait > Duration::from_secs(600) {
+            let via = self.via("store.revocation_writeback_wait");
+            self.problem(format!("store.revocation_writeback_wait: at most 10m{via}"));
+        }
     }
 
     fn build_backend(&mut self, raw: RawBackend) -> BackendConfig {
@@ -2380,6 +2408,14 @@ mod redact {
         let mut store = Table::new();
         store.insert("url".into(), s(store_url(&c.store.url)));
         store.insert("key_prefix".into(), s(c.store.key_prefix.clone()));
+        store.insert(
+            "max_revocation_staleness".into(),
+            dur(c.store.max_revocation_staleness),
+        );
+        store.insert(
+            "revocation_writeback_wait".into(),
+            dur(c.store.revocation_writeback_wait),
+        );
         let mut proxies = Table::new();
         proxies.insert("cidrs".into(), list(&c.trusted_proxies.cidrs));
         proxies.insert(

@@ -22,6 +22,7 @@ pub mod mint;
 pub mod outbox;
 pub mod readahead;
 pub mod reload;
+pub mod revocations;
 pub mod server;
 pub mod store;
 pub mod tls;

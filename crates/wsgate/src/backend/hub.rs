@@ -67,6 +67,24 @@ pub struct Request {
     id: Option<Value>,
 }
 
+/// Queues `msg` for each subscriber; returns how many took it. A full
+/// queue marks its socket slow (it will be closed) instead of waiting.
+fn send_all(subs: &HashMap<u64, Subscriber>, msg: &Utf8Bytes) -> usize {
+    let mut n = 0;
+    for s in subs.values() {
+        match s.tx.try_send(msg.clone()) {
+            Ok(()) => n += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !s.slow.swap(true, Ordering::Relaxed) {
+                    s.wake.notify_one();
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+    n
+}
+
 impl Hub {
     pub fn new(grants: Vec<Grant>) -> Self {
         Hub {
@@ -111,20 +129,24 @@ impl Hub {
         let Some(subs) = g.get(channel) else {
             return 0;
         };
-        let mut n = 0;
-        for s in subs.values() {
-            match s.tx.try_send(msg.clone()) {
-                Ok(()) => n += 1,
-                // Full: the socket cannot keep up; it will be closed.
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if !s.slow.swap(true, Ordering::Relaxed) {
-                        s.wake.notify_one();
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        n
+        send_all(subs, &msg)
+    }
+
+    /// Tells every subscriber on this node, channel by channel, that
+    /// messages published on other nodes may have been lost (this node's
+    /// hub feed was re-established after an interruption): `{"type":
+    /// "hub_gap","channel":C}`, so a client can fetch what it missed.
+    /// Returns how many were told.
+    pub fn gap(&self) -> usize {
+        let g = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        g.iter()
+            .map(|(channel, subs)| {
+                let msg: Utf8Bytes = json!({"type": "hub_gap", "channel": channel})
+                    .to_string()
+                    .into();
+                send_all(subs, &msg)
+            })
+            .sum()
     }
 
     /// Whether a grant may read the top-level claim `key` (a grant's claim

@@ -142,8 +142,12 @@ pub(crate) async fn revoke_request(app: &Arc<App>, req: Request<Incoming>) -> Re
     }
 }
 
-/// Persists and announces a revocation, then closes this node's matching
-/// sessions at once (other nodes close theirs from the store's feed).
+/// Puts a revocation in force on this node (closing its matching
+/// sessions), then persists and announces it for the other nodes. When the
+/// store does not answer, the outcome there is unknown: the answer says so
+/// (`503`, `"stored": "unknown"`), this node keeps the revocation and writes
+/// it back as soon as the store answers, and a retry is safe (revocations
+/// are idempotent).
 async fn revoke(app: &Arc<App>, target: Target) -> Response<Body> {
     let now = now_ms();
     let keep = app
@@ -156,23 +160,29 @@ async fn revoke(app: &Arc<App>, target: Target) -> Response<Body> {
         at: now,
         until: now.saturating_add(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
     };
+    let closed = crate::revocations::apply(app, r.clone());
+    app.metrics.revocations.inc();
     if let Err(e) = app.store.revoke(&r).await {
         app.metrics.store_errors.inc();
         tracing::warn!(event = "store_error", op = "revoke", error = %e);
-        return respond::reject(wsgate_core::Reason::StoreUnavailable, false);
+        // Written back by the feed's resync once the store answers.
+        app.revocation_resync.notify_one();
+        tracing::warn!(event = "revoke", closed = closed as u64, stored = "unknown");
+        let mut resp = respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "error": "store_unavailable",
+                "message": "the store did not confirm the revocation: it is in force on this \
+                            node and will be written back when the store answers; other nodes \
+                            may not have it yet. Retrying is safe.",
+                "stored": "unknown",
+                "closed": closed,
+            }),
+        );
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
+        return resp;
     }
-    app.metrics.revocations.inc();
-    let closed = apply(app, r);
     tracing::info!(event = "revoke", closed = closed as u64);
     respond::json(StatusCode::OK, &json!({"closed": closed}))
-}
-
-/// Adds a revocation to this node's set and closes matching sessions.
-pub fn apply(app: &App, r: Revocation) -> usize {
-    let target = r.target.clone();
-    app.revocations
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(r);
-    app.registry.signal(&target, Control::Revoke)
 }

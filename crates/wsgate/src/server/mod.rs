@@ -102,7 +102,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     }
     tokio::spawn(watch_store(app.clone()));
     tokio::spawn(prune_limiter(app.clone()));
-    tokio::spawn(revocation_feed(app.clone()));
+    tokio::spawn(crate::revocations::feed(app.clone()));
     tokio::spawn(renew_leases(app.clone()));
     crate::keys::start(app.clone());
     if app.tls_main.is_some() || app.tls_admin.is_some() {
@@ -163,88 +163,12 @@ async fn watch_store(app: Arc<App>) {
     }
 }
 
-/// Keeps this node's revocations in step with the store: each announced
-/// revocation closes matching sessions; a resync (start, reconnect) reloads
-/// the whole set. Retries a failed reload until it succeeds.
-async fn revocation_feed(app: Arc<App>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    app.store.watch_revocations(tx);
-    let mut prune = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        let ev = tokio::select! {
-            ev = rx.recv() => ev,
-            _ = prune.tick() => {
-                app.egress.prune(crate::clock::now_ms());
-                app.revocations
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .prune(crate::clock::now_ms());
-                continue;
-            }
-        };
-        match ev {
-            None => return,
-            Some(crate::store::Feed::Revoked(r)) => {
-                admin::apply(&app, r);
-            }
-            Some(crate::store::Feed::Refresh { node, target }) => {
-                // The node that took the call already asked its own sessions.
-                if node != app.node_id {
-                    app.registry.signal(&target, crate::app::Control::Reauth);
-                }
-            }
-            Some(crate::store::Feed::Resync) => loop {
-                match app.store.revocations(crate::clock::now_ms()).await {
-                    Ok(all) => {
-                        let n = all.len();
-                        let stored: wsgate_core::revocation::RevocationSet = {
-                            let mut s = wsgate_core::revocation::RevocationSet::new();
-                            for r in &all {
-                                s.insert(r.clone());
-                            }
-                            s
-                        };
-                        for r in all {
-                            admin::apply(&app, r);
-                        }
-                        // A Redis that restarted without persistence forgot
-                        // revocations this node still knows: write them back,
-                        // so nodes started later learn them too.
-                        let known = app
-                            .revocations
-                            .read()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entries();
-                        let now = crate::clock::now_ms();
-                        for r in known
-                            .into_iter()
-                            .filter(|r| r.until > now && !stored.covers(r))
-                        {
-                            if let Err(e) = app.store.revoke(&r).await {
-                                app.metrics.store_errors.inc();
-                                tracing::warn!(event = "store_error", op = "revoke_repair", error = %e);
-                            }
-                        }
-                        tracing::info!(event = "revocations_loaded", count = n as u64);
-                        break;
-                    }
-                    Err(e) => {
-                        app.metrics.store_errors.inc();
-                        tracing::warn!(event = "store_error", op = "revocations", error = %e);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            },
-        }
-    }
-}
-
 /// Hub fan-out across nodes: this node's publishes go out through the store
 /// in order; announcements from other nodes are delivered here.
 async fn hub_relay(app: Arc<App>) {
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<String>(4096);
     app.hub.set_outbound(out_tx);
-    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<String>(4096);
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel(4096);
     app.store.watch_hub(in_tx);
     loop {
         tokio::select! {
@@ -254,7 +178,15 @@ async fn hub_relay(app: Arc<App>) {
                     tracing::warn!(event = "store_error", op = "hub_publish", error = %e);
                 }
             }
-            Some(msg) = in_rx.recv() => {
+            Some(feed) = in_rx.recv() => {
+                let msg = match feed {
+                    crate::store::HubFeed::Message(m) => m,
+                    crate::store::HubFeed::Gap => {
+                        let told = app.hub.gap();
+                        tracing::info!(event = "hub_gap", subscribers = told as u64);
+                        continue;
+                    }
+                };
                 let Ok(a) = serde_json::from_str::<crate::backend::hub::Announcement>(&msg) else {
                     continue;
                 };
@@ -580,6 +512,12 @@ fn readyz(app: &App) -> Response<Body> {
         respond::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "store_unavailable"}),
+        )
+    } else if !app.revocation_freshness.is_known(crate::clock::now_ms()) {
+        // Upgrades would be refused: not loaded yet, or gone stale.
+        respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "revocations_unknown"}),
         )
     } else if !app.verifier.has_keys() {
         respond::json(

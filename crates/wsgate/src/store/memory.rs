@@ -1,7 +1,7 @@
 //! `memory://`: the store of a single node. State lives in this process and
 //! dies with it, which the epoch fence below accounts for.
 
-use super::{Feed, Store, StoreError};
+use super::{Feed, Snapshot, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -170,9 +170,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError> {
+    /// Always complete: the set lives and dies with the one node using it.
+    async fn revocations(&self, now: UnixMillis, _vouch: bool) -> Result<Snapshot, StoreError> {
         let g = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(g.0.iter().filter(|r| r.until > now).cloned().collect())
+        Ok(Snapshot {
+            revocations: g.0.iter().filter(|r| r.until > now).cloned().collect(),
+            complete: true,
+        })
     }
 
     fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {
@@ -206,7 +210,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn watch_hub(&self, _tx: mpsc::Sender<String>) {}
+    fn watch_hub(&self, _tx: mpsc::Sender<super::HubFeed>) {}
 
     async fn announce_refresh(&self, _payload: &str) -> Result<(), StoreError> {
         Ok(())

@@ -49,8 +49,12 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke(&self, r: &Revocation) -> Result<(), StoreError>;
 
     /// Every revocation still in force at `now`: what a node loads when it
-    /// starts and after each reconnect of its revocation feed.
-    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError>;
+    /// starts and after each reconnect of its revocation feed, with whether
+    /// the store vouches that the set is complete. A store that lost its
+    /// data (a Redis restarted without persistence) does not, until a node
+    /// that held a complete set wrote it back and called this with `vouch`
+    /// (or, with no such node, until a wait set by the store has passed).
+    async fn revocations(&self, now: UnixMillis, vouch: bool) -> Result<Snapshot, StoreError>;
 
     /// Starts delivering [`Feed`] events to `tx`: each revocation announced
     /// by any node, and a `Resync` whenever the feed (re)connects, because
@@ -89,8 +93,9 @@ pub trait Store: Send + Sync + 'static {
     async fn hub_publish(&self, payload: &str) -> Result<(), StoreError>;
 
     /// Starts delivering hub announcements (from every node, this one
-    /// included) to `tx`, resubscribing after reconnects.
-    fn watch_hub(&self, tx: mpsc::Sender<String>);
+    /// included) to `tx`, resubscribing after reconnects; each
+    /// (re)subscription is announced as [`HubFeed::Gap`].
+    fn watch_hub(&self, tx: mpsc::Sender<HubFeed>);
 
     /// Announces an admin refresh to the other nodes (shared store only).
     async fn announce_refresh(&self, payload: &str) -> Result<(), StoreError>;
@@ -102,6 +107,23 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// The revocations a store holds, and whether they are all there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revocations: Vec<Revocation>,
+    pub complete: bool,
+}
+
+/// What the hub feed delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubFeed {
+    /// An announcement from some node.
+    Message(String),
+    /// The feed was (re)subscribed: announcements made before may not have
+    /// reached this node.
+    Gap,
+}
+
 /// What the revocation feed delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Feed {
@@ -110,6 +132,9 @@ pub enum Feed {
     /// Reload everything with [`Store::revocations`]: the feed (re)connected
     /// or fell behind.
     Resync,
+    /// The feed answered a ping sent at this time: every revocation
+    /// announced before it has been delivered.
+    Alive(UnixMillis),
     /// An admin refresh made on node `node`: matching sessions must
     /// re-authenticate (nothing is stored: it concerns live sessions only).
     Refresh {
@@ -173,13 +198,17 @@ pub fn revocation_from_json(s: &str) -> Option<Revocation> {
 /// Opens the store named by `store.url` (`memory://` or `redis://...`).
 /// Never blocks on the network: a Redis that is down at startup is
 /// connected to lazily, and requests fail closed until it answers.
-pub fn open(url: &str, key_prefix: &str) -> Result<Arc<dyn Store>, String> {
+pub fn open(c: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, String> {
+    let url = c.url.as_str();
     if url.starts_with("memory://") {
         Ok(Arc::new(memory::MemoryStore::new(
             memory::DEFAULT_MAX_ENTRIES,
         )))
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Ok(Arc::new(redis::RedisStore::new(url, key_prefix)?))
+        Ok(Arc::new(
+            redis::RedisStore::new(url, &c.key_prefix)?
+                .with_writeback_wait(c.revocation_writeback_wait),
+        ))
     } else {
         Err(format!("store.url: unsupported scheme in {url:?}"))
     }

@@ -8,12 +8,18 @@
 //!   keeps running while it is down: every call is bounded by
 //!   [`OP_TIMEOUT`], fails with [`StoreError::Unavailable`] (the caller
 //!   answers `503 store_unavailable`), and the store recovers by itself.
+//! - **No connection is trusted to be alive.** A command that times out or
+//!   fails on I/O retires the connection it ran on (a black-holed TCP
+//!   connection never errors by itself); the next call opens a new one.
+//!   Subscriptions are pinged, and a subscription whose ping goes
+//!   unanswered is replaced. Reconnects back off to about a second, with
+//!   jitter.
 
-use super::{Feed, Store, StoreError};
+use super::{Feed, Snapshot, Store, StoreError};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,13 +34,18 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on one command's reply on an established connection.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Connection attempts the manager retries (with backoff) before failing
-/// the commands waiting on it; more would only run into [`OP_TIMEOUT`].
-const CONNECT_RETRIES: usize = 1;
-/// While no connection manager exists, at most one attempt to create it per
-/// this interval; calls in between fail fast instead of each waiting for a
-/// connect timeout against a Redis that is down.
+/// While no connection exists, at most one attempt to open one per this
+/// interval (with jitter, see [`jittered`]); calls in between fail fast
+/// instead of each waiting for a connect timeout against a Redis that is
+/// down.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// First and longest wait before a subscription is opened again.
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(1);
+/// How often a subscription is pinged; an unanswered ping (within
+/// [`RESPONSE_TIMEOUT`]) replaces it. Each answered ping also tells the
+/// feed's reader that everything published before it was delivered.
+pub const SUBSCRIPTION_PING: Duration = Duration::from_millis(500);
 /// Upper bound on a recorded id's life: far beyond any credential this
 /// gateway accepts, and well inside what Redis accepts for `PX`.
 const MAX_TTL_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
@@ -71,16 +82,38 @@ struct Inner {
     /// Credentials from the URL, scrubbed from every error message.
     secrets: Vec<String>,
     conn: tokio::sync::Mutex<Conn>,
+    /// The generation of the connection in use (0: none); read without
+    /// the lock by calls that must retire the connection they timed out on.
+    generation: std::sync::atomic::AtomicU64,
+    load_revocations: Script,
+    /// `store.revocation_writeback_wait`, in ms.
+    writeback_wait_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Default)]
 struct Conn {
-    /// Created on first use. Once it exists it reconnects by itself, so it
-    /// is never replaced.
-    manager: Option<ConnectionManager>,
-    /// Start of the last attempt to create `manager`. Recorded before the
-    /// attempt, so an attempt cut short by a caller's timeout still counts.
+    /// The shared connection and its generation, opened on first use and
+    /// replaced when a call on it times out or fails on I/O.
+    current: Option<(u64, MultiplexedConnection)>,
+    /// Start of the last attempt to open one. Recorded before the attempt,
+    /// so an attempt cut short by a caller's timeout still counts.
     last_attempt: Option<Instant>,
+    /// The wait after `last_attempt` before the next one (jittered).
+    wait: Duration,
+}
+
+/// `d` scaled by a random factor in [0.75, 1.25): nodes that lost Redis
+/// together do not all come back in the same millisecond.
+fn jittered(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::rng().random_range(0.75..1.25))
+}
+
+/// Whether a failed command says its connection is unusable: I/O errors,
+/// timeouts, a dropped connection. A server error (a script error, OOM)
+/// leaves the connection fine.
+fn connection_is_dead(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 impl RedisStore {
@@ -109,6 +142,9 @@ impl RedisStore {
             use_once: Script::new(USE_ONCE),
             secrets,
             conn: tokio::sync::Mutex::new(Conn::default()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            load_revocations: Script::new(LOAD_REVOCATIONS),
+            writeback_wait_ms: std::sync::atomic::AtomicI64::new(5_000),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let warm = inner.clone();
@@ -118,6 +154,17 @@ impl RedisStore {
             });
         }
         Ok(RedisStore { inner })
+    }
+
+    /// Sets how long after Redis lost its data nodes wait for one that held
+    /// the complete revocation set to write it back (see
+    /// [`LOAD_REVOCATIONS`]).
+    pub fn with_writeback_wait(self, d: Duration) -> Self {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(MAX_TTL_MS);
+        self.inner
+            .writeback_wait_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 }
 
@@ -133,54 +180,87 @@ impl Inner {
         StoreError::Unavailable(scrub(format!("redis {what}: {text}"), &self.secrets))
     }
 
-    /// The shared connection manager, created on first use.
-    async fn manager(&self) -> Result<ConnectionManager, StoreError> {
-        // Held across the connect on purpose: concurrent first calls wait
-        // for one attempt instead of each opening a connection. Waiting is
-        // bounded by the caller's OP_TIMEOUT.
+    /// The shared connection, opened on first use and after it was retired.
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+        // Held across the connect on purpose: concurrent calls wait for one
+        // attempt instead of each opening a connection. Waiting is bounded
+        // by the caller's OP_TIMEOUT.
         let mut conn = self.conn.lock().await;
-        if let Some(m) = &conn.manager {
-            return Ok(m.clone());
+        if let Some((generation, c)) = &conn.current {
+            return Ok((*generation, c.clone()));
         }
-        if conn
-            .last_attempt
-            .is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL)
-        {
+        if conn.last_attempt.is_some_and(|t| t.elapsed() < conn.wait) {
             return Err(StoreError::Unavailable(
                 "redis: not connected (the last attempt failed moments ago)".into(),
             ));
         }
         conn.last_attempt = Some(Instant::now());
-        let config = ConnectionManagerConfig::new()
+        conn.wait = jittered(RECONNECT_INTERVAL);
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(CONNECT_RETRIES);
-        match ConnectionManager::new_with_config(self.client.clone(), config).await {
-            Ok(m) => {
-                conn.manager = Some(m.clone());
-                Ok(m)
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => {
+                let generation = self
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                    + 1;
+                conn.current = Some((generation, c.clone()));
+                Ok((generation, c))
             }
             Err(e) => Err(self.unavailable("connect", &e)),
         }
     }
 
+    /// Retires connection `generation` if it is still the current one: a
+    /// command on it timed out or failed on I/O, so it may be black-holed.
+    /// Commands already sent on it finish or fail on their own.
+    async fn retire(&self, generation: u64) {
+        let mut conn = self.conn.lock().await;
+        if conn.current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            conn.current = None;
+            tracing::warn!(event = "store_reconnect", store = "redis", generation);
+        }
+    }
+
     /// Runs `op` with the shared connection, the whole call (connecting
-    /// included) bounded by [`OP_TIMEOUT`].
+    /// included) bounded by [`OP_TIMEOUT`]. A call that times out or fails
+    /// on I/O retires the connection it used.
     async fn bounded<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        let used = std::sync::atomic::AtomicU64::new(0);
         let call = async {
-            let m = self.manager().await?;
-            op(m).await.map_err(|e| self.unavailable(what, &e))
+            let (generation, c) = self.connection().await?;
+            used.store(generation, std::sync::atomic::Ordering::Relaxed);
+            match op(c).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    if connection_is_dead(&e) {
+                        self.retire(generation).await;
+                    }
+                    Err(self.unavailable(what, &e))
+                }
+            }
         };
         match tokio::time::timeout(OP_TIMEOUT, call).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis {what}: no answer within {}s",
-                OP_TIMEOUT.as_secs()
-            ))),
+            Err(_) => {
+                let generation = used.load(std::sync::atomic::Ordering::Relaxed);
+                if generation != 0 {
+                    self.retire(generation).await;
+                }
+                Err(StoreError::Unavailable(format!(
+                    "redis {what}: no answer within {}s",
+                    OP_TIMEOUT.as_secs()
+                )))
+            }
         }
     }
 
@@ -256,17 +336,41 @@ impl Inner {
         .await
     }
 
-    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError> {
+    async fn revocations(&self, now: UnixMillis, vouch: bool) -> Result<Snapshot, StoreError> {
         let key = self.revocations_key();
-        let all: std::collections::HashMap<String, String> = self
+        let (complete, all): (i64, std::collections::HashMap<String, String>) = self
             .bounded("revocations", |mut m| {
                 let key = key.clone();
-                async move { redis::cmd("HGETALL").arg(&key).query_async(&mut m).await }
+                async move {
+                    // Redis's uptime tells a restart (data lost) from a key
+                    // prefix that is simply new.
+                    let info: redis::InfoDict =
+                        redis::cmd("INFO").arg("server").query_async(&mut m).await?;
+                    let uptime_ms = info
+                        .get::<i64>("uptime_in_seconds")
+                        .unwrap_or(0)
+                        .saturating_mul(1000);
+                    self.load_revocations
+                        .key(&key)
+                        .key(&self.epoch_key)
+                        .arg(now)
+                        .arg(
+                            self.writeback_wait_ms
+                                .load(std::sync::atomic::Ordering::Relaxed),
+                        )
+                        .arg(i64::from(vouch))
+                        .arg(uptime_ms)
+                        .invoke_async(&mut m)
+                        .await
+                }
             })
             .await?;
         let mut live = Vec::with_capacity(all.len());
         let mut dead = Vec::new();
         for (field, json) in all {
+            if field.starts_with('@') {
+                continue;
+            }
             match super::revocation_from_json(&json) {
                 Some(r) if r.until > now => live.push(r),
                 _ => dead.push(field),
@@ -284,20 +388,132 @@ impl Inner {
                 })
                 .await;
         }
-        Ok(live)
+        Ok(Snapshot {
+            revocations: live,
+            complete: complete == 1,
+        })
     }
 
     /// Forwards announcements to `tx` until it closes, reconnecting with
     /// backoff; every (re)subscription starts with a `Resync`, because
-    /// pub/sub is at-most-once and anything may have been missed meanwhile.
+    /// pub/sub is at-most-once and anything may have been missed meanwhile,
+    /// and every answered ping sends `Alive`.
     async fn watch(self: Arc<Self>, tx: mpsc::Sender<Feed>) {
         let channel = self.revocations_key();
-        self.subscribe_loop(channel, tx, Some(Feed::Resync), |payload| {
-            Some(super::feed_from_json(&payload))
+        self.subscribe_loop(channel, tx, |ev| match ev {
+            SubEvent::Subscribed => Some(Feed::Resync),
+            SubEvent::Alive(at) => Some(Feed::Alive(at)),
+            SubEvent::Message(payload) => Some(super::feed_from_json(&payload)),
         })
         .await;
     }
 }
+
+/// Why [`serve_subscription`] returned.
+enum Ended {
+    ReaderGone,
+    Lost,
+}
+
+/// Sends `item` (if any); false when the reader is gone.
+async fn forward<T>(tx: &mpsc::Sender<T>, item: Option<T>) -> bool {
+    match item {
+        Some(item) => tx.send(item).await.is_ok(),
+        None => true,
+    }
+}
+
+/// Relays one live subscription, pinging it, until it is lost.
+async fn serve_subscription<T, F: Fn(SubEvent) -> Option<T>>(
+    sink: &mut redis::aio::PubSubSink,
+    stream: &mut redis::aio::PubSubStream,
+    tx: &mpsc::Sender<T>,
+    map: &F,
+) -> Ended {
+    use futures_util::FutureExt;
+    let message = |m: redis::Msg| m.get_payload::<String>().ok().map(SubEvent::Message);
+    loop {
+        let sent_at = crate::clock::now_ms();
+        // In subscribed mode (RESP2) the answer is `["pong", ""]`, not `PONG`.
+        let ping = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>());
+        tokio::pin!(ping);
+        let answered = loop {
+            tokio::select! {
+                r = &mut ping => break matches!(r, Ok(Ok(_))),
+                m = stream.next() => match m {
+                    None => return Ended::Lost,
+                    Some(m) => if !forward(tx, message(m).and_then(map)).await {
+                        return Ended::ReaderGone;
+                    },
+                },
+            }
+        };
+        if !answered {
+            return Ended::Lost;
+        }
+        // The answer came after every message published before the ping;
+        // those already read off the connection are relayed first.
+        while let Some(Some(m)) = stream.next().now_or_never() {
+            if !forward(tx, message(m).and_then(map)).await {
+                return Ended::ReaderGone;
+            }
+        }
+        if !forward(tx, map(SubEvent::Alive(sent_at))).await {
+            return Ended::ReaderGone;
+        }
+        let pause = tokio::time::sleep(SUBSCRIPTION_PING);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                m = stream.next() => match m {
+                    None => return Ended::Lost,
+                    Some(m) => if !forward(tx, message(m).and_then(map)).await {
+                        return Ended::ReaderGone;
+                    },
+                },
+            }
+        }
+    }
+}
+
+/// What a subscription reports to its reader.
+enum SubEvent {
+    /// (Re)subscribed: anything published before may have been missed.
+    Subscribed,
+    /// A ping sent at this time was answered: everything published before
+    /// it has been delivered.
+    Alive(UnixMillis),
+    Message(String),
+}
+
+/// Loads the revocation set and says whether it is complete. KEYS[1] = the
+/// revocations hash, KEYS[2] = the epoch key; ARGV = now_ms,
+/// writeback_wait_ms, vouch (1: the caller held a complete set and wrote
+/// it back), Redis's uptime in ms. Returns {complete, HGETALL}.
+///
+/// The hash's `@complete` field holds the epoch (see [`USE_ONCE`]) in
+/// which the set was declared complete. A Redis that restarted without
+/// persistence lost the hash and the epoch together: the new epoch has no
+/// `@complete`, and until a node that held the complete set writes it back
+/// and vouches, a node loading it must not trust it: it would admit tokens
+/// revoked before the restart. With no such node (the whole cluster
+/// restarted too) nobody can vouch, so after `writeback_wait` the set is
+/// declared complete anyway. A Redis that has been up longer than that
+/// lost nothing by restarting: a missing `@complete` then means a new key
+/// prefix, complete from the start.
+const LOAD_REVOCATIONS: &str = r"
+local e = redis.call('GET', KEYS[2])
+if not e then redis.call('SET', KEYS[2], ARGV[1]); e = ARGV[1] end
+local c = redis.call('HGET', KEYS[1], '@complete')
+local wait = tonumber(ARGV[2])
+if c ~= e and (ARGV[3] == '1' or tonumber(ARGV[4]) >= wait
+               or tonumber(ARGV[1]) - tonumber(e) >= wait) then
+  redis.call('HSET', KEYS[1], '@complete', e)
+  c = e
+end
+return {c == e and 1 or 0, redis.call('HGETALL', KEYS[1])}
+";
 
 /// Per-user slots: a sorted set of holders scored by lease expiry.
 /// KEYS[1] user set; ARGV: now, expiry, holder, cap, lease ms.
@@ -327,52 +543,55 @@ impl Inner {
         format!("{}hub", self.prefix)
     }
 
-    /// Forwards every payload published on `channel` to `tx`.
-    async fn watch_raw(self: Arc<Self>, channel: String, tx: mpsc::Sender<String>) {
-        self.subscribe_loop(channel, tx, None, Some).await;
+    /// Forwards hub announcements to `tx`, with a `Gap` after every
+    /// (re)subscription: what was published meanwhile was not delivered.
+    async fn watch_hub(self: Arc<Self>, tx: mpsc::Sender<super::HubFeed>) {
+        let channel = self.hub_key();
+        self.subscribe_loop(channel, tx, |ev| match ev {
+            SubEvent::Subscribed => Some(super::HubFeed::Gap),
+            SubEvent::Alive(_) => None,
+            SubEvent::Message(payload) => Some(super::HubFeed::Message(payload)),
+        })
+        .await;
     }
 
-    /// Subscribes to `channel` and sends `map(payload)` to `tx` until it
-    /// closes, resubscribing with backoff after a lost connection and
-    /// sending `on_subscribe` after each (re)subscription. Waiting on a full
-    /// `tx` is backpressure: Redis buffers, and drops us past its limit,
-    /// which ends in a resubscription.
-    async fn subscribe_loop<T: Clone, F: Fn(String) -> Option<T>>(
+    /// Subscribes to `channel` and sends what `map` makes of each event to
+    /// `tx` until it closes. The subscription is pinged every
+    /// [`SUBSCRIPTION_PING`]; one that fails or leaves a ping unanswered for
+    /// [`RESPONSE_TIMEOUT`] (a dead or black-holed connection) is replaced,
+    /// after a backoff from [`RESUBSCRIBE_MIN`] doubling to
+    /// [`RESUBSCRIBE_MAX`], jittered. Waiting on a full `tx` is
+    /// backpressure: Redis buffers, and drops us past its limit, which ends
+    /// in a resubscription.
+    async fn subscribe_loop<T, F: Fn(SubEvent) -> Option<T>>(
         &self,
         channel: String,
         tx: mpsc::Sender<T>,
-        on_subscribe: Option<T>,
         map: F,
     ) {
-        let mut backoff = RECONNECT_INTERVAL;
+        let mut backoff = RESUBSCRIBE_MIN;
         while !tx.is_closed() {
             let sub = async {
-                let mut ps = self.client.get_async_pubsub().await?;
-                ps.subscribe(&channel).await?;
-                Ok::<_, RedisError>(ps)
+                let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+                sink.subscribe(&channel).await?;
+                Ok::<_, RedisError>((sink, stream))
             };
-            if let Ok(Ok(mut ps)) = tokio::time::timeout(OP_TIMEOUT, sub).await {
-                backoff = RECONNECT_INTERVAL;
-                if let Some(first) = on_subscribe.clone() {
-                    if tx.send(first).await.is_err() {
-                        return;
-                    }
+            if let Ok(Ok((mut sink, mut stream))) = tokio::time::timeout(OP_TIMEOUT, sub).await {
+                backoff = RESUBSCRIBE_MIN;
+                if !forward(&tx, map(SubEvent::Subscribed)).await {
+                    return;
                 }
-                let mut stream = ps.on_message();
-                while let Some(msg) = stream.next().await {
-                    let Some(item) = msg.get_payload::<String>().ok().and_then(&map) else {
-                        continue;
-                    };
-                    if tx.send(item).await.is_err() {
-                        return;
+                match serve_subscription(&mut sink, &mut stream, &tx, &map).await {
+                    Ended::ReaderGone => return,
+                    Ended::Lost => {
+                        tracing::warn!(event = "store_resubscribe", store = "redis", channel = %channel);
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
         }
     }
-
     fn user_key(&self, sub: &str) -> String {
         format!("{}u:{sub}", self.prefix)
     }
@@ -461,8 +680,8 @@ impl Store for RedisStore {
         self.inner.revoke(r).await
     }
 
-    async fn revocations(&self, now: UnixMillis) -> Result<Vec<Revocation>, StoreError> {
-        self.inner.revocations(now).await
+    async fn revocations(&self, now: UnixMillis, vouch: bool) -> Result<Snapshot, StoreError> {
+        self.inner.revocations(now, vouch).await
     }
 
     fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {
@@ -479,8 +698,8 @@ impl Store for RedisStore {
         self.inner.publish("hub_publish", &key, payload).await
     }
 
-    fn watch_hub(&self, tx: mpsc::Sender<String>) {
-        tokio::spawn(self.inner.clone().watch_raw(self.inner.hub_key(), tx));
+    fn watch_hub(&self, tx: mpsc::Sender<super::HubFeed>) {
+        tokio::spawn(self.inner.clone().watch_hub(tx));
     }
 
     async fn use_once(

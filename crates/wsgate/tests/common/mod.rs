@@ -174,12 +174,42 @@ impl Gateway {
             .expect("admin_addr")
             .parse()
             .expect("admin addr");
-        Gateway {
+        let gw = Gateway {
             child,
             addr,
             admin,
             logs,
             _dir: dir,
+        };
+        // A node admits no one until it knows the revocations (loaded from
+        // the store) and has keys: most tests want the ready node. A test
+        // that starts one with its store down sees it still unready after
+        // this bounded wait and checks that itself.
+        gw.wait_ready(Duration::from_secs(5));
+        gw
+    }
+
+    /// Waits until `/readyz` answers 200, at most `within`; true if it did.
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = std::net::TcpStream::connect(self.admin)
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out)?;
+                    Ok(out.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if ok {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
