@@ -13,6 +13,9 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 use wsgate_core::{Reason, Transport};
 
+mod exposition;
+pub use exposition::Format;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub result: &'static str,
@@ -257,11 +260,15 @@ impl Metrics {
         self.token_verify.observe(d.as_secs_f64());
     }
 
-    /// The text exposition.
-    pub fn encode(&self) -> String {
+    /// The exposition in `format` (see [`Format::negotiate`]).
+    pub fn encode(&self, format: Format) -> String {
+        use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::Text => prometheus_text::encode(&mut out, &self.registry),
+            Format::OpenMetrics => text::encode(&mut out, &self.registry),
+        };
         out
     }
 }
