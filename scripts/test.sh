@@ -15,6 +15,12 @@ if ! (command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping 2>/
   for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 fi
 
+# promtool and prometheus (Debian's prometheus package) read /metrics as a
+# scraper does (crates/wsgate/tests/hardening/metrics_format.rs).
+if ! command -v promtool >/dev/null; then
+  $(need_root) apt-get update -qq && $(need_root) apt-get install -y -qq --no-install-recommends prometheus
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -9,9 +9,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 use wsgate_core::{Reason, Transport};
+
+mod exposition;
+pub use exposition::Format;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
@@ -117,9 +120,12 @@ impl Metrics {
         );
         // 1 us .. ~16 ms: HS256 sits at the bottom, RSA/EC in the middle.
         let token_verify = Histogram::new(exponential_buckets(1e-6, 2.0, 15));
-        registry.register(
-            "wsgate_token_verify_seconds",
+        // The unit is appended to the name (`wsgate_token_verify_seconds`)
+        // and, in OpenMetrics, declared by a `# UNIT` line.
+        registry.register_with_unit(
+            "wsgate_token_verify",
             "Time to verify a token (signature and claims)",
+            Unit::Seconds,
             token_verify.clone(),
         );
         let revocations = Counter::default();
@@ -178,9 +184,10 @@ impl Metrics {
         );
         // 100 us .. ~3 s: loopback upstreams at the bottom, wss across a WAN at the top.
         let upstream_connect = Histogram::new(exponential_buckets(1e-4, 2.0, 16));
-        registry.register(
-            "wsgate_upstream_connect_seconds",
+        registry.register_with_unit(
+            "wsgate_upstream_connect",
             "Time to open the upstream WebSocket (TCP, TLS and handshake)",
+            Unit::Seconds,
             upstream_connect.clone(),
         );
         let upstream_http2_connections = Gauge::default();
@@ -277,11 +284,15 @@ impl Metrics {
         self.token_verify.observe(d.as_secs_f64());
     }
 
-    /// The text exposition.
-    pub fn encode(&self) -> String {
+    /// The exposition in `format` (see [`Format::negotiate`]).
+    pub fn encode(&self, format: Format) -> String {
+        use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::Text => prometheus_text::encode(&mut out, &self.registry),
+            Format::OpenMetrics => text::encode(&mut out, &self.registry),
+        };
         out
     }
 }

@@ -473,7 +473,7 @@ async fn route(
     match (which, path) {
         (_, "/healthz") => respond::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (_, "/readyz") => readyz(&app),
-        (Listener::Admin, "/metrics") => metrics(&app),
+        (Listener::Admin, "/metrics") => metrics(&app, req.headers()),
         (Listener::Admin, p) if p.starts_with("/admin/") => admin::handle(app, req).await,
         (Listener::Main, p) if p == app.config.server.path => {
             upgrade::handle(app, req, peer.ip()).await
@@ -493,12 +493,18 @@ async fn route(
     }
 }
 
-fn metrics(app: &App) -> Response<Body> {
-    let mut r = Response::new(Body::from(app.metrics.encode()));
-    r.headers_mut().insert(
+/// OpenMetrics or the Prometheus text format, as the scraper's `Accept`
+/// prefers; each under the content type its text follows.
+fn metrics(app: &App, req: &http::HeaderMap) -> Response<Body> {
+    let format = crate::metrics::Format::negotiate(req);
+    let mut r = Response::new(Body::from(app.metrics.encode(format)));
+    let h = r.headers_mut();
+    h.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        http::HeaderValue::from_static(format.content_type()),
     );
+    // The body depends on Accept: a cache in between must key on it.
+    h.insert(http::header::VARY, http::HeaderValue::from_static("accept"));
     r
 }
 
