@@ -31,6 +31,10 @@ pub enum Reason {
     RateLimited,
     TooManyConnections,
     StoreUnavailable,
+    /// The store did not confirm a ticket's single use (a timeout): it may
+    /// have been spent, so the client must fetch a new one. On the wire it
+    /// is `store_unavailable`, with a message that says so.
+    TicketOutcomeUnknown,
     Draining,
     /// The upstream refused, failed or did not answer `101` (`backend.kind = "upstream"`).
     UpstreamUnavailable,
@@ -40,7 +44,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every variant, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::BadUpgrade,
         Reason::UnsupportedVersion,
         Reason::TokenTooLarge,
@@ -63,6 +67,7 @@ impl Reason {
         Reason::RateLimited,
         Reason::TooManyConnections,
         Reason::StoreUnavailable,
+        Reason::TicketOutcomeUnknown,
         Reason::Draining,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
@@ -97,7 +102,7 @@ impl Reason {
             Reason::CsrfFailed => "csrf_failed",
             Reason::RateLimited => "rate_limited",
             Reason::TooManyConnections => "too_many_connections",
-            Reason::StoreUnavailable => "store_unavailable",
+            Reason::StoreUnavailable | Reason::TicketOutcomeUnknown => "store_unavailable",
             Reason::Draining => "draining",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
@@ -125,7 +130,9 @@ impl Reason {
             | Reason::Revoked => StatusCode::UNAUTHORIZED,
             Reason::OriginNotAllowed | Reason::CsrfFailed => StatusCode::FORBIDDEN,
             Reason::RateLimited | Reason::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
-            Reason::StoreUnavailable | Reason::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::StoreUnavailable | Reason::TicketOutcomeUnknown | Reason::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -139,9 +146,10 @@ impl Reason {
             Reason::Revoked => close::REVOKED,
             Reason::RateLimited => close::RATE_LIMITED,
             Reason::Draining => close::GOING_AWAY,
-            Reason::StoreUnavailable | Reason::UpstreamUnavailable | Reason::UpstreamTimeout => {
-                close::TRY_AGAIN_LATER
-            }
+            Reason::StoreUnavailable
+            | Reason::TicketOutcomeUnknown
+            | Reason::UpstreamUnavailable
+            | Reason::UpstreamTimeout => close::TRY_AGAIN_LATER,
             _ => close::AUTH_FAILED,
         }
     }
@@ -171,6 +179,9 @@ impl Reason {
             Reason::RateLimited => "too many requests",
             Reason::TooManyConnections => "too many connections",
             Reason::StoreUnavailable => "the session store is unavailable",
+            Reason::TicketOutcomeUnknown => {
+                "the session store did not confirm the ticket's use: it may be spent, fetch a new ticket"
+            }
             Reason::Draining => "the gateway is shutting down",
             Reason::UpstreamUnavailable => "the upstream service is unavailable",
             Reason::UpstreamTimeout => "the upstream service did not answer in time",
@@ -187,6 +198,7 @@ impl Reason {
         match self {
             Reason::RateLimited | Reason::TooManyConnections => Some(1),
             Reason::StoreUnavailable
+            | Reason::TicketOutcomeUnknown
             | Reason::Draining
             | Reason::UpstreamUnavailable
             | Reason::UpstreamTimeout => Some(5),
@@ -242,9 +254,14 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_unique_except_version() {
+    fn codes_are_unique_except_version_and_ticket_outcome() {
         let codes: HashSet<_> = Reason::ALL.iter().map(|r| r.code()).collect();
-        assert_eq!(codes.len(), Reason::ALL.len() - 1);
+        assert_eq!(codes.len(), Reason::ALL.len() - 2);
+        assert_eq!(Reason::TicketOutcomeUnknown.code(), "store_unavailable");
+        assert_ne!(
+            Reason::TicketOutcomeUnknown.message(),
+            Reason::StoreUnavailable.message()
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct App {
     /// Asks the revocation feed to reload and write back (a revocation's
     /// write to the store may not have landed).
     pub revocation_resync: tokio::sync::Notify,
+    /// Asks for a slot renewal now (the store came back).
+    pub slots_resync: tokio::sync::Notify,
     pub draining: AtomicBool,
     next_id: AtomicU64,
     /// Random per process: names this node's cluster-wide slot leases.
@@ -233,6 +235,7 @@ impl App {
                 crate::revocations::Freshness::always()
             },
             revocation_resync: tokio::sync::Notify::new(),
+            slots_resync: tokio::sync::Notify::new(),
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             node_id: crate::mint::random_id(9),
@@ -282,7 +285,16 @@ struct RegistryInner {
     sessions: HashMap<u64, Entry>,
     /// Cluster-wide per-user slots this node holds: holder -> sub.
     leases: HashMap<String, String>,
+    /// Slots whose grab or release had no confirmed outcome (a timeout, a
+    /// store error): holder -> (sub, until when a late grab could still
+    /// leave it in the store). Released again at every renewal until then,
+    /// so a grab that runs late cannot leave a phantom slot behind.
+    undo: HashMap<String, (String, std::time::Instant)>,
 }
+
+/// At most this many unconfirmed slots are remembered for undoing; past it
+/// the oldest lapse by their lease alone.
+const MAX_UNDO: usize = 65_536;
 
 /// How long a cluster-wide per-user slot lives without renewal: a crashed
 /// node's slots free themselves within this.
@@ -429,6 +441,34 @@ impl Registry {
     }
 
     /// The cluster-wide slots this node holds, for renewal.
+    /// Remembers a slot to take back at the next renewals (see `undo`).
+    pub fn undo_later(&self, sub: &str, holder: String) {
+        let until = std::time::Instant::now() + USER_SLOT_LEASE;
+        let mut g = self.lock();
+        if g.undo.len() >= MAX_UNDO {
+            if let Some(oldest) = g
+                .undo
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(h, _)| h.clone())
+            {
+                g.undo.remove(&oldest);
+            }
+        }
+        g.undo.insert(holder, (sub.to_owned(), until));
+    }
+
+    /// The slots to take back now; forgets those past their lease.
+    pub fn undo_due(&self) -> Vec<(String, String)> {
+        let now = std::time::Instant::now();
+        let mut g = self.lock();
+        g.undo.retain(|_, (_, until)| *until > now);
+        g.undo
+            .iter()
+            .map(|(h, (sub, _))| (sub.clone(), h.clone()))
+            .collect()
+    }
+
     pub fn leases(&self) -> Vec<(String, String)> {
         self.lock()
             .leases
@@ -509,6 +549,14 @@ impl App {
             Err(e) => {
                 self.metrics.store_errors.inc();
                 tracing::warn!(event = "store_error", op = "acquire_user_slot", error = %e);
+                // The grab may still run (Redis paused, a reply lost): take
+                // it back now and at the next renewals.
+                self.registry.undo_later(sub, holder.clone());
+                let app = self.clone();
+                let sub = sub.to_owned();
+                tokio::spawn(async move {
+                    let _ = app.store.release_user_slot(&sub, &holder).await;
+                });
                 Err(Reason::StoreUnavailable)
             }
         }
@@ -546,10 +594,13 @@ impl Drop for Slot {
             g.leases.remove(&holder);
             // Drop cannot wait; if this fails the lease expires by itself.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let store = self.app.store.clone();
+                let app = self.app.clone();
                 let sub = self.sub.clone();
                 rt.spawn(async move {
-                    let _ = store.release_user_slot(&sub, &holder).await;
+                    if app.store.release_user_slot(&sub, &holder).await.is_err() {
+                        // Retried at the next renewals, else it lapses.
+                        app.registry.undo_later(&sub, holder);
+                    }
                 });
             }
         }

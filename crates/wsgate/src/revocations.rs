@@ -143,6 +143,8 @@ async fn resync(app: &App) {
                 let wrote = write_back(app, &stored, started).await;
                 if snapshot.complete {
                     app.revocation_freshness.confirmed(started);
+                    // The store may have come back without this node's slots.
+                    app.slots_resync.notify_one();
                     tracing::info!(event = "revocations_loaded", count = n as u64);
                     return;
                 }

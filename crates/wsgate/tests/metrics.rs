@@ -26,13 +26,21 @@ async fn scrape(gw: &Gateway) -> String {
     r.body
 }
 
-#[tokio::test]
+// Multi-threaded: the proxy runs on the test's runtime while the harness
+// blocks a thread waiting for the gateway to be ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_match_driven_traffic() {
-    // The Redis URL points at a port where nothing listens: tickets fail closed
-    // (no per-user cap, so bearer upgrades need no store).
-    let cfg = base_config(
-        "[store]\nurl = \"redis://127.0.0.1:1/0\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n[limits]\nconnections_per_user = 0",
-    );
+    // Redis behind a proxy the test cuts before the ticket is redeemed: the
+    // redemption fails closed (no per-user cap, so bearer upgrades need the
+    // store only for the revocation set, loaded before).
+    let proxy =
+        common::faults::FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 6379)))
+            .await;
+    let cfg = base_config(&format!(
+        "[store]\nurl = \"{}\"\nkey_prefix = \"{}\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n[limits]\nconnections_per_user = 0",
+        proxy.redis_url(),
+        unique_prefix("metrics")
+    ));
     let gw = Gateway::start_with_env(
         &cfg,
         &[(
@@ -60,6 +68,7 @@ async fn counts_match_driven_traffic() {
     .await;
     assert_eq!(r.status, 201);
     let t = r.json()["ticket"].as_str().expect("ticket").to_string();
+    proxy.set(common::faults::Mode::Reset);
     upgrade(&format!("{}?ticket={t}", gw.url()), &[])
         .await
         .refused(503, "store_unavailable");
@@ -87,8 +96,9 @@ async fn counts_match_driven_traffic() {
     assert_eq!(sample(&text, "wsgate_bytes_total{direction=\"in\"}"), 11.0);
     assert_eq!(sample(&text, "wsgate_tickets_issued_total"), 1.0);
     assert!(sample(&text, "wsgate_store_errors_total") >= 1.0);
-    // Two verifications observed (the accepted ones and the malformed one).
-    assert_eq!(sample(&text, "wsgate_token_verify_seconds_count"), 3.0);
+    // Four verifications observed: the two accepted upgrades, the malformed
+    // one, and the ticket mint's.
+    assert_eq!(sample(&text, "wsgate_token_verify_seconds_count"), 4.0);
     assert!(text.contains("wsgate_revocations_total 0"), "{text}");
 
     // Close both sockets: the gauge goes back down, closes are counted by code.

@@ -243,7 +243,10 @@ async fn nothing_listening_is_unavailable_quickly() {
             started.elapsed()
         );
         let started = Instant::now();
-        assert!(matches!(s.ping().await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            s.ping().await,
+            Err(StoreError::Unavailable(_) | StoreError::Unconfirmed(_))
+        ));
         assert!(started.elapsed() < Duration::from_millis(1500));
         // Spread over more than one reconnect interval (500 ms).
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -343,7 +346,10 @@ async fn redis_restart_is_survived_and_fenced() {
         let started = Instant::now();
         let r = s.use_once("during", now_ms(), TTL).await;
         assert!(
-            matches!(r, Err(StoreError::Unavailable(_))),
+            matches!(
+                r,
+                Err(StoreError::Unavailable(_) | StoreError::Unconfirmed(_))
+            ),
             "call {i}: {r:?}"
         );
         assert!(
@@ -354,7 +360,10 @@ async fn redis_restart_is_survived_and_fenced() {
         let started = Instant::now();
         let r = s.ping().await;
         assert!(
-            matches!(r, Err(StoreError::Unavailable(_))),
+            matches!(
+                r,
+                Err(StoreError::Unavailable(_) | StoreError::Unconfirmed(_))
+            ),
             "ping {i}: {r:?}"
         );
         assert!(
@@ -395,7 +404,10 @@ async fn hung_redis_times_out_and_recovers() {
         let started = Instant::now();
         let r = s.use_once("b", issued, TTL).await;
         assert!(
-            matches!(r, Err(StoreError::Unavailable(_))),
+            matches!(
+                r,
+                Err(StoreError::Unavailable(_) | StoreError::Unconfirmed(_))
+            ),
             "call {i}: {r:?}"
         );
         assert!(

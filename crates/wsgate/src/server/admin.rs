@@ -167,7 +167,11 @@ async fn revoke(app: &Arc<App>, target: Target) -> Response<Body> {
         tracing::warn!(event = "store_error", op = "revoke", error = %e);
         // Written back by the feed's resync once the store answers.
         app.revocation_resync.notify_one();
-        tracing::warn!(event = "revoke", closed = closed as u64, stored = "unknown");
+        let stored = match e {
+            crate::store::StoreError::Unconfirmed(_) => "unknown",
+            _ => "no",
+        };
+        tracing::warn!(event = "revoke", closed = closed as u64, stored);
         let mut resp = respond::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({
@@ -175,7 +179,7 @@ async fn revoke(app: &Arc<App>, target: Target) -> Response<Body> {
                 "message": "the store did not confirm the revocation: it is in force on this \
                             node and will be written back when the store answers; other nodes \
                             may not have it yet. Retrying is safe.",
-                "stored": "unknown",
+                "stored": stored,
                 "closed": closed,
             }),
         );

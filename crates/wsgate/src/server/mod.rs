@@ -224,12 +224,27 @@ async fn reload_certs(app: Arc<App>) {
     }
 }
 
-/// Renews this node's cluster-wide per-user slots well before they lapse.
+/// Renews this node's cluster-wide per-user slots well before they lapse,
+/// re-creating any the store forgot (a Redis restarted without
+/// persistence), and takes back slots whose grab or release had no
+/// confirmed outcome. Runs every third of the lease and after each
+/// revocation resync (the store may just have come back), so after a
+/// fault the counts match this node's live sockets within one period.
 async fn renew_leases(app: Arc<App>) {
     let lease = crate::app::USER_SLOT_LEASE;
     let mut tick = tokio::time::interval(lease / 3);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = app.slots_resync.notified() => {}
+        }
+        for (sub, holder) in app.registry.undo_due() {
+            if let Err(e) = app.store.release_user_slot(&sub, &holder).await {
+                app.metrics.store_errors.inc();
+                tracing::warn!(event = "store_error", op = "release_user_slot", error = %e);
+                break;
+            }
+        }
         let held = app.registry.leases();
         if let Err(e) = app.store.renew_user_slots(&held, lease).await {
             app.metrics.store_errors.inc();

@@ -448,7 +448,12 @@ async fn redeem_ticket(app: &App, token: &str) -> Result<Verified, Reason> {
         Err(e) => {
             app.metrics.store_errors.inc();
             tracing::warn!(event = "store_error", op = "use_once", store = app.store.kind(), error = %e);
-            Err(Reason::StoreUnavailable)
+            Err(match e {
+                // The single use may have been recorded after all (a reply
+                // lost, Redis paused): the answer says the ticket may be spent.
+                crate::store::StoreError::Unconfirmed(_) => Reason::TicketOutcomeUnknown,
+                _ => Reason::StoreUnavailable,
+            })
         }
     }
 }

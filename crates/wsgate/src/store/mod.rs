@@ -20,9 +20,14 @@ use wsgate_core::UnixMillis;
 /// Why the store could not answer. Every variant fails closed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend is unreachable, timed out, or answered an error.
+    /// The backend is unreachable or answered an error: the operation did
+    /// not take effect.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The operation was sent but its answer never came (a timeout, a
+    /// connection lost): it may or may not have taken effect.
+    #[error("store unavailable, outcome unknown: {0}")]
+    Unconfirmed(String),
     /// A bounded in-memory table is full of live entries.
     #[error("store full")]
     Full,

@@ -174,10 +174,15 @@ impl Inner {
     }
 
     fn unavailable(&self, what: &str, e: &RedisError) -> StoreError {
+        StoreError::Unavailable(self.describe(what, e))
+    }
+
+    /// One line, secrets scrubbed: error texts end up in logs.
+    fn describe(&self, what: &str, e: &RedisError) -> String {
         // One line: some redis errors (parse errors) span several.
         let text = e.to_string();
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        StoreError::Unavailable(scrub(format!("redis {what}: {text}"), &self.secrets))
+        scrub(format!("redis {what}: {text}"), &self.secrets)
     }
 
     /// The shared connection, opened on first use and after it was retired.
@@ -241,25 +246,25 @@ impl Inner {
             used.store(generation, std::sync::atomic::Ordering::Relaxed);
             match op(c).await {
                 Ok(v) => Ok(v),
-                Err(e) => {
-                    if connection_is_dead(&e) {
-                        self.retire(generation).await;
-                    }
-                    Err(self.unavailable(what, &e))
+                Err(e) if connection_is_dead(&e) => {
+                    self.retire(generation).await;
+                    // Sent, maybe run: only the answer was lost.
+                    Err(StoreError::Unconfirmed(self.describe(what, &e)))
                 }
+                Err(e) => Err(self.unavailable(what, &e)),
             }
         };
         match tokio::time::timeout(OP_TIMEOUT, call).await {
             Ok(r) => r,
             Err(_) => {
                 let generation = used.load(std::sync::atomic::Ordering::Relaxed);
-                if generation != 0 {
-                    self.retire(generation).await;
+                let msg = format!("redis {what}: no answer within {}s", OP_TIMEOUT.as_secs());
+                if generation == 0 {
+                    // Still connecting: nothing was sent.
+                    return Err(StoreError::Unavailable(msg));
                 }
-                Err(StoreError::Unavailable(format!(
-                    "redis {what}: no answer within {}s",
-                    OP_TIMEOUT.as_secs()
-                )))
+                self.retire(generation).await;
+                Err(StoreError::Unconfirmed(msg))
             }
         }
     }
@@ -660,13 +665,11 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         for (sub, holder) in held {
             let key = self.inner.user_key(sub);
-            // XX: a slot that expired meanwhile is not silently re-taken.
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg("XX")
-                .arg(expiry)
-                .arg(holder)
-                .ignore();
+            // Not XX: a slot the store forgot (a restart without
+            // persistence, an expiry while Redis was unreachable) belongs
+            // to a socket that is open, so it counts again, even past the
+            // cap; new grabs are refused until the user is under it.
+            pipe.cmd("ZADD").arg(&key).arg(expiry).arg(holder).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(lease_ms).ignore();
         }
         self.inner

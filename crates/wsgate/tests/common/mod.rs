@@ -2,6 +2,8 @@
 //! to it with a real WebSocket client.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -76,6 +78,17 @@ impl Gateway {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::start_unready(config, env);
+        // A node admits no one until it knows the revocations (loaded from
+        // the store) and has keys: most tests want the ready node. A test
+        // that starts one with its store down sees it still unready after
+        // this bounded wait and checks that itself.
+        gw.wait_ready(Duration::from_secs(5));
+        gw
+    }
+
+    /// Like `start_with_env`, returning as soon as the listeners are bound.
+    pub fn start_unready(config: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wsgate.toml");
         std::fs::write(&path, config).expect("write config");
@@ -174,19 +187,13 @@ impl Gateway {
             .expect("admin_addr")
             .parse()
             .expect("admin addr");
-        let gw = Gateway {
+        Gateway {
             child,
             addr,
             admin,
             logs,
             _dir: dir,
-        };
-        // A node admits no one until it knows the revocations (loaded from
-        // the store) and has keys: most tests want the ready node. A test
-        // that starts one with its store down sees it still unready after
-        // this bounded wait and checks that itself.
-        gw.wait_ready(Duration::from_secs(5));
-        gw
+        }
     }
 
     /// Waits until `/readyz` answers 200, at most `within`; true if it did.

@@ -1,0 +1,505 @@
+//! Cluster state under store faults: nodes on a real `redis-server`, with a
+//! fault-injecting proxy (tests/common/faults.rs) where the fault is on the
+//! path rather than in Redis. Each test is one fault of
+//! `docs/clustering.md`'s table: revocations never fail open, caps stay
+//! exact, and every node heals by itself.
+
+mod common;
+use common::faults::{FaultProxy, Mode};
+use common::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "admin-token-0123456789";
+const TICKET_SECRET: &str = "ticket-secret-0123456789abcdef-0123456789";
+
+fn env() -> [(&'static str, &'static str); 2] {
+    [
+        ("WSGATE_ADMIN_TOKEN", ADMIN),
+        ("TEST_TICKET_SECRET", TICKET_SECRET),
+    ]
+}
+
+/// A node on `url` with `extra` appended to `[store]`.
+fn config(url: &str, prefix: &str, store_extra: &str, extra: &str) -> String {
+    base_config(&format!(
+        "[store]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n{store_extra}\n\
+         [tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n{extra}"
+    ))
+}
+
+async fn admin(gw: &Gateway, path: &str, body: Value) -> HttpResponse {
+    http(
+        gw.admin,
+        "POST",
+        path,
+        &[
+            ("authorization", &format!("Bearer {ADMIN}")),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// Revokes `sub` on `gw`, retrying while the store is away.
+async fn revoke(gw: &Gateway, sub: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = admin(gw, "/admin/v1/revoke", json!({"sub": sub})).await;
+        if r.status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "revoke never stored: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The status of a bearer upgrade (101 when it opened).
+async fn status(gw: &Gateway, token: &str) -> (u16, String) {
+    match bearer(&gw.url(), token).await {
+        Upgrade::Open(..) => (101, String::new()),
+        Upgrade::Refused { status, body, .. } => {
+            (status, body["error"].as_str().unwrap_or("").to_owned())
+        }
+    }
+}
+
+async fn readyz(gw: &Gateway) -> u16 {
+    http(gw.admin, "GET", "/readyz", &[], "").await.status
+}
+
+/// A token issued now, revoked later: revocations by `sub` match tokens
+/// issued before them, and `iat` has whole seconds.
+async fn token_then_wait(sub: &str) -> String {
+    let t = token(sub);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    t
+}
+
+/// Waits for `cond`, polling; panics with `what` after `within`. Returns
+/// how long it took.
+async fn until<F, Fut>(within: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn redis_addr(r: &OwnRedis) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], r.port))
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Fault 1: a node that just started admits no revoked token before its
+/// revocation set is loaded, and `/readyz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_just_started_never_admits_a_revoked_token() {
+    let cfg = config(
+        "redis://127.0.0.1:6379/0",
+        &unique_prefix("fresh-node"),
+        "",
+        "",
+    );
+    let a = Gateway::start_with_env(&cfg, &env());
+    let t = token_then_wait("alice").await;
+    revoke(&a, "alice").await;
+    for _ in 0..5 {
+        let b = Gateway::start_unready(&cfg, &env());
+        // As fast as possible from the first moment it listens.
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            let ready = readyz(&b).await == 200;
+            let (s, reason) = status(&b, &t).await;
+            assert_ne!(s, 101, "a revoked token was admitted");
+            if s == 503 {
+                assert_eq!(reason, "store_unavailable");
+            }
+            // Ready means it knows: never a 503 for want of the set after.
+            if ready {
+                assert_eq!(s, 401, "ready, yet it did not know");
+            }
+            seen.push(s);
+        }
+        assert_eq!(seen.last(), Some(&401), "{seen:?}");
+        b.events("revocations_loaded", 1);
+    }
+}
+
+/// Fault 2: a node started while Redis is unreachable answers 503 (never
+/// 101) until it loads the set, then 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_while_redis_is_down_fails_closed() {
+    let redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let a = Gateway::start_with_env(&config(&redis.url(), "down:", store, ""), &env());
+    assert!(a.wait_ready(Duration::from_secs(10)));
+    let t = token_then_wait("bob").await;
+    revoke(&a, "bob").await;
+    let proxy = FaultProxy::start(redis_addr(&redis)).await;
+    proxy.set(Mode::Reset);
+    let b = Gateway::start_unready(&config(&proxy.redis_url(), "down:", store, ""), &env());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(status(&b, &t).await, (503, "store_unavailable".into()));
+        assert_eq!(status(&b, &token("carol")).await.0, 503);
+    }
+    assert_eq!(readyz(&b).await, 503);
+    proxy.set(Mode::Up);
+    let took = until(Duration::from_secs(10), "b loads the set", || async {
+        let (s, _) = status(&b, &t).await;
+        assert_ne!(s, 101, "a revoked token was admitted");
+        s == 401
+    })
+    .await;
+    eprintln!("fault 2: recovered {took:?} after Redis came back");
+    until(Duration::from_secs(3), "b ready", || async {
+        readyz(&b).await == 200
+    })
+    .await;
+    let (mut ws, _) = bearer(&b.url(), &token("carol")).await.open();
+    assert_eq!(echo(&mut ws, "hi").await, "hi");
+}
+
+/// Fault 3: Redis restarts without persistence and a node starts before
+/// any survivor wrote the revocations back: it waits for the write-back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_after_redis_lost_its_data_waits_for_the_write_back() {
+    let mut redis = OwnRedis::start();
+    // Long enough that only a survivor's vouching can make the set trusted.
+    let store = "revocation_writeback_wait = \"60s\"";
+    // A Redis that has served this prefix before (a brand-new one looks
+    // like one that lost its data, and would wait the 60 s).
+    let epoch = (now() * 1000).to_string();
+    redis_cli(redis.port, &["SET", "lost:epoch", &epoch]);
+    redis_cli(
+        redis.port,
+        &["HSET", "lost:revocations", "@complete", &epoch],
+    );
+    let proxy = FaultProxy::start(redis_addr(&redis)).await;
+    let a = Gateway::start_with_env(&config(&proxy.redis_url(), "lost:", store, ""), &env());
+    assert!(a.wait_ready(Duration::from_secs(10)));
+    let t = token_then_wait("dave").await;
+    revoke(&a, "dave").await;
+    // The survivor cannot reach Redis while it restarts empty.
+    proxy.set(Mode::BlackHole);
+    redis.restart();
+    let c = Gateway::start_unready(&config(&redis.url(), "lost:", store, ""), &env());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let (s, reason) = status(&c, &t).await;
+        assert_eq!(
+            (s, reason.as_str()),
+            (503, "store_unavailable"),
+            "new node trusted a set nobody vouched for"
+        );
+    }
+    assert_eq!(readyz(&c).await, 503);
+    c.events("revocations_incomplete", 1);
+    // The survivor comes back, writes back and vouches; the new node loads.
+    proxy.set(Mode::Up);
+    let took = until(
+        Duration::from_secs(10),
+        "c refuses the revoked token",
+        || async {
+            let (s, _) = status(&c, &t).await;
+            assert_ne!(s, 101, "a revoked token was admitted");
+            s == 401
+        },
+    )
+    .await;
+    eprintln!("fault 3: the new node knew {took:?} after the survivor came back");
+    bearer(&a.url(), &t).await.refused(401, "revoked");
+}
+
+/// Fault 4: a node's Redis connections go silent (TCP up, no bytes). It
+/// fails closed once its set is stale, and recovers by itself within
+/// seconds of the path coming back: revocations made meanwhile apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_black_holed_node_fails_closed_then_heals_by_itself() {
+    let redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let proxy = FaultProxy::start(redis_addr(&redis)).await;
+    let a = Gateway::start_with_env(&config(&redis.url(), "hole:", store, ""), &env());
+    let b = Gateway::start_with_env(&config(&proxy.redis_url(), "hole:", store, ""), &env());
+    assert!(a.wait_ready(Duration::from_secs(10)) && b.wait_ready(Duration::from_secs(10)));
+    let t = token_then_wait("erin").await;
+    let (mut on_b, _) = bearer(&b.url(), &t).await.open();
+    proxy.set(Mode::BlackHole);
+    let holed = Instant::now();
+    revoke(&a, "erin").await;
+    // Within the staleness bound (3 s) b may not know yet; past it, it must
+    // refuse: 503 while it cannot confirm, never 101.
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(holed.elapsed())).await;
+    while holed.elapsed() < Duration::from_secs(5) {
+        let (s, reason) = status(&b, &t).await;
+        assert_eq!((s, reason.as_str()), (503, "store_unavailable"));
+    }
+    assert_eq!(readyz(&b).await, 503);
+    proxy.set(Mode::Up);
+    let took = until(
+        Duration::from_secs(10),
+        "b refuses the token revoked meanwhile",
+        || async {
+            let (s, _) = status(&b, &t).await;
+            assert_ne!(s, 101, "a revoked token was admitted");
+            s == 401
+        },
+    )
+    .await;
+    eprintln!("fault 4: recovered {took:?} after the black hole ended");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(close_code(&mut on_b, Duration::from_secs(5)).await.0, 4403);
+    until(Duration::from_secs(3), "b ready", || async {
+        readyz(&b).await == 200
+    })
+    .await;
+    b.events("store_reconnect", 1);
+}
+
+/// Fault 5: a revocation made right after an outage reaches every node at
+/// pub/sub latency, not after a grown reconnect backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_right_after_an_outage_reaches_every_node_promptly() {
+    let mut redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let cfg = config(&redis.url(), "after:", store, "");
+    let a = Gateway::start_with_env(&cfg, &env());
+    let b = Gateway::start_with_env(&cfg, &env());
+    assert!(a.wait_ready(Duration::from_secs(10)) && b.wait_ready(Duration::from_secs(10)));
+    let t = token_then_wait("fred").await;
+    let (mut on_b, _) = bearer(&b.url(), &t).await.open();
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    redis.restart();
+    revoke(&a, "fred").await;
+    let revoked = Instant::now();
+    assert_eq!(close_code(&mut on_b, Duration::from_secs(5)).await.0, 4403);
+    let took = revoked.elapsed();
+    eprintln!("fault 5: closed on the other node {took:?} after the revocation");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+}
+
+/// Fault 6: `CLIENT PAUSE` during capped upgrades: 503s, and the grabs that
+/// ran after the pause leave no phantom slot behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slot_grabs_that_time_out_leave_no_phantom() {
+    let redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let gw = Gateway::start_with_env(
+        &config(
+            &redis.url(),
+            "pause:",
+            store,
+            "[limits]\nconnections_per_user = 1",
+        ),
+        &env(),
+    );
+    assert!(gw.wait_ready(Duration::from_secs(10)));
+    redis_cli(redis.port, &["CLIENT", "PAUSE", "4000", "ALL"]);
+    let mut refused = 0;
+    for _ in 0..3 {
+        let (s, reason) = status(&gw, &token("gus")).await;
+        assert_eq!((s, reason.as_str()), (503, "store_unavailable"));
+        refused += 1;
+    }
+    assert_eq!(refused, 3);
+    // After the pause the user, with no socket anywhere, gets one socket
+    // within one renewal period (10 s), and the count is exact.
+    let paused = Instant::now();
+    let socket = loop {
+        if let Upgrade::Open(ws, _) = bearer(&gw.url(), &token("gus")).await {
+            break ws;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(15),
+            "gus never connected again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "fault 6: the user connected {:?} after the refusals",
+        paused.elapsed()
+    );
+    // Its one socket is the one slot: no phantom from the grabs that ran
+    // after the pause (at most one renewal period, 10 s).
+    let took = until(Duration::from_secs(12), "exactly one slot", || async {
+        redis_cli(redis.port, &["ZCARD", "pause:u:gus"]) == "1"
+    })
+    .await;
+    eprintln!("fault 6: slot count exact {took:?} after the user connected");
+    bearer(&gw.url(), &token("gus"))
+        .await
+        .refused(429, "too_many_connections");
+    drop(socket);
+}
+
+/// Fault 7: Redis restarts with sockets open: their slots come back, so the
+/// cap holds cluster-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slots_come_back_after_a_redis_restart() {
+    let mut redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let cfg = config(
+        &redis.url(),
+        "slots:",
+        store,
+        "[limits]\nconnections_per_user = 3",
+    );
+    let a = Gateway::start_with_env(&cfg, &env());
+    let b = Gateway::start_with_env(&cfg, &env());
+    assert!(a.wait_ready(Duration::from_secs(10)) && b.wait_ready(Duration::from_secs(10)));
+    let mut open = Vec::new();
+    for gw in [&a, &a, &b] {
+        open.push(bearer(&gw.url(), &token("hana")).await.open().0);
+    }
+    bearer(&b.url(), &token("hana"))
+        .await
+        .refused(429, "too_many_connections");
+    redis.restart();
+    let restarted = Instant::now();
+    let took = until(Duration::from_secs(12), "slots re-created", || async {
+        redis_cli(redis.port, &["ZCARD", "slots:u:hana"]) == "3"
+    })
+    .await;
+    eprintln!("fault 7: slots back {took:?} after the restart");
+    for gw in [&a, &b] {
+        let (s, reason) = status(gw, &token("hana")).await;
+        assert_eq!((s, reason.as_str()), (429, "too_many_connections"));
+    }
+    assert!(restarted.elapsed() < Duration::from_secs(12));
+    for ws in &mut open {
+        assert_eq!(echo(ws, "still").await, "still");
+    }
+}
+
+/// A revocation whose store write is not confirmed is reported as such,
+/// is in force on its node at once, and reaches the store afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unconfirmed_revocation_says_so_and_lands_later() {
+    let redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let cfg = config(&redis.url(), "slow:", store, "");
+    let a = Gateway::start_with_env(&cfg, &env());
+    let b = Gateway::start_with_env(&cfg, &env());
+    assert!(a.wait_ready(Duration::from_secs(10)) && b.wait_ready(Duration::from_secs(10)));
+    let t = token_then_wait("ida").await;
+    let (mut on_a, _) = bearer(&a.url(), &t).await.open();
+    let (mut on_b, _) = bearer(&b.url(), &t).await.open();
+    redis_cli(redis.port, &["CLIENT", "PAUSE", "3000", "WRITE"]);
+    let r = admin(&a, "/admin/v1/revoke", json!({"sub": "ida"})).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["error"], "store_unavailable");
+    assert_eq!(r.json()["stored"], "unknown");
+    assert_eq!(r.json()["closed"], 1);
+    assert!(r.header("retry-after").is_some());
+    // In force on this node at once...
+    assert_eq!(close_code(&mut on_a, Duration::from_secs(5)).await.0, 4403);
+    // ...and on the other once the store has it.
+    assert_eq!(close_code(&mut on_b, Duration::from_secs(10)).await.0, 4403);
+    until(Duration::from_secs(10), "stored", || async {
+        redis_cli(redis.port, &["HEXISTS", "slow:revocations", "sub:ida"]) == "1"
+    })
+    .await;
+}
+
+/// A ticket redemption whose single use is not confirmed says the ticket
+/// may be spent; it is never accepted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unconfirmed_ticket_redemption_says_the_ticket_may_be_spent() {
+    let redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let gw = Gateway::start_with_env(&config(&redis.url(), "tix:", store, ""), &env());
+    assert!(gw.wait_ready(Duration::from_secs(10)));
+    let r = http(
+        gw.addr,
+        "POST",
+        "/v1/tickets",
+        &[("authorization", &format!("Bearer {}", token("jo")))],
+        "",
+    )
+    .await;
+    let ticket = r.json()["ticket"].as_str().expect("ticket").to_owned();
+    let url = format!("{}?ticket={ticket}", gw.url());
+    redis_cli(redis.port, &["CLIENT", "PAUSE", "3000", "ALL"]);
+    match upgrade(&url, &[]).await {
+        Upgrade::Refused { status, body, .. } => {
+            assert_eq!(status, 503);
+            assert_eq!(body["error"], "store_unavailable");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("may be spent"),
+                "{body}"
+            );
+        }
+        Upgrade::Open(..) => panic!("admitted without a confirmed single use"),
+    }
+    // Once Redis answers, the ticket that ran late is spent: refused, as
+    // the answer said it might be.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let (s, reason) = match upgrade(&url, &[]).await {
+        Upgrade::Open(..) => (101, String::new()),
+        Upgrade::Refused { status, body, .. } => {
+            (status, body["error"].as_str().unwrap_or("").to_owned())
+        }
+    };
+    assert!(
+        s == 101 || (s, reason.as_str()) == (401, "ticket_replayed"),
+        "{s} {reason}"
+    );
+}
+
+/// Hub subscribers on a node whose hub feed was interrupted are told they
+/// may have missed messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hub_subscribers_are_told_of_a_gap() {
+    let redis = OwnRedis::start();
+    let store = "revocation_writeback_wait = \"500ms\"";
+    let proxy = FaultProxy::start(redis_addr(&redis)).await;
+    let cfg = base_config(&format!(
+        "[store]\nurl = \"{}\"\nkey_prefix = \"gap:\"\n{store}\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n\
+         [[hub.grants]]\nsubscribe = [\"*\"]\npublish = [\"*\"]\n",
+        proxy.redis_url()
+    ))
+    .replace("kind = \"echo\"", "kind = \"hub\"");
+    let gw = Gateway::start_with_env(&cfg, &env());
+    assert!(gw.wait_ready(Duration::from_secs(10)));
+    let (mut ws, _) = bearer(&gw.url(), &token("kim")).await.open();
+    let ack = echo(
+        &mut ws,
+        &json!({"type": "subscribe", "channel": "news", "id": 1}).to_string(),
+    )
+    .await;
+    assert!(ack.contains("ack"), "{ack}");
+    proxy.set(Mode::Reset);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Mode::Up);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m: Value = serde_json::from_str(&next_text(&mut ws).await).expect("json");
+        if m["type"] == "hub_gap" {
+            assert_eq!(m["channel"], "news");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no hub_gap");
+    }
+}
