@@ -3,6 +3,7 @@
 
 use super::respond::{reject, Body};
 use crate::app::{App, Slot};
+use crate::backend::forwarded::Forwarding;
 use crate::backend::upstream::{self, ClientRequest, UpstreamWs};
 use crate::clock::now_ms;
 use crate::conn::{self, SessionStart};
@@ -121,9 +122,10 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ClientStrea
 /// Decides an upgrade request (SPEC 3), counts it and logs it.
 pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, ip: IpAddr) -> Answer {
     let started = Instant::now();
-    let ip = wsgate_core::client_ip::client_ip(ip, req.headers(), &app.trusted_proxies);
+    let peer = ip;
+    let ip = wsgate_core::client_ip::client_ip(peer, req.headers(), &app.trusted_proxies);
     let mut attempt = Attempt::new(ip);
-    let decision = decide(app, req, &mut attempt).await;
+    let decision = decide(app, req, peer, &mut attempt).await;
     let latency_us = started.elapsed().as_micros() as u64;
     app.metrics.handshake(
         decision.as_ref().map(|_| ()).map_err(|r| *r),
@@ -312,6 +314,18 @@ fn well_formed<B>(req: &Request<B>) -> Result<HeaderValue, Reason> {
     Ok(key.clone())
 }
 
+/// What the upstream is told of the client's address, scheme and host.
+fn forwarding<B>(app: &App, req: &Request<B>, peer: IpAddr, client: IpAddr) -> Forwarding {
+    Forwarding::new(
+        req.headers(),
+        req.uri(),
+        peer,
+        client,
+        &app.trusted_proxies,
+        app.tls_main.is_some(),
+    )
+}
+
 fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     let mut it = h.get_all(ORIGIN).iter();
     match (it.next(), it.next()) {
@@ -322,7 +336,14 @@ fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     }
 }
 
-async fn decide<B>(app: &Arc<App>, req: &Request<B>, a: &mut Attempt) -> Result<Accepted, Reason> {
+/// `peer` is the TCP peer (or PROXY protocol source); `a.ip` the client
+/// address resolved from it.
+async fn decide<B>(
+    app: &Arc<App>,
+    req: &Request<B>,
+    peer: IpAddr,
+    a: &mut Attempt,
+) -> Result<Accepted, Reason> {
     let headers = req.headers();
     // Log what the Origin claimed even when the request is refused.
     if let Some(o) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
@@ -353,6 +374,7 @@ async fn decide<B>(app: &Arc<App>, req: &Request<B>, a: &mut Attempt) -> Result<
             let request = app.upstream.as_ref().map(|_| ClientRequest {
                 headers: headers.clone(),
                 query: query.map(str::to_owned),
+                forwarding: forwarding(app, req, peer, a.ip),
             });
             return Ok(Accepted {
                 admission: Admission::Pending(guard, request),
@@ -398,8 +420,9 @@ async fn decide<B>(app: &Arc<App>, req: &Request<B>, a: &mut Attempt) -> Result<
     let (upstream, chosen) = if app.upstream.is_some() {
         // Boxed: inline, this 2.7 KiB future tripled every request's
         // future, upstream mode or not (hyper boxes and moves it).
+        let fwd = forwarding(app, req, peer, a.ip);
         let (ws, chosen) =
-            Box::pin(upstream::open(app, headers, query, a.ip, &verified, id)).await?;
+            Box::pin(upstream::open(app, headers, query, &fwd, &verified, id)).await?;
         (Some(ws), chosen)
     } else {
         (None, None)
