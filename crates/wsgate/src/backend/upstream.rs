@@ -460,6 +460,10 @@ impl Upstream {
                 .insert(h2::ext::Protocol::from_static("websocket"));
         }
         let h = req.headers_mut();
+        // Sized once: grown step by step, the map rehashed every entry
+        // at each doubling (~0.6k instructions per upgrade). The client's
+        // fields are at most MAX_HEADERS, ours fewer than 16.
+        let _ = h.try_reserve(client.len() + 16);
         for (name, value) in client {
             // The allow-list holds only forwarding headers, which
             // `forwardable` refuses: it is consulted for those alone.
