@@ -10,6 +10,7 @@
 //! Pure: no I/O; at most [`MAX_HOPS`] entries are kept or walked, and time
 //! is linear in the header length.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -23,6 +24,8 @@ use ipnet::{IpNet, Ipv4Net};
 pub const MAX_HOPS: usize = 64;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// Which proxy header to believe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,6 +125,103 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     } else {
         walk(peer, xff_hops(headers), trusted)
     }
+}
+
+/// What the nearest trusted proxy says of the request it forwarded: the
+/// scheme and the host the client used with it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProxyReport<'a> {
+    /// `Some(true)` for `https`, `Some(false)` for `http`; `None` when the
+    /// proxy said nothing, or anything else.
+    pub https: Option<bool>,
+    /// The host, unvalidated (the caller decides what a plausible one is).
+    pub host: Option<Cow<'a, str>>,
+}
+
+/// The scheme and host the nearest proxy reports, when `peer` is a trusted
+/// proxy (nothing otherwise), from the header the proxies write (see
+/// [`TrustedProxies::with_header`]): `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` beside `X-Forwarded-For`, the `proto=` and `host=` of
+/// the last element with `Forwarded`. Each is the rightmost entry, the one
+/// the nearest proxy set or appended, as the client address is read from
+/// the right. A proxy must set these itself: one that passes a client's
+/// through untouched lets the client choose them.
+pub fn proxy_report<'a>(
+    peer: IpAddr,
+    headers: &'a HeaderMap,
+    trusted: &TrustedProxies,
+) -> ProxyReport<'a> {
+    if !trusted.contains(peer) {
+        return ProxyReport::default();
+    }
+    let use_forwarded = match trusted.header {
+        ProxyHeader::Auto => headers.contains_key(FORWARDED),
+        ProxyHeader::Forwarded => true,
+        ProxyHeader::XForwardedFor => false,
+    };
+    let (proto, host) = if use_forwarded {
+        nearest_forwarded(headers)
+    } else {
+        let last = |name: &str| {
+            let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+            let entry = value.rsplit(',').next()?.trim_matches(is_ows);
+            (!entry.is_empty()).then_some(Cow::Borrowed(entry))
+        };
+        (last(X_FORWARDED_PROTO), last(X_FORWARDED_HOST))
+    };
+    let https = proto.and_then(|p| {
+        if p.eq_ignore_ascii_case("https") {
+            Some(true)
+        } else if p.eq_ignore_ascii_case("http") {
+            Some(false)
+        } else {
+            None
+        }
+    });
+    ProxyReport { https, host }
+}
+
+/// `proto=` and `host=` of the last element of the last `Forwarded`
+/// header; nothing from a malformed element.
+fn nearest_forwarded(headers: &HeaderMap) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
+    let Some(Ok(line)) = headers
+        .get_all(FORWARDED)
+        .iter()
+        .next_back()
+        .map(|v| v.to_str())
+    else {
+        return (None, None);
+    };
+    let Some(element) = split_unquoted(line, b',')
+        .map(|e| e.trim_matches(is_ows))
+        .filter(|e| !e.is_empty())
+        .last()
+    else {
+        return (None, None);
+    };
+    let (mut proto, mut host) = (None, None);
+    for pair in split_unquoted(element, b';') {
+        let pair = pair.trim_matches(is_ows);
+        if pair.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = pair.split_once('=') else {
+            return (None, None);
+        };
+        let Some(value) = unquote(value.trim_matches(is_ows)) else {
+            return (None, None);
+        };
+        let slot = match name.trim_matches(is_ows) {
+            n if n.eq_ignore_ascii_case("proto") => &mut proto,
+            n if n.eq_ignore_ascii_case("host") => &mut host,
+            _ => continue,
+        };
+        // A parameter given twice is as ambiguous as two `for=`.
+        if slot.replace(value).is_some() {
+            return (None, None);
+        }
+    }
+    (proto, host)
 }
 
 /// `hops` must yield from the right (nearest proxy first); `None` is an
@@ -534,6 +634,79 @@ mod tests {
         assert_eq!(client_ip(ip(PROXY), &h, &fwd), ip("198.51.100.2"));
         let only_xff = hdrs(&[("x-forwarded-for", "198.51.100.1")]);
         assert_eq!(client_ip(ip(PROXY), &only_xff, &fwd), ip(PROXY));
+    }
+
+    #[test]
+    fn proxy_report_only_from_a_trusted_peer_and_its_header() {
+        let h = hdrs(&[
+            ("x-forwarded-proto", "HTTPS"),
+            ("x-forwarded-host", "app.example:8443"),
+            (
+                "forwarded",
+                "for=1.1.1.1;proto=http;host=\"fwd.example:80\"",
+            ),
+        ]);
+        let xff = proxies().with_header(ProxyHeader::XForwardedFor);
+        // Anyone else's say is ignored.
+        assert_eq!(
+            proxy_report(ip("1.1.1.1"), &h, &xff),
+            ProxyReport::default()
+        );
+        let r = proxy_report(ip(PROXY), &h, &xff);
+        assert_eq!(r.https, Some(true));
+        assert_eq!(r.host.as_deref(), Some("app.example:8443"));
+        let fwd = proxies().with_header(ProxyHeader::Forwarded);
+        let r = proxy_report(ip(PROXY), &h, &fwd);
+        assert_eq!(r.https, Some(false));
+        assert_eq!(r.host.as_deref(), Some("fwd.example:80"));
+        // The other header is not read.
+        let only = hdrs(&[("x-forwarded-proto", "https")]);
+        assert_eq!(proxy_report(ip(PROXY), &only, &fwd), ProxyReport::default());
+    }
+
+    #[test]
+    fn proxy_report_is_the_nearest_proxys_entry() {
+        let xff = proxies().with_header(ProxyHeader::XForwardedFor);
+        // Appended lists and repeated lines: the rightmost entry.
+        let h = hdrs(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "forged.example, real.example "),
+        ]);
+        let r = proxy_report(ip(PROXY), &h, &xff);
+        assert_eq!(r.https, Some(false));
+        assert_eq!(r.host.as_deref(), Some("real.example"));
+        // Anything but http/https is no scheme; an empty entry no host.
+        for v in ["wss", "https ;x", "", "ftp"] {
+            let h = hdrs(&[("x-forwarded-proto", v), ("x-forwarded-host", "a.example,")]);
+            assert_eq!(
+                proxy_report(ip(PROXY), &h, &xff),
+                ProxyReport::default(),
+                "{v}"
+            );
+        }
+        let fwd = proxies().with_header(ProxyHeader::Forwarded);
+        let cases: [(&str, Option<bool>, Option<&str>); 6] = [
+            (
+                "proto=http;host=a, PROTO=HTTPS;Host=\"b:1\"",
+                Some(true),
+                Some("b:1"),
+            ),
+            ("for=1.1.1.1;proto=https, for=2.2.2.2", None, None),
+            ("proto=https;proto=https", None, None),
+            ("proto=https;junk", None, None),
+            ("host=\"unterminated", None, None),
+            (
+                "for=1.1.1.1;host=\"a,b\";proto=https",
+                Some(true),
+                Some("a,b"),
+            ),
+        ];
+        for (v, https, host) in cases {
+            let h = hdrs(&[("forwarded", v)]);
+            let r = proxy_report(ip(PROXY), &h, &fwd);
+            assert_eq!((r.https, r.host.as_deref()), (https, host), "{v}");
+        }
     }
 
     #[test]

@@ -362,6 +362,10 @@ pub struct BackendConfig {
     pub message_schema_file: Option<PathBuf>,
     /// HMAC key signing the identity headers forwarded upstream.
     pub identity_secret: Option<Secret>,
+    /// Forwarding / client-identity headers (`X-Real-IP`, ...) passed to
+    /// the upstream as the client wrote them; every other one of that
+    /// family is dropped (backend/forwarded.rs). Lower case, no duplicates.
+    pub forward_client_headers: Vec<http::HeaderName>,
     pub connect_timeout: Duration,
 }
 
@@ -594,6 +598,8 @@ struct RawBackend {
     message_schema_file: Option<PathBuf>,
     identity_secret_env: Option<String>,
     identity_secret_file: Option<PathBuf>,
+    #[serde(deserialize_with = "de::string_or_list")]
+    forward_client_headers: Vec<String>,
     #[serde(deserialize_with = "de::duration")]
     connect_timeout: Duration,
 }
@@ -609,6 +615,7 @@ impl Default for RawBackend {
             message_schema_file: None,
             identity_secret_env: None,
             identity_secret_file: None,
+            forward_client_headers: Vec::new(),
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -1780,6 +1787,7 @@ impl<'a> Builder<'a> {
                 raw.upstream_http2_streams
             ));
         }
+        let forward_client_headers = self.forward_client_headers(&raw.forward_client_headers);
         BackendConfig {
             kind: raw.kind,
             upstream: raw.upstream,
@@ -1788,8 +1796,38 @@ impl<'a> Builder<'a> {
             upstream_http2_streams: raw.upstream_http2_streams,
             message_schema_file,
             identity_secret,
+            forward_client_headers,
             connect_timeout: raw.connect_timeout,
         }
+    }
+
+    /// `backend.forward_client_headers`: header names (any case) of the
+    /// forwarding family the gateway otherwise drops, except the three it
+    /// writes itself.
+    fn forward_client_headers(&mut self, names: &[String]) -> Vec<http::HeaderName> {
+        use crate::backend::forwarded;
+        let mut out: Vec<http::HeaderName> = Vec::new();
+        for (i, raw) in names.iter().enumerate() {
+            let at = format!("backend.forward_client_headers[{i}]");
+            let via = self.via("backend.forward_client_headers");
+            match http::HeaderName::from_bytes(raw.as_bytes()) {
+                Err(_) => self.problem(format!("{at}: {raw:?} is not a valid header name{via}")),
+                Ok(n) if forwarded::WRITTEN.contains(&n) => self.problem(format!(
+                    "{at}: {raw:?} is written by the gateway from what it verified; \
+                     it cannot be passed through{via}"
+                )),
+                Ok(n) if !forwarded::in_family(n.as_str()) => self.problem(format!(
+                    "{at}: {raw:?} is not a forwarding header; only those are dropped, \
+                     and the others reach the upstream anyway (docs/backends.md){via}"
+                )),
+                Ok(n) => {
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn build_proxies(&mut self, raw: RawTrustedProxies) -> TrustedProxiesConfig {
@@ -2371,6 +2409,10 @@ mod redact {
             t.insert("message_schema_file".into(), path(p));
         }
         secret(&mut t, "identity_secret", v.identity_secret.as_ref(), None);
+        t.insert(
+            "forward_client_headers".into(),
+            list(&v.forward_client_headers),
+        );
         t.insert("connect_timeout".into(), dur(v.connect_timeout));
         t
     }

@@ -212,7 +212,7 @@ where
             app,
             &r.headers,
             r.query.as_deref(),
-            ip,
+            &r.forwarding,
             &verified,
             id,
         )

@@ -2,6 +2,7 @@
 //! `hub` are served here; `upstream` relays to another WebSocket service.
 
 mod coalesce;
+pub mod forwarded;
 mod h2stream;
 pub mod hub;
 pub mod multiplex;

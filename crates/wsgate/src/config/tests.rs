@@ -151,6 +151,7 @@ fn defaults() {
     assert_eq!(c.backend.upstream, None);
     assert_eq!(c.backend.connect_timeout, Duration::from_secs(5));
     assert!(c.backend.identity_secret.is_none());
+    assert!(c.backend.forward_client_headers.is_empty());
     assert!(c.trusted_proxies.cidrs.is_empty());
     assert!(c.hub.grants.is_empty());
     assert_eq!(c.log.level, "info");
@@ -787,6 +788,77 @@ fn origins_each_bad_entry_reported() {
     let pol = c.origins.policy();
     assert!(pol.allows("https://a.example.com"));
     assert!(pol.allow_missing);
+}
+
+#[test]
+fn forward_client_headers_rules() {
+    let backend = |list: &str| {
+        format!("{KEY}[backend]\nkind = \"upstream\"\nupstream = \"ws://127.0.0.1:9/ws\"\nforward_client_headers = {list}\n")
+    };
+    // Any case, duplicates folded, one string or a list.
+    let c = ok(
+        &backend(r#"["X-Real-IP", "x-real-ip", "X-Forwarded-Client-Cert", "CF-Connecting-IP"]"#),
+        &base_env(),
+    );
+    let names: Vec<&str> = c
+        .backend
+        .forward_client_headers
+        .iter()
+        .map(|n| n.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["x-real-ip", "x-forwarded-client-cert", "cf-connecting-ip"]
+    );
+    assert!(c.redacted().contains(
+        r#"forward_client_headers = ["x-real-ip", "x-forwarded-client-cert", "cf-connecting-ip"]"#
+    ));
+    let c = ok(&backend(r#""True-Client-IP""#), &base_env());
+    assert_eq!(c.backend.forward_client_headers, ["true-client-ip"]);
+    // Each bad entry is its own problem.
+    let p = errs(
+        &backend(
+            r#"["X-Real IP", "", "X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Host", "X-Request-Id", "Authorization"]"#,
+        ),
+        &base_env(),
+    );
+    assert_has(
+        &p,
+        "backend.forward_client_headers[0]: \"X-Real IP\" is not a valid header name",
+    );
+    assert_has(
+        &p,
+        "backend.forward_client_headers[1]: \"\" is not a valid header name",
+    );
+    for i in 2..=4 {
+        assert_has(&p, &format!("backend.forward_client_headers[{i}]: "));
+    }
+    assert_has(&p, "\"X-Forwarded-For\" is written by the gateway");
+    assert_has(
+        &p,
+        "backend.forward_client_headers[5]: \"X-Request-Id\" is not a forwarding header",
+    );
+    assert_has(
+        &p,
+        "backend.forward_client_headers[6]: \"Authorization\" is not a forwarding header",
+    );
+    assert_eq!(p.len(), 7, "{p:?}");
+    // Overridden from the environment, named in the problem.
+    let c = ok(
+        &backend("[]"),
+        &with_env(&[("WSGATE_BACKEND__FORWARD_CLIENT_HEADERS", r#"["X-Real-IP"]"#)]),
+    );
+    assert_eq!(c.backend.forward_client_headers, ["x-real-ip"]);
+    let c = ok(
+        &backend("[]"),
+        &with_env(&[("WSGATE_BACKEND__FORWARD_CLIENT_HEADERS", "Fastly-Client-IP")]),
+    );
+    assert_eq!(c.backend.forward_client_headers, ["fastly-client-ip"]);
+    let p = errs(
+        &backend("[]"),
+        &with_env(&[("WSGATE_BACKEND__FORWARD_CLIENT_HEADERS", "Cookie")]),
+    );
+    assert_has(&p, "(set by WSGATE_BACKEND__FORWARD_CLIENT_HEADERS)");
 }
 
 #[test]

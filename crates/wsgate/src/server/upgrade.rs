@@ -4,6 +4,7 @@
 use super::respond::{reject, Body};
 use crate::admission;
 use crate::app::{App, Slot};
+use crate::backend::forwarded::Forwarding;
 use crate::backend::upstream::{self, ClientRequest, UpstreamWs};
 use crate::clock::now_ms;
 use crate::conn::{self, SessionStart};
@@ -318,6 +319,18 @@ fn well_formed<B>(req: &Request<B>) -> Result<HeaderValue, Reason> {
     Ok(key.clone())
 }
 
+/// What the upstream is told of the client's address, scheme and host.
+fn forwarding<B>(app: &App, req: &Request<B>, peer: IpAddr, client: IpAddr) -> Forwarding {
+    Forwarding::new(
+        req.headers(),
+        req.uri(),
+        peer,
+        client,
+        &app.trusted_proxies,
+        app.tls_main.is_some(),
+    )
+}
+
 fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     let mut it = h.get_all(ORIGIN).iter();
     match (it.next(), it.next()) {
@@ -328,6 +341,8 @@ fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
     }
 }
 
+/// `peer` is the TCP peer (or PROXY protocol source); `a.ip` the client
+/// address resolved from it.
 async fn decide<B>(
     app: &Arc<App>,
     req: &Request<B>,
@@ -362,6 +377,7 @@ async fn decide<B>(
             let request = app.upstream.as_ref().map(|_| ClientRequest {
                 headers: headers.clone(),
                 query: query.map(str::to_owned),
+                forwarding: forwarding(app, req, peer, a.ip),
             });
             return Ok(Accepted {
                 admission: Admission::Pending(guard, request),
@@ -402,8 +418,9 @@ async fn decide<B>(
     let (upstream, chosen) = if app.upstream.is_some() {
         // Boxed: inline, this 2.7 KiB future tripled every request's
         // future, upstream mode or not (hyper boxes and moves it).
+        let fwd = forwarding(app, req, peer, a.ip);
         let (ws, chosen) =
-            Box::pin(upstream::open(app, headers, query, a.ip, &verified, id)).await?;
+            Box::pin(upstream::open(app, headers, query, &fwd, &verified, id)).await?;
         (Some(ws), chosen)
     } else {
         (None, None)
