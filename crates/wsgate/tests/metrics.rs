@@ -34,8 +34,7 @@ async fn counts_match_driven_traffic() {
     // redemption fails closed (no per-user cap, so bearer upgrades need the
     // store only for the revocation set, loaded before).
     let proxy =
-        common::faults::FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 6379)))
-            .await;
+        common::faults::FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 6379))).await;
     let cfg = base_config(&format!(
         "[store]\nurl = \"{}\"\nkey_prefix = \"{}\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n[limits]\nconnections_per_user = 0",
         proxy.redis_url(),
