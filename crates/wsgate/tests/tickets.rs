@@ -8,17 +8,6 @@ use std::time::Duration;
 
 const APP: &str = "http://app.test";
 
-async fn mint(gw: &Gateway, session: &str) -> HttpResponse {
-    http(
-        gw.addr,
-        "POST",
-        "/v1/tickets",
-        &[("authorization", &format!("Bearer {session}"))],
-        "",
-    )
-    .await
-}
-
 async fn ticket(gw: &Gateway, session: &str) -> String {
     let r = mint(gw, session).await;
     assert_eq!(r.status, 201, "{r:?}");

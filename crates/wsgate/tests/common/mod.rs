@@ -523,6 +523,18 @@ pub async fn http(
     }
 }
 
+/// `POST /v1/tickets` with `Authorization: Bearer <session>`.
+pub async fn mint(gw: &Gateway, session: &str) -> HttpResponse {
+    http(
+        gw.addr,
+        "POST",
+        "/v1/tickets",
+        &[("authorization", &format!("Bearer {session}"))],
+        "",
+    )
+    .await
+}
+
 /// A `redis-server` of the test's own on a free port, killed on drop.
 pub struct OwnRedis {
     child: Option<Child>,

@@ -50,17 +50,6 @@ async fn revoke(gw: &Gateway, target: Value) {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
-async fn mint(gw: &Gateway, session: &str) -> HttpResponse {
-    http(
-        gw.addr,
-        "POST",
-        "/v1/tickets",
-        &[("authorization", &format!("Bearer {session}"))],
-        "",
-    )
-    .await
-}
-
 fn ticket_url(gw: &Gateway, t: &str) -> String {
     format!("{}?ticket={t}", gw.url())
 }
