@@ -8,7 +8,6 @@ use crate::clock::{now_ms, until};
 use crate::outbox::{self, Io, Outbox};
 use crate::readahead::ReadAhead;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -22,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use wsgate_core::control::{self, Classified};
 use wsgate_core::reason::close;
 use wsgate_core::session::{Action, Session};
 use wsgate_core::verify::Verified;
@@ -179,11 +179,13 @@ where
         }
     };
     let now = now_ms();
-    let token = serde_json::from_str::<AuthMessage<'_>>(text.as_str())
-        .ok()
-        .filter(|m| m.kind == "auth")
-        .and_then(|m| m.token)
-        .ok_or(Reason::MissingToken);
+    // The first message must be an auth message, however it is spelled;
+    // one that cannot be read one way only is refused (control.rs).
+    let token = match control::classify(text.as_str()) {
+        Classified::Auth(Some(t)) if !t.is_empty() => Ok(t),
+        Classified::Auth(_) | Classified::Data => Err(Reason::MissingToken),
+        Classified::Malformed => Err(Reason::MalformedToken),
+    };
     // Like the upgrade, an unknown `kid` may wait for one JWKS refetch.
     let verified = match token {
         Err(r) => Err(r),
@@ -286,14 +288,6 @@ fn log_unauthenticated_close(app: &App, ip: IpAddr, code: u16, reason: &str) {
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-#[derive(Deserialize)]
-struct AuthMessage<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default, borrow)]
-    token: Option<std::borrow::Cow<'a, str>>,
-}
 
 /// Feeds the egress monitor; logs and counts an alert once per user and
 /// minute. Returns whether this socket must close (`egress_alert_close`).
@@ -866,23 +860,22 @@ fn control_message(
     id: u64,
     text: &str,
 ) -> Option<(Message, bool)> {
-    // Cheap pre-check keeps JSON parsing off the relay path.
-    if !text.trim_start().starts_with('{') || !text.contains("\"auth\"") {
-        return None;
-    }
-    let c: AuthMessage<'_> = serde_json::from_str(text).ok()?;
-    if c.kind != "auth" {
-        return None;
-    }
+    use wsgate_core::Reason;
     let now = now_ms();
-    let result = match c.token.as_deref() {
-        None | Some("") => Err(wsgate_core::Reason::MissingToken),
-        Some(t) if t.len() > app.config.auth.max_token_bytes => {
-            Err(wsgate_core::Reason::TokenTooLarge)
+    // Recognised on the parsed JSON, escapes and all; a cheap test inside
+    // keeps parsing off the relay path (control.rs).
+    let result = match control::classify(text) {
+        Classified::Data => return None,
+        // Never forwarded either: answered like any failed refresh.
+        Classified::Malformed => Err(Reason::MalformedToken),
+        Classified::Auth(None) => Err(Reason::MissingToken),
+        Classified::Auth(Some(t)) if t.is_empty() => Err(Reason::MissingToken),
+        Classified::Auth(Some(t)) if t.len() > app.config.auth.max_token_bytes => {
+            Err(Reason::TokenTooLarge)
         }
-        Some(t) => app.verifier.verify(t, now).and_then(|v| {
+        Classified::Auth(Some(t)) => app.verifier.verify(&t, now).and_then(|v| {
             if app.is_revoked(&v, now) {
-                Err(wsgate_core::Reason::Revoked)
+                Err(Reason::Revoked)
             } else {
                 Ok(v)
             }
