@@ -98,6 +98,207 @@ impl Recorder {
     }
 }
 
+/// What a client saw while sending frames at a steady pace.
+#[derive(Default)]
+struct Paced {
+    sent: usize,
+    /// Payloads of the pongs received, in order.
+    pongs: Vec<Vec<u8>>,
+    /// Pings the gateway sent.
+    pings: usize,
+    /// Data messages received.
+    data: usize,
+    close: Option<(u16, String)>,
+}
+
+/// Sends `make(i)` `per_sec` times a second (0: never) for `during` (or
+/// until the gateway closes), reading everything the gateway sends
+/// meanwhile (which answers its pings).
+async fn pace(
+    ws: &mut Ws,
+    per_sec: u32,
+    during: Duration,
+    make: impl Fn(usize) -> Message,
+) -> Paced {
+    let mut out = Paced::default();
+    let end = tokio::time::Instant::now() + during;
+    let period = Duration::from_secs(1)
+        .checked_div(per_sec)
+        .unwrap_or(during);
+    let mut next_send = if per_sec == 0 {
+        end
+    } else {
+        tokio::time::Instant::now()
+    };
+    // Reads on for a moment after the last send: the last answers.
+    while tokio::time::Instant::now() < end + Duration::from_millis(300) {
+        let wake = if next_send < end {
+            next_send
+        } else {
+            end + Duration::from_millis(300)
+        };
+        match tokio::time::timeout_at(wake, ws.next()).await {
+            Err(_) if next_send < end => {
+                if ws.send(make(out.sent)).await.is_err() {
+                    break;
+                }
+                out.sent += 1;
+                next_send += period;
+            }
+            Err(_) => break,
+            Ok(Some(Ok(Message::Pong(p)))) => out.pongs.push(p.to_vec()),
+            Ok(Some(Ok(Message::Ping(_)))) => out.pings += 1,
+            Ok(Some(Ok(Message::Text(_) | Message::Binary(_)))) => out.data += 1,
+            Ok(Some(Ok(Message::Close(f)))) => {
+                out.close = Some(f.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                }));
+                break;
+            }
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Ok(Some(Err(_)) | None) => break,
+        }
+    }
+    out
+}
+
+fn ping(i: usize) -> Message {
+    Message::Ping(format!("p{i}").into_bytes().into())
+}
+
+// ------------------------------------------------------ control frames
+
+/// Issue 23.4: 3,000 pings a second on a 100 msg/s socket got 3,000 pongs
+/// and the socket stayed open. Pings now take a token of the message rate
+/// like data: three times the rate is closed 4429.
+#[tokio::test]
+async fn a_ping_flood_is_closed_4429() {
+    let gw = Gateway::start(&with_limits("messages_per_sec = 10"));
+    let (mut ws, _) = bearer(&gw.url(), &token("pinger")).await.open();
+    // 30 a second against 10 (burst 20): out of tokens after ~1 s.
+    let seen = pace(&mut ws, 30, Duration::from_secs(4), ping).await;
+    assert_eq!(
+        seen.close,
+        Some((4429, "message rate exceeded".into())),
+        "sent {} pings, {} pongs",
+        seen.sent,
+        seen.pongs.len()
+    );
+    assert!(seen.sent < 60, "closed after {} pings", seen.sent);
+    // Unsolicited pongs are frames to read too.
+    let (mut ws, _) = bearer(&gw.url(), &token("ponger")).await.open();
+    let seen = pace(&mut ws, 30, Duration::from_secs(4), |_| {
+        Message::Pong(b"x".to_vec().into())
+    })
+    .await;
+    assert_eq!(seen.close.map(|c| c.0), Some(4429), "sent {}", seen.sent);
+    // A ping flood before first-message auth is bounded the same way.
+    let gw = Gateway::start(&first_message_config("messages_per_sec = 10"));
+    let (mut ws, _) = upgrade(&gw.url(), &[]).await.open();
+    let seen = pace(&mut ws, 30, Duration::from_secs(4), ping).await;
+    assert_eq!(seen.close.map(|c| c.0), Some(4429), "sent {}", seen.sent);
+}
+
+/// Pings within the rate are each answered with their own payload, and
+/// the socket stays open.
+#[tokio::test]
+async fn pings_within_the_rate_are_answered() {
+    let gw = Gateway::start(&with_limits("messages_per_sec = 10"));
+    let (mut ws, _) = bearer(&gw.url(), &token("steady")).await.open();
+    let seen = pace(&mut ws, 5, Duration::from_secs(3), ping).await;
+    assert_eq!(seen.close, None);
+    let want: Vec<Vec<u8>> = (0..seen.sent)
+        .map(|i| format!("p{i}").into_bytes())
+        .collect();
+    assert_eq!(seen.pongs, want);
+    assert!(seen.sent >= 14, "{}", seen.sent);
+    assert_eq!(echo(&mut ws, "still open").await, "still open");
+}
+
+/// Issue 23.4: in upstream mode each client ping was also sent upstream
+/// (2,000 in, 2,000 out). The gateway now answers the client's pings
+/// itself and relays none; nor does it relay the upstream's pings to the
+/// client (it answers those too).
+#[tokio::test]
+async fn pings_are_not_relayed_either_way() {
+    let mut up = Recorder::start(false).await;
+    let gw = Gateway::start(&upstream_config(up.addr, ""));
+    let (mut ws, _) = bearer(&gw.url(), &token("relay")).await.open();
+    let seen = pace(&mut ws, 50, Duration::from_secs(2), ping).await;
+    assert_eq!(seen.close, None);
+    assert_eq!(seen.pongs.len(), seen.sent);
+    assert!(seen.sent >= 90, "{}", seen.sent);
+    // Data still flows, and everything the client sent before it reached
+    // the upstream: no ping among it (the keep-alive is every 30 s here).
+    assert_eq!(echo(&mut ws, "after").await, "after");
+    let frames = up.drain();
+    assert!(
+        frames.contains(&Message::Text("after".into())),
+        "{frames:?}"
+    );
+    let pings = frames
+        .iter()
+        .filter(|m| matches!(m, Message::Ping(_)))
+        .count();
+    assert_eq!(pings, 0, "client pings relayed upstream");
+    // The upstream pings: answered by the gateway, never seen by the client.
+    ws.send(Message::Text("ping-me".into()))
+        .await
+        .expect("send");
+    assert_eq!(up.next_data().await, Message::Text("ping-me".into()));
+    let pong = tokio::time::timeout(Duration::from_secs(5), up.frames.recv())
+        .await
+        .expect("pong in time");
+    assert_eq!(pong, Some(Message::Pong(b"up".to_vec().into())));
+    let seen = pace(&mut ws, 10, Duration::from_millis(500), |_| {
+        Message::Text("x".into())
+    })
+    .await;
+    assert_eq!((seen.pings, seen.close), (0, None), "upstream ping relayed");
+    assert_eq!(seen.data, seen.sent);
+}
+
+/// The gateway keeps its own keep-alive with the upstream: pings every
+/// `ping_interval`, and an upstream that sends nothing (no message, no
+/// pong) for `idle_timeout` is dropped and the client closed 1013.
+#[tokio::test]
+async fn the_upstream_keep_alive_drops_a_hung_upstream() {
+    let limits = "ping_interval = \"200ms\"\nidle_timeout = \"1s\"";
+    // A live upstream: pinged, answers, the session outlives idle_timeout.
+    let mut up = Recorder::start(false).await;
+    let gw = Gateway::start(&upstream_config(up.addr, limits));
+    let (mut ws, _) = bearer(&gw.url(), &token("alive")).await.open();
+    // The client reads (so it answers the gateway's pings) and sends nothing.
+    let seen = pace(&mut ws, 0, Duration::from_millis(2500), ping).await;
+    assert_eq!(seen.close, None);
+    assert!(seen.pings >= 6, "{} pings to the client", seen.pings);
+    let pings = up
+        .drain()
+        .iter()
+        .filter(|m| matches!(m, Message::Ping(_)))
+        .count();
+    assert!(
+        (6..=20).contains(&pings),
+        "{pings} keep-alive pings in 2.5 s"
+    );
+    // A hung upstream: connected, but never reads or answers.
+    let mute = Recorder::start(true).await;
+    let gw = Gateway::start(&upstream_config(mute.addr, limits));
+    let (mut ws, _) = bearer(&gw.url(), &token("hung")).await.open();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        (1013, "upstream lost".into())
+    );
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(2500),
+        "{after:?}"
+    );
+    let ev = gw.events("upstream_error", 1);
+    assert!(ev.iter().any(|e| e["stage"] == "keepalive"), "{ev:?}");
+}
+
 // ------------------------------------------------------ control messages
 
 /// Oddly written auth messages: (text, the answer's `type`, its reason).
