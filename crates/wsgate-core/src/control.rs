@@ -21,9 +21,10 @@
 //!   surrogates) accept such texts, and one of them may see `auth` in it.
 //!
 //! A cheap test keeps JSON parsing off the relay path: a JSON string that
-//! unescapes to `auth` holds either those four bytes or a `\u` escape (the
-//! other escapes spell no letter), so only texts that start with `{` and
-//! contain `auth` or `\u` are parsed.
+//! unescapes to `auth` is written either `"auth"`, quotes included, or with
+//! a `\u` escape (the other escapes spell no letter), so only texts that
+//! start with `{` and contain `"auth"` or `\u` are parsed (`"author"` is
+//! not).
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -52,11 +53,11 @@ pub fn classify(text: &str) -> Classified<'_> {
 }
 
 /// Whether `text` could be a control message: starts (after JSON
-/// whitespace) with `{` and contains `auth` or a `\u` escape.
+/// whitespace) with `{` and contains `"auth"` or a `\u` escape.
 pub fn candidate(text: &str) -> bool {
     text.trim_start_matches([' ', '\t', '\n', '\r'])
         .starts_with('{')
-        && (text.contains("auth") || text.contains("\\u"))
+        && (text.contains("\"auth\"") || text.contains("\\u"))
 }
 
 /// [`classify`] without the cheap test: parses every text (for tests and
@@ -320,6 +321,7 @@ mod tests {
             r#"{"type":"auth"}"#,
             r#"{"type":"x","y":"\u00e9"}"#,
             r#"{"type":"x"}"#,
+            r#"{"type":"post","author":"kim","x":NaN}"#,
             "{",
             "{}",
             " {\"a\":\"b\"}",
@@ -368,6 +370,7 @@ mod tests {
             n += 1;
         }
         assert!(!candidate(r#"{"type":"x"}"#));
+        assert!(!candidate(r#"{"type":"post","author":"kim"}"#));
         assert!(candidate(r#"{"type":"\u0078"}"#));
     }
 
