@@ -906,19 +906,21 @@ fn control_message(
     text: &str,
 ) -> Option<(Message, bool)> {
     use wsgate_core::Reason;
-    let now = now_ms();
     // Recognised on the parsed JSON, escapes and all; a cheap test inside
     // keeps parsing off the relay path (control.rs).
-    let result = match control::classify(text) {
+    let token = match control::classify(text) {
         Classified::Data => return None,
         // Never forwarded either: answered like any failed refresh.
         Classified::Malformed => Err(Reason::MalformedToken),
-        Classified::Auth(None) => Err(Reason::MissingToken),
-        Classified::Auth(Some(t)) if t.is_empty() => Err(Reason::MissingToken),
-        Classified::Auth(Some(t)) if t.len() > app.config.auth.max_token_bytes => {
-            Err(Reason::TokenTooLarge)
-        }
-        Classified::Auth(Some(t)) => app.verifier.verify(&t, now).and_then(|v| {
+        Classified::Auth(t) => Ok(t),
+    };
+    // Only now: no clock read per relayed message.
+    let now = now_ms();
+    let result = match token.as_ref().map(|t| t.as_deref()) {
+        Err(r) => Err(*r),
+        Ok(None | Some("")) => Err(Reason::MissingToken),
+        Ok(Some(t)) if t.len() > app.config.auth.max_token_bytes => Err(Reason::TokenTooLarge),
+        Ok(Some(t)) => app.verifier.verify(t, now).and_then(|v| {
             if app.is_revoked(&v, now) {
                 Err(Reason::Revoked)
             } else {
