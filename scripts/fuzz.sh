@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"
 RSS_LIMIT_MB="${WSGATE_FUZZ_RSS_MB:-2048}"
 # WSGATE_FUZZ_TARGETS="a b" runs only those.
-read -r -a TARGETS <<< "${WSGATE_FUZZ_TARGETS:-credential upgrade_head verify_token verify_claims config hub_message}"
+read -r -a TARGETS <<< "${WSGATE_FUZZ_TARGETS:-credential upgrade_head verify_token verify_claims config hub_message control_message}"
 export RUSTC_BOOTSTRAP=1
 FLAGS=(-O -a --sanitizer none)
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then

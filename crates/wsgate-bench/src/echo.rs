@@ -41,6 +41,10 @@ pub struct EchoArgs {
     /// Message payload size in bytes (binary frames).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Send this text message instead of `--size` binary bytes (what the
+    /// gateway inspects: in-band control messages are text).
+    #[arg(long)]
+    pub text: Option<String>,
     /// Measurement length (after all sockets are open).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub duration: Duration,
@@ -138,7 +142,14 @@ pub async fn run(args: EchoArgs, json: bool) -> anyhow::Result<i32> {
         bail!("no socket could be opened ({})", failures.describe());
     }
 
-    let payload = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let payload = match &args.text {
+        Some(t) => Bytes::from(t.clone()),
+        None => Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+    };
+    let message = match &args.text {
+        Some(t) => Message::Text(t.clone().into()),
+        None => Message::Binary(payload.clone()),
+    };
     let tally = Rc::new(RefCell::new(Tally::default()));
     let hist = Rc::new(RefCell::new(new_histogram()?));
     let n_open = sockets.len();
@@ -154,6 +165,7 @@ pub async fn run(args: EchoArgs, json: bool) -> anyhow::Result<i32> {
         let conn = Conn {
             ws,
             payload: payload.clone(),
+            message: message.clone(),
             stop: stop.clone(),
             tally: tally.clone(),
             hist: hist.clone(),
@@ -189,13 +201,13 @@ pub async fn run(args: EchoArgs, json: bool) -> anyhow::Result<i32> {
         open_failed: failures.total(),
         open_rejected: status_map(&failures.rejected),
         open_errors: failures.errors.counts.clone(),
-        size: args.size,
+        size: payload.len(),
         load: match args.rate_per_conn {
             Some(r) => format!("{r} msg/s per connection"),
             None => "closed loop".to_string(),
         },
         messages: tally.messages,
-        bytes_each_way: tally.messages * args.size as u64,
+        bytes_each_way: tally.messages * payload.len() as u64,
         mismatched: tally.mismatched,
         errors_total: tally.errors.total(),
         errors: tally.errors.counts.clone(),
@@ -249,7 +261,10 @@ fn print_human(r: &Report, failures: &OpenFailures) {
 
 struct Conn {
     ws: Box<Ws>,
+    /// What the echo must equal.
     payload: Bytes,
+    /// The payload as sent: binary, or text with `--text`.
+    message: Message,
     stop: Stop,
     tally: Rc<RefCell<Tally>>,
     hist: Rc<RefCell<Histogram<u64>>>,
@@ -312,7 +327,7 @@ impl Conn {
 
     async fn round_trip(&mut self) -> Result<Bytes, Failure> {
         self.ws
-            .send(Message::Binary(self.payload.clone()))
+            .send(self.message.clone())
             .await
             .map_err(|e| Failure::from_ws("send", &e))?;
         loop {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client_ip;
+pub mod control;
 pub mod credential;
 pub mod grants;
 pub mod json;

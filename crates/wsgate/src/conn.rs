@@ -8,7 +8,6 @@ use crate::clock::{now_ms, until};
 use crate::outbox::{self, Io, Outbox};
 use crate::readahead::ReadAhead;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -22,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use wsgate_core::control::{self, Classified};
 use wsgate_core::reason::close;
 use wsgate_core::session::{Action, Session};
 use wsgate_core::verify::Verified;
@@ -133,7 +133,8 @@ impl Drop for Unauthenticated {
 
 /// First-message auth (SPEC 5.2): the first frame must be
 /// `{"type":"auth","token":...}` within `first_message_timeout`; nothing is
-/// forwarded before. Returns the session, or `None` after closing 4001.
+/// forwarded before. Returns the session, or `None` once the socket is
+/// closed (4001; 4429 for pings past the message rate).
 pub async fn first_message<S>(
     app: &Arc<App>,
     ws: &mut WebSocketStream<S>,
@@ -147,43 +148,52 @@ where
 {
     use wsgate_core::Reason;
     let deadline = app.config.auth.first_message_timeout;
+    let mut rate = MessageRate::new(app.config.limits.messages_per_sec);
     let outcome = tokio::time::timeout(deadline, async {
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => return Ok(t),
-                // Pings may come first; anything else is not an auth message.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(_)) => return Err(Some(Reason::MissingToken)),
+                // Pings may come first, within the message rate (each one
+                // costs a pong); anything else is not an auth message.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    if !rate.allow(tokio::time::Instant::now()) {
+                        return Err(NoAuth::Closed(close::RATE_LIMITED, "message rate exceeded"));
+                    }
+                }
+                Some(Ok(_)) => return Err(NoAuth::Refused(Reason::MissingToken)),
                 // Over max_message_bytes: a failed auth (answered, logged), not a silent drop.
-                Some(Err(WsError::Capacity(_))) => return Err(Some(Reason::TokenTooLarge)),
-                None | Some(Err(_)) => return Err(None),
+                Some(Err(WsError::Capacity(_))) => {
+                    return Err(NoAuth::Refused(Reason::TokenTooLarge))
+                }
+                None | Some(Err(_)) => return Err(NoAuth::Gone),
             }
         }
     })
-    .await;
+    .await
+    .unwrap_or(Err(NoAuth::Closed(
+        close::AUTH_FAILED,
+        "authentication timeout",
+    )));
     // Decided either way: closing sockets no longer hold the pending cap.
     drop(guard);
     let text = match outcome {
-        Ok(Ok(t)) => t,
-        // The peer left: nothing to answer.
-        Ok(Err(None)) => return None,
-        Ok(Err(Some(reason))) => return fail(app, ws, ip, reason).await,
-        Err(_) => {
-            close_with(
-                ws,
-                frame(close::AUTH_FAILED, "authentication timeout".into()),
-            )
-            .await;
-            log_unauthenticated_close(app, ip, close::AUTH_FAILED, "authentication timeout");
+        Ok(t) => t,
+        Err(NoAuth::Gone) => return None,
+        Err(NoAuth::Refused(reason)) => return fail(app, ws, ip, reason).await,
+        Err(NoAuth::Closed(code, reason)) => {
+            close_with(ws, frame(code, reason.into())).await;
+            log_unauthenticated_close(app, ip, code, reason);
             return None;
         }
     };
     let now = now_ms();
-    let token = serde_json::from_str::<AuthMessage<'_>>(text.as_str())
-        .ok()
-        .filter(|m| m.kind == "auth")
-        .and_then(|m| m.token)
-        .ok_or(Reason::MissingToken);
+    // The first message must be an auth message, however it is spelled;
+    // one that cannot be read one way only is refused (control.rs).
+    let token = match control::classify(text.as_str()) {
+        Classified::Auth(Some(t)) if !t.is_empty() => Ok(t),
+        Classified::Auth(_) | Classified::Data => Err(Reason::MissingToken),
+        Classified::Malformed => Err(Reason::MalformedToken),
+    };
     // Like the upgrade, an unknown `kid` may wait for one JWKS refetch.
     let verified = match token {
         Err(r) => Err(r),
@@ -247,6 +257,16 @@ where
     Some(start)
 }
 
+/// How the wait for the first message ended, if not with a text message.
+enum NoAuth {
+    /// The peer left: nothing to answer.
+    Gone,
+    /// Answered `auth_fail` with this reason, then closed 4001.
+    Refused(wsgate_core::Reason),
+    /// Closed with this code and reason, unanswered (timeout, rate).
+    Closed(u16, &'static str),
+}
+
 /// Answers `auth_fail` and closes 4001.
 async fn fail<S>(
     app: &App,
@@ -286,14 +306,6 @@ fn log_unauthenticated_close(app: &App, ip: IpAddr, code: u16, reason: &str) {
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-#[derive(Deserialize)]
-struct AuthMessage<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default, borrow)]
-    token: Option<std::borrow::Cow<'a, str>>,
-}
 
 /// Feeds the egress monitor; logs and counts an alert once per user and
 /// minute. Returns whether this socket must close (`egress_alert_close`).
@@ -559,6 +571,10 @@ where
         let mut recycle_at: Option<tokio::time::Instant> = None;
         let mut large_in = false;
         let mut last_seen = tokio::time::Instant::now();
+        // Upstream keep-alive: ping rounds since the upstream last sent
+        // anything (a message, a pong). Counted, not timed: no clock read
+        // per relayed message.
+        let mut upstream_quiet: u32 = 0;
         let mut meter = crate::egress::Meter::new(&app.egress);
         let sessions_gauge = metrics.sessions(transport);
         sessions_gauge.inc();
@@ -602,7 +618,9 @@ where
                     };
                     last_seen = tokio::time::Instant::now();
                     large_in |= matches!(&msg, Some(Ok(m)) if m.len() > outbox::LARGE);
-                    if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !rate.allow(last_seen) {
+                    // Every frame counts, pings and pongs too: each costs
+                    // work here (a ping, a pong to write) like a message.
+                    if matches!(&msg, Some(Ok(m)) if !m.is_close()) && !rate.allow(last_seen) {
                         break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
                     }
                     let data = match msg {
@@ -617,13 +635,11 @@ where
                                 flush: true,
                             };
                         }
-                        Some(Ok(Message::Ping(p))) => {
-                            // Answered here by tungstenite; the upstream sees it too.
-                            if let Some((_, o)) = up.as_mut() {
-                                o.push(Message::Ping(p));
-                            }
-                            continue;
-                        }
+                        // Answered by tungstenite (the pong goes out with the
+                        // next read or write). Not relayed: the upstream has
+                        // its own keep-alive, and relaying would let a client
+                        // make the gateway send one ping per ping it gets.
+                        Some(Ok(Message::Ping(_))) => continue,
                         Some(Ok(Message::Text(t))) => {
                             traffic.bytes_in += t.len() as u64;
                             metrics.messages_in.inc();
@@ -685,12 +701,12 @@ where
                         };
                     }
                     Io::Read(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
+                        upstream_quiet = 0;
                         large_in |= m.len() > outbox::LARGE;
                         if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
                             break e;
                         }
                     }
-                    Io::Read(Some(Ok(Message::Ping(p)))) => client_out.push(Message::Ping(p)),
                     Io::Read(Some(Ok(Message::Close(f)))) => {
                         break Ended {
                             code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
@@ -700,7 +716,9 @@ where
                             flush: true,
                         };
                     }
-                    Io::Read(Some(Ok(_))) => {}
+                    // A ping (answered by tungstenite) or a pong: the
+                    // upstream is alive; neither is relayed.
+                    Io::Read(Some(Ok(_))) => upstream_quiet = 0,
                     Io::Read(None) => {
                         break Ended {
                             upstream: None,
@@ -751,6 +769,27 @@ where
                     if now >= next_ping {
                         if last_seen.elapsed() >= limits.idle_timeout {
                             break Ended::by_gateway(close::IDLE, "idle timeout");
+                        }
+                        if let Some((_, o)) = up.as_mut() {
+                            // Rounds in which we could not read it (the
+                            // client's queue full) do not count against it.
+                            if client_out.has_room() {
+                                upstream_quiet = upstream_quiet.saturating_add(1);
+                            }
+                            // The current round is not over: silent for at
+                            // least (quiet - 1) whole intervals.
+                            if limits
+                                .ping_interval
+                                .checked_mul(upstream_quiet.saturating_sub(1))
+                                .is_none_or(|silent| silent >= limits.idle_timeout)
+                            {
+                                tracing::warn!(event = "upstream_error", stage = "keepalive", id, error = "no frame and no pong within idle_timeout");
+                                break Ended {
+                                    upstream: None,
+                                    ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
+                                };
+                            }
+                            o.push(Message::Ping(Default::default()));
                         }
                         // A peer that does not read is caught by idle_timeout, since
                         // its full queue also stops us reading it.
@@ -866,23 +905,24 @@ fn control_message(
     id: u64,
     text: &str,
 ) -> Option<(Message, bool)> {
-    // Cheap pre-check keeps JSON parsing off the relay path.
-    if !text.trim_start().starts_with('{') || !text.contains("\"auth\"") {
-        return None;
-    }
-    let c: AuthMessage<'_> = serde_json::from_str(text).ok()?;
-    if c.kind != "auth" {
-        return None;
-    }
+    use wsgate_core::Reason;
+    // Recognised on the parsed JSON, escapes and all; a cheap test inside
+    // keeps parsing off the relay path (control.rs).
+    let token = match control::classify(text) {
+        Classified::Data => return None,
+        // Never forwarded either: answered like any failed refresh.
+        Classified::Malformed => Err(Reason::MalformedToken),
+        Classified::Auth(t) => Ok(t),
+    };
+    // Only now: no clock read per relayed message.
     let now = now_ms();
-    let result = match c.token.as_deref() {
-        None | Some("") => Err(wsgate_core::Reason::MissingToken),
-        Some(t) if t.len() > app.config.auth.max_token_bytes => {
-            Err(wsgate_core::Reason::TokenTooLarge)
-        }
-        Some(t) => app.verifier.verify(t, now).and_then(|v| {
+    let result = match token.as_ref().map(|t| t.as_deref()) {
+        Err(r) => Err(*r),
+        Ok(None | Some("")) => Err(Reason::MissingToken),
+        Ok(Some(t)) if t.len() > app.config.auth.max_token_bytes => Err(Reason::TokenTooLarge),
+        Ok(Some(t)) => app.verifier.verify(t, now).and_then(|v| {
             if app.is_revoked(&v, now) {
-                Err(wsgate_core::Reason::Revoked)
+                Err(Reason::Revoked)
             } else {
                 Ok(v)
             }

@@ -601,23 +601,29 @@ async fn frames_are_relayed_intact_both_ways() {
         next_event(&mut seen).await,
         Message::Text("fragmented".into())
     );
-    // Pings cross in both directions.
+    // Pings are answered on each side and relayed neither way (each side
+    // has its own keep-alive with the gateway).
     ws.send(Message::Ping(b"cli".to_vec().into()))
         .await
         .unwrap();
-    assert_eq!(
-        next_event(&mut seen).await,
-        Message::Ping(b"cli".to_vec().into())
+    let pong = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    assert!(
+        matches!(&pong, Ok(Some(Ok(Message::Pong(p)))) if p.as_ref() == b"cli"),
+        "expected the pong, got {pong:?}"
     );
     ws.send(Message::Text("ping".into())).await.unwrap();
-    let got_ping = loop {
+    assert_eq!(next_event(&mut seen).await, Message::Text("ping".into()));
+    let answer = tokio::time::timeout(Duration::from_secs(10), seen.events.recv()).await;
+    assert_eq!(answer.unwrap(), Some(Message::Pong(b"up".to_vec().into())));
+    // Everything the client gets up to the next echo: not the upstream's ping.
+    ws.send(Message::Text("after".into())).await.unwrap();
+    loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Ping(p)))) => break p,
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected ping, got {other:?}"),
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "after" => break,
+            Ok(Some(Ok(Message::Ping(p)))) => assert_ne!(p.as_ref(), b"up", "relayed"),
+            other => panic!("expected the echo, got {other:?}"),
         }
-    };
-    assert_eq!(got_ping.as_ref(), b"up");
+    }
 }
 
 /// After a large message both WebSockets of the pair (client and upstream)

@@ -285,3 +285,24 @@ impl HubSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+
+    /// A repeated member could be read either way (serde keeps none: the
+    /// derive refuses it), so the message is `bad_request`.
+    #[test]
+    fn repeated_members_are_refused() {
+        assert!(decode(r#"{"type":"subscribe","channel":"a","id":1}"#).is_some());
+        for text in [
+            r#"{"type":"subscribe","type":"publish","channel":"a"}"#,
+            r#"{"type":"subscribe","channel":"a","channel":"b"}"#,
+            r#"{"type":"publish","channel":"a","data":1,"data":2}"#,
+            r#"{"type":"subscribe","channel":"a","id":1,"id":2}"#,
+            r#"{"type":"subscribe","\u0074ype":"publish","channel":"a"}"#,
+        ] {
+            assert!(decode(text).is_none(), "{text}");
+        }
+    }
+}
