@@ -186,7 +186,6 @@ where
             return None;
         }
     };
-    let now = now_ms();
     // The first message must be an auth message, however it is spelled;
     // one that cannot be read one way only is refused (control.rs).
     let token = match control::classify(text.as_str()) {
@@ -198,15 +197,10 @@ where
     let verified = match token {
         Err(r) => Err(r),
         Ok(t) if t.len() > app.config.auth.max_token_bytes => Err(Reason::TokenTooLarge),
-        Ok(t) => app.verifier.verify_fresh(&t, now).await,
+        // The same steps as an upgrade: verification, then the revocation
+        // check (503-equivalent while the set is not known).
+        Ok(t) => crate::admission::authenticate(app, &t).await,
     };
-    let verified = verified.and_then(|v| {
-        if app.is_revoked(&v, now) {
-            Err(Reason::Revoked)
-        } else {
-            Ok(v)
-        }
-    });
     let verified = match verified {
         Ok(v) => v,
         Err(r) => return fail(app, ws, ip, r).await,
@@ -920,13 +914,11 @@ fn control_message(
         Err(r) => Err(*r),
         Ok(None | Some("")) => Err(Reason::MissingToken),
         Ok(Some(t)) if t.len() > app.config.auth.max_token_bytes => Err(Reason::TokenTooLarge),
-        Ok(Some(t)) => app.verifier.verify(t, now).and_then(|v| {
-            if app.is_revoked(&v, now) {
-                Err(Reason::Revoked)
-            } else {
-                Ok(v)
-            }
-        }),
+        // Refused while the revocation set is not known, like an upgrade.
+        Ok(Some(t)) => app
+            .verifier
+            .verify(t, now)
+            .and_then(|v| crate::admission::not_revoked(app, v)),
     };
     let action = session.on_refresh(result.as_ref().map_err(|r| *r), now);
     let mut refreshed = false;

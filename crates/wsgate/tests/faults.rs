@@ -583,3 +583,57 @@ async fn a_ticket_refused_for_an_unknown_set_is_not_spent() {
     let (mut ws, _) = upgrade(&url, &[]).await.open();
     assert_eq!(echo(&mut ws, "unspent").await, "unspent");
 }
+
+/// First-message auth and in-band refresh decide as an upgrade does: while
+/// the node cannot trust its revocation set, a token revoked elsewhere gets
+/// `auth_fail store_unavailable`, never `auth_ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_band_auth_fails_closed_while_the_set_is_unknown() {
+    let redis = OwnRedis::start();
+    let proxy = FaultProxy::start(redis_addr(&redis)).await;
+    let a = node(&redis.url(), "inband:", "");
+    let d = Gateway::start_with_env(
+        &config(&proxy.redis_url(), "inband:", "", ""),
+        &[env()[0], env()[1], ("WSGATE_AUTH__FIRST_MESSAGE", "true")],
+    );
+    assert!(d.wait_ready(Duration::from_secs(10)));
+    let mut c1 = claims("vic", 600);
+    c1["jti"] = json!("vic-1");
+    let mut c2 = claims("vic", 600);
+    c2["jti"] = json!("vic-2");
+    let (t1, t2) = (hs(&c1), hs(&c2));
+    let (mut on_d, _) = bearer(&d.url(), &t1).await.open();
+    proxy.set(Mode::BlackHole);
+    let holed = Instant::now();
+    let r = admin(&a, "/admin/v1/revoke", json!({"jti": "vic-2"})).await;
+    assert_eq!(r.status, 200);
+    // Past the staleness bound (3 s): d no longer trusts its set.
+    tokio::time::sleep(Duration::from_millis(3300).saturating_sub(holed.elapsed())).await;
+    // In-band refresh with the token revoked meanwhile.
+    let reply: Value = serde_json::from_str(
+        &echo(&mut on_d, &json!({"type": "auth", "token": t2}).to_string()).await,
+    )
+    .expect("json");
+    assert_eq!(reply["type"], "auth_fail", "{reply}");
+    assert_eq!(reply["reason"], "store_unavailable", "{reply}");
+    // First-message auth with it: refused, closed 4001.
+    let (mut fm, _) = upgrade(&d.url(), &[]).await.open();
+    let reply: Value = serde_json::from_str(
+        &echo(&mut fm, &json!({"type": "auth", "token": t2}).to_string()).await,
+    )
+    .expect("json");
+    assert_eq!(reply["type"], "auth_fail", "{reply}");
+    assert_eq!(reply["reason"], "store_unavailable", "{reply}");
+    assert_eq!(close_code(&mut fm, Duration::from_secs(5)).await.0, 4001);
+    // Back: the revocation applies, the refresh is refused as revoked.
+    proxy.set(Mode::Up);
+    until(Duration::from_secs(10), "d ready", || async {
+        readyz(&d).await == 200
+    })
+    .await;
+    let reply: Value = serde_json::from_str(
+        &echo(&mut on_d, &json!({"type": "auth", "token": t2}).to_string()).await,
+    )
+    .expect("json");
+    assert_eq!(reply["reason"], "revoked", "{reply}");
+}
