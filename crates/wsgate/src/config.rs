@@ -1404,6 +1404,7 @@ impl<'a> Builder<'a> {
         }
         // Raw indices are kept so messages match the file even when an
         // earlier entry failed.
+        let auth_keys = !raw.keys.is_empty();
         let mut keys: Vec<(usize, KeyConfig)> = Vec::new();
         for (i, k) in raw.keys.into_iter().enumerate() {
             if let Some(k) = self.build_key(&format!("auth.keys[{i}]"), k) {
@@ -1427,6 +1428,7 @@ impl<'a> Builder<'a> {
             &raw.audience,
             raw.issuer.as_deref(),
             ticket_audience,
+            auth_keys,
         );
         AuthConfig {
             transports,
@@ -2058,8 +2060,21 @@ fn public_key_from_pem(alg: Algorithm, pem: &[u8]) -> Result<DecodingKey, String
     }
     match alg.family() {
         AlgorithmFamily::Hmac => Err(format!("{name} uses a shared secret, not a public key")),
-        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem)
-            .map_err(|_| format!("is not an RSA public key, which {name} needs")),
+        AlgorithmFamily::Rsa => {
+            let key = DecodingKey::from_rsa_pem(pem)
+                .map_err(|_| format!("is not an RSA public key, which {name} needs"))?;
+            // Loaded, it would refuse every token `bad_signature`.
+            use wsgate_core::verify::{rsa_bits, RSA_BITS};
+            match rsa_bits(&key) {
+                Some(bits) if RSA_BITS.contains(&bits) => Ok(key),
+                bits => Err(format!(
+                    "is a {}-bit RSA key: {name} needs {} to {} bits (RFC 7518 3.3)",
+                    bits.unwrap_or(0),
+                    RSA_BITS.start(),
+                    RSA_BITS.end()
+                )),
+            }
+        }
         AlgorithmFamily::Ec => {
             let key = DecodingKey::from_ec_pem(pem)
                 .map_err(|_| format!("is not an EC public key, which {name} needs"))?;
@@ -2360,7 +2375,11 @@ mod redact {
                 .iter()
                 .map(|i| {
                     let mut it = Table::new();
-                    it.insert("issuer".into(), s(i.issuer.clone()));
+                    let issuer = match i.issuer.as_slice() {
+                        [one] => s(one.clone()),
+                        many => list(many),
+                    };
+                    it.insert("issuer".into(), issuer);
                     it.insert("audience".into(), list(&i.audience));
                     if !i.sub_prefix.is_empty() {
                         it.insert("sub_prefix".into(), s(i.sub_prefix.clone()));

@@ -747,6 +747,7 @@ alg = "RS256"
 [[auth.issuers]]
 issuer = "https://sso.test/realms/main"
 audience = "wsgate"
+sub_prefix = "kc|"
 [[auth.issuers.keys]]
 jwks_url = "{}"
 ca_file = "{}""#,

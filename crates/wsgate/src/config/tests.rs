@@ -616,6 +616,17 @@ fn key_family_mismatches() {
         ("RS256", "rsa.pem", "is a private key"),
         ("EdDSA", "README.md", "not a PEM file"),
         ("HS256", "rsa.pub.pem", "uses a shared secret"),
+        // Loaded, it would refuse every token bad_signature.
+        (
+            "RS256",
+            "rsa1024.pub.pem",
+            "is a 1024-bit RSA key: RS256 needs 2048 to 8192 bits (RFC 7518 3.3)",
+        ),
+        (
+            "PS512",
+            "rsa1024.pub.pem",
+            "1024-bit RSA key: PS512 needs 2048 to 8192",
+        ),
     ];
     for (alg, file, needle) in cases {
         let p = errs(&pub_key(alg, file), &[]);

@@ -450,3 +450,223 @@ async fn weak_admin_configurations_are_refused() {
     .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+// ------------------------------------------ keys and issuers (item 6)
+
+/// Serves `body` as a JWK set at any path over HTTPS on 127.0.0.1; returns
+/// its URL and the CA file that verifies it.
+async fn jwks_server(body: Value, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    use tokio_rustls::rustls;
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let ca = dir.join("idp-ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = body.to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}/jwks.json"), ca)
+}
+
+/// The public JWK of a test key (tests/data) under `kid`.
+fn jwk(alg: jsonwebtoken::Algorithm, kid: &str) -> Value {
+    use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey};
+    let pem = |f: &str| std::fs::read(data(f)).unwrap();
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem("ec256.pem")),
+        _ => EncodingKey::from_rsa_pem(&pem("rsa.pem")),
+    }
+    .unwrap();
+    let mut v = serde_json::to_value(Jwk::from_encoding_key(&key, alg).unwrap()).unwrap();
+    v["kid"] = serde_json::json!(kid);
+    v
+}
+
+/// `n` of tests/data/rsa1024.pub.pem, base64url.
+const N_1024: &str = "1Ye2-Kq0yJRlpQBXig2oLwJkbbOJIUV1ybYxHTwRuXr_RNkIfUGHfNzTMS7Ysn-y82cnD3a8Iw0e__v0_sEe8VpXM_fxoKgsyr4-wuGCxL5K7tFYYheIPlLAWsC2114t60XvdgoY_i5xWIpm8BY1GpNd6bUbV-cZ4UizDcdBuTk";
+
+/// A 1024-bit RSA key in an IdP's set was loaded without a word (every
+/// token under it then failed `bad_signature`), and two keys sharing a
+/// `kid` made the tokens of both valid. Now each is skipped with its
+/// reason, the rest of the set is used, and a token naming the shared
+/// `kid` is refused `unknown_key`, even one the IdP's real key signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_and_ambiguous_jwks_keys_are_skipped_with_a_reason() {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use serde_json::json;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().unwrap();
+    // A second RSA key under "dup": the real one's modulus, one bit flipped.
+    let real = jwk(Algorithm::RS256, "dup");
+    let mut rival = real.clone();
+    let mut n = b64.decode(real["n"].as_str().unwrap()).unwrap();
+    n[40] ^= 0x10;
+    rival["n"] = json!(b64.encode(n));
+    let weak = json!({"kty": "RSA", "alg": "RS256", "kid": "weak", "n": N_1024, "e": "AQAB"});
+    let doc = json!({"keys": [weak, real, rival, jwk(Algorithm::ES256, "es")]});
+    let (url, ca) = jwks_server(doc, dir.path()).await;
+    let keys = format!(
+        "[[auth.keys]]\njwks_url = \"{url}\"\nca_file = \"{}\"",
+        ca.display()
+    );
+    let cfg = base_config("").replace(
+        "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"TEST_JWT_SECRET\"",
+        &keys,
+    );
+    let gw = Gateway::start(&cfg);
+    assert!(gw.wait_ready(Duration::from_secs(10)), "{:?}", gw.logs());
+    let skipped: Vec<String> = gw
+        .events("jwks_key_skipped", 3)
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert!(
+        skipped[0].starts_with("key 0 (kid \"weak\"): RSA key of 1024 bits: 2048 to 8192"),
+        "{skipped:?}"
+    );
+    for (i, s) in skipped[1..].iter().enumerate() {
+        assert!(
+            s.starts_with(&format!(
+                "key {} (kid \"dup\"): kid \"dup\" also names 1 other",
+                i + 1
+            )),
+            "{skipped:?}"
+        );
+    }
+    let refreshed = gw.events("jwks_refreshed", 1);
+    assert_eq!(refreshed[0]["kids"], "es", "{refreshed:?}");
+    assert_eq!(
+        metric(&gw, "wsgate_keys_loaded{source=\"auth.keys[0]\"}").await,
+        1.0
+    );
+    // The rest of the set works.
+    let ec = EncodingKey::from_ec_pem(&std::fs::read(data("ec256.pem")).unwrap()).unwrap();
+    let es = sign(Algorithm::ES256, &ec, Some("es"), &claims("alice", 600));
+    bearer(&gw.url(), &es).await.open();
+    // The IdP's real key, under the kid it shares: not accepted.
+    let rs = EncodingKey::from_rsa_pem(&std::fs::read(data("rsa.pem")).unwrap()).unwrap();
+    let t = sign(Algorithm::RS256, &rs, Some("dup"), &claims("alice", 600));
+    bearer(&gw.url(), &t).await.refused(401, "unknown_key");
+}
+
+/// Runs `wsgate check` on `base_config` with its keys replaced by `keys`.
+fn check_keys(keys: &str) -> (bool, String) {
+    let cfg = base_config("").replace(
+        "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"TEST_JWT_SECRET\"",
+        keys,
+    );
+    check(&cfg, &[])
+}
+
+/// An `[[auth.issuers]]` entry with an HS256 key.
+fn issuer(iss: &str, prefix: &str) -> String {
+    format!(
+        "[[auth.issuers]]\nissuer = {iss}\nsub_prefix = \"{prefix}\"\n\
+         [[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"TEST_JWT_SECRET\"\n"
+    )
+}
+
+/// Two issuers with the same `sub_prefix` were accepted silently: a user
+/// of one could be a user of the other (its `user:{sub}` channels, its
+/// sessions, its revocations). Now a config error, as is a prefix that
+/// begins another. One IdP with several `iss` spellings is one entry.
+#[tokio::test]
+async fn issuers_sharing_a_subject_namespace_are_refused() {
+    for (keys, needle) in [
+        (
+            [
+                issuer("\"https://a.test\"", "t|"),
+                issuer("\"https://b.test\"", "t|"),
+            ]
+            .concat(),
+            "auth.issuers[1].sub_prefix: \"t|\" is also the sub_prefix of auth.issuers[0]",
+        ),
+        (
+            [
+                issuer("\"https://a.test\"", ""),
+                issuer("\"https://b.test\"", ""),
+            ]
+            .concat(),
+            "auth.issuers[1].sub_prefix: \"\" is also the sub_prefix of auth.issuers[0]",
+        ),
+        (
+            [
+                issuer("\"https://a.test\"", "t"),
+                issuer("\"https://b.test\"", "t|"),
+            ]
+            .concat(),
+            "auth.issuers[1].sub_prefix: \"t|\" begins with the sub_prefix of auth.issuers[0]",
+        ),
+    ] {
+        let (ok, err) = check_keys(&keys);
+        assert!(!ok && err.contains(needle), "{err}");
+    }
+    // Both spellings of one IdP: one namespace, the same user either way.
+    let keys = [
+        issuer("[\"https://accounts.test\", \"accounts.test\"]", ""),
+        issuer("\"https://partner.test\"", "partner|"),
+    ]
+    .concat();
+    let cfg = base_config("").replace(
+        "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"TEST_JWT_SECRET\"",
+        &keys,
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("WSGATE_ADMIN_TOKEN", ADMIN)]);
+    let mut open = Vec::new();
+    for iss in [
+        "https://accounts.test",
+        "accounts.test",
+        "https://partner.test",
+    ] {
+        let mut c = claims("alice", 600);
+        c["iss"] = serde_json::json!(iss);
+        open.push(bearer(&gw.url(), &hs(&c)).await.open());
+    }
+    let mut c = claims("alice", 600);
+    c["iss"] = serde_json::json!("https://other.test");
+    bearer(&gw.url(), &hs(&c)).await.refused(401, "bad_issuer");
+    let auth = format!("Bearer {ADMIN}");
+    let list = http(
+        gw.admin,
+        "GET",
+        "/admin/v1/sessions",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    let mut subs: Vec<String> = list.json()["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sub"].as_str().unwrap().to_string())
+        .collect();
+    subs.sort();
+    assert_eq!(subs, ["alice", "alice", "partner|alice"]);
+}
