@@ -47,14 +47,22 @@ pub async fn verify(app: &App, token: &str) -> Result<Verified, Reason> {
 /// by the store: [`crate::revocations`]) nothing passes: `503
 /// store_unavailable`, never a guess.
 pub fn not_revoked(app: &App, v: Verified) -> Result<Verified, Reason> {
-    let now = now_ms();
-    if !app.revocation_freshness.is_known(now) {
-        return Err(Reason::StoreUnavailable);
-    }
-    if app.is_revoked(&v, now) {
+    revocations_known(app)?;
+    if app.is_revoked(&v, now_ms()) {
         return Err(Reason::Revoked);
     }
     Ok(v)
+}
+
+/// `503 store_unavailable` while this node cannot trust its revocation set.
+/// Also checked before a ticket is spent, so a redemption that would be
+/// refused for it does not use the ticket up.
+pub fn revocations_known(app: &App) -> Result<(), Reason> {
+    if app.revocation_freshness.is_known(now_ms()) {
+        Ok(())
+    } else {
+        Err(Reason::StoreUnavailable)
+    }
 }
 
 /// Counts a rate-limit refusal of a direct peer towards a kernel block.

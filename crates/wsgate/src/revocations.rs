@@ -13,7 +13,7 @@
 use crate::app::{App, Control};
 use crate::clock::now_ms;
 use crate::store::Feed;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wsgate_core::revocation::RevocationSet;
@@ -24,9 +24,7 @@ pub struct Freshness {
     /// Wall-clock ms; 0 until the first complete load. `i64::MAX` for a
     /// store that is the node's own memory.
     until: AtomicI64,
-    /// The set was complete at least once: after a Redis restart this node
-    /// may write it back and vouch for it.
-    was_known: AtomicBool,
+
     staleness_ms: i64,
 }
 
@@ -35,7 +33,6 @@ impl Freshness {
     pub fn new(staleness: Duration) -> Self {
         Freshness {
             until: AtomicI64::new(0),
-            was_known: AtomicBool::new(false),
             staleness_ms: i64::try_from(staleness.as_millis()).unwrap_or(i64::MAX),
         }
     }
@@ -44,7 +41,6 @@ impl Freshness {
     pub fn always() -> Self {
         Freshness {
             until: AtomicI64::new(i64::MAX),
-            was_known: AtomicBool::new(true),
             staleness_ms: i64::MAX,
         }
     }
@@ -58,11 +54,14 @@ impl Freshness {
     pub fn confirmed(&self, at: UnixMillis) {
         self.until
             .fetch_max(at.saturating_add(self.staleness_ms), Ordering::AcqRel);
-        self.was_known.store(true, Ordering::Release);
     }
 
-    fn was_known(&self) -> bool {
-        self.was_known.load(Ordering::Acquire)
+    /// Whether the set was current at `at`: then this node holds every
+    /// revocation made before it, and may vouch for a store that lost the
+    /// set at `at`. (`at` is the store's clock, `until` this node's: they
+    /// must agree to within the staleness bound, as NTP keeps them.)
+    fn was_known_at(&self, at: UnixMillis) -> bool {
+        at < self.until.load(Ordering::Acquire)
     }
 }
 
@@ -148,10 +147,12 @@ async fn resync(app: &App) {
                     tracing::info!(event = "revocations_loaded", count = n as u64);
                     return;
                 }
-                // The store lost its data. A node that held the complete
-                // set has now written it back, and vouches for the store's
-                // on its next load; others wait for such a node.
-                if app.revocation_freshness.was_known() && wrote {
+                // The store lost the set. A node whose set was current when
+                // that happened has now written it back, and vouches for
+                // the store's on its next load; others wait for such a node
+                // (or for store.revocation_writeback_wait).
+                let lost_at = snapshot.incomplete_since.unwrap_or(i64::MAX);
+                if !vouch && wrote && app.revocation_freshness.was_known_at(lost_at) {
                     vouch = true;
                     continue;
                 }

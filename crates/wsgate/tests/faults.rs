@@ -106,16 +106,13 @@ async fn until_revoked(gw: &Gateway, t: &str, what: &str) -> Duration {
     .await
 }
 
-/// A ready node on `url` (a brand-new Redis is trusted after 500 ms).
+/// A ready node on `url` (the harness makes a new key prefix trusted after
+/// 500 ms).
 fn node(url: &str, prefix: &str, extra: &str) -> Gateway {
-    let gw = Gateway::start_with_env(&config(url, prefix, FAST_WRITEBACK, extra), &env());
+    let gw = Gateway::start_with_env(&config(url, prefix, "", extra), &env());
     assert!(gw.wait_ready(Duration::from_secs(10)), "node never ready");
     gw
 }
-
-/// For tests about other faults than a lost revocation set: a brand-new
-/// Redis looks like one that lost its data, and would wait 5 s.
-const FAST_WRITEBACK: &str = "revocation_writeback_wait = \"500ms\"";
 
 fn redis_addr(r: &OwnRedis) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], r.port))
@@ -180,13 +177,12 @@ async fn a_node_just_started_never_admits_a_revoked_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_started_while_redis_is_down_fails_closed() {
     let redis = OwnRedis::start();
-    let store = FAST_WRITEBACK;
     let a = node(&redis.url(), "down:", "");
     let t = token_then_wait("bob").await;
     revoke(&a, "bob").await;
     let proxy = FaultProxy::start(redis_addr(&redis)).await;
     proxy.set(Mode::Reset);
-    let b = Gateway::start_unready(&config(&proxy.redis_url(), "down:", store, ""), &env());
+    let b = Gateway::start_unready(&config(&proxy.redis_url(), "down:", "", ""), &env());
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(2) {
         assert_eq!(status(&b, &t).await, (503, "store_unavailable".into()));
@@ -209,8 +205,13 @@ async fn a_node_started_while_redis_is_down_fails_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_started_after_redis_lost_its_data_waits_for_the_write_back() {
     let mut redis = OwnRedis::start();
-    // Long enough that only a survivor's vouching can make the set trusted.
-    let store = "revocation_writeback_wait = \"60s\"";
+    // Long enough that only a survivor's vouching can make the set trusted
+    // (the environment overrides the file, and the harness sets 500 ms).
+    let env = [
+        env()[0],
+        env()[1],
+        ("WSGATE_STORE__REVOCATION_WRITEBACK_WAIT", "60s"),
+    ];
     // A Redis that has served this prefix before (a brand-new one looks
     // like one that lost its data, and would wait the 60 s).
     let epoch = (now() * 1000).to_string();
@@ -220,14 +221,14 @@ async fn a_node_started_after_redis_lost_its_data_waits_for_the_write_back() {
         &["HSET", "lost:revocations", "@complete", &epoch],
     );
     let proxy = FaultProxy::start(redis_addr(&redis)).await;
-    let a = Gateway::start_with_env(&config(&proxy.redis_url(), "lost:", store, ""), &env());
+    let a = Gateway::start_with_env(&config(&proxy.redis_url(), "lost:", "", ""), &env);
     assert!(a.wait_ready(Duration::from_secs(10)));
     let t = token_then_wait("dave").await;
     revoke(&a, "dave").await;
     // The survivor cannot reach Redis while it restarts empty.
     proxy.set(Mode::BlackHole);
     redis.restart();
-    let c = Gateway::start_unready(&config(&redis.url(), "lost:", store, ""), &env());
+    let c = Gateway::start_unready(&config(&redis.url(), "lost:", "", ""), &env);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
         let (s, reason) = status(&c, &t).await;
@@ -444,10 +445,9 @@ async fn an_unconfirmed_ticket_redemption_says_the_ticket_may_be_spent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hub_subscribers_are_told_of_a_gap() {
     let redis = OwnRedis::start();
-    let store = FAST_WRITEBACK;
     let proxy = FaultProxy::start(redis_addr(&redis)).await;
     let cfg = base_config(&format!(
-        "[store]\nurl = \"{}\"\nkey_prefix = \"gap:\"\n{store}\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n\
+        "[store]\nurl = \"{}\"\nkey_prefix = \"gap:\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"\n\
          [[hub.grants]]\nsubscribe = [\"*\"]\npublish = [\"*\"]\n",
         proxy.redis_url()
     ))
@@ -477,4 +477,109 @@ async fn hub_subscribers_are_told_of_a_gap() {
         "fault 10: hub_gap reached the subscriber {:?} after the path healed",
         healed.elapsed()
     );
+}
+
+/// The vouching node must have held the set when it was lost: a node that
+/// was cut off (and so missed a revocation) does not vouch for a Redis that
+/// lost its data, and no node trusts the stored set until one that held it
+/// writes it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_was_cut_off_does_not_vouch_after_a_restart() {
+    let mut redis = OwnRedis::start();
+    let epoch = (now() * 1000).to_string();
+    redis_cli(redis.port, &["SET", "stale:epoch", &epoch]);
+    redis_cli(
+        redis.port,
+        &["HSET", "stale:revocations", "@complete", &epoch],
+    );
+    let env = [
+        env()[0],
+        env()[1],
+        ("WSGATE_STORE__REVOCATION_WRITEBACK_WAIT", "60s"),
+    ];
+    let (pg, ph) = (
+        FaultProxy::start(redis_addr(&redis)).await,
+        FaultProxy::start(redis_addr(&redis)).await,
+    );
+    let g = Gateway::start_with_env(&config(&pg.redis_url(), "stale:", "", ""), &env);
+    let h = Gateway::start_with_env(&config(&ph.redis_url(), "stale:", "", ""), &env);
+    assert!(g.wait_ready(Duration::from_secs(10)) && h.wait_ready(Duration::from_secs(10)));
+    let z = token_then_wait("zed").await;
+    // g is cut off and misses the revocation made on h.
+    pg.set(Mode::BlackHole);
+    revoke(&h, "zed").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Then h is cut off too, and Redis restarts empty.
+    ph.set(Mode::BlackHole);
+    redis.restart();
+    pg.set(Mode::Up);
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(4) {
+        let (s, reason) = status(&g, &z).await;
+        assert_eq!(
+            (s, reason.as_str()),
+            (503, "store_unavailable"),
+            "a node that missed a revocation vouched for the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // h held the set: it writes back and vouches.
+    ph.set(Mode::Up);
+    let took = until_revoked(&g, &z, "g learns the revocation from h").await;
+    eprintln!("fault 11: the cut-off node knew {took:?} after the holder came back");
+}
+
+/// A `FLUSHALL` that the nodes' subscriptions survive: the nodes notice the
+/// lost set within about a second and write it back; a node started in
+/// between does not trust the empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flushed_redis_is_written_back_and_never_trusted_empty() {
+    let redis = OwnRedis::start();
+    let env = [
+        env()[0],
+        env()[1],
+        ("WSGATE_STORE__REVOCATION_WRITEBACK_WAIT", "60s"),
+    ];
+    let epoch = (now() * 1000).to_string();
+    redis_cli(redis.port, &["SET", "flush:epoch", &epoch]);
+    redis_cli(
+        redis.port,
+        &["HSET", "flush:revocations", "@complete", &epoch],
+    );
+    let a = Gateway::start_with_env(&config(&redis.url(), "flush:", "", ""), &env);
+    assert!(a.wait_ready(Duration::from_secs(10)));
+    let t = token_then_wait("flo").await;
+    revoke(&a, "flo").await;
+    redis_cli(redis.port, &["FLUSHALL"]);
+    let f = Gateway::start_unready(&config(&redis.url(), "flush:", "", ""), &env);
+    let took = until_revoked(&f, &t, "the new node learns the written-back revocation").await;
+    eprintln!(
+        "fault 12: after a FLUSHALL a new node knew the revocations {took:?} after it listened"
+    );
+    bearer(&a.url(), &t).await.refused(401, "revoked");
+}
+
+/// A ticket presented to a node that cannot trust its revocation set is
+/// refused without being spent: it works once the node knows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ticket_refused_for_an_unknown_set_is_not_spent() {
+    let redis = OwnRedis::start();
+    let proxy = FaultProxy::start(redis_addr(&redis)).await;
+    let gw = node(&proxy.redis_url(), "unspent:", "");
+    let r = mint(&gw, &token("uma")).await;
+    let ticket = r.json()["ticket"].as_str().expect("ticket").to_owned();
+    let url = format!("{}?ticket={ticket}", gw.url());
+    proxy.set(Mode::BlackHole);
+    until(Duration::from_secs(6), "the set goes stale", || async {
+        readyz(&gw).await == 503
+    })
+    .await;
+    upgrade(&url, &[]).await.refused(503, "store_unavailable");
+    proxy.set(Mode::Up);
+    until(Duration::from_secs(10), "ready again", || async {
+        readyz(&gw).await == 200
+    })
+    .await;
+    let (mut ws, _) = upgrade(&url, &[]).await.open();
+    assert_eq!(echo(&mut ws, "unspent").await, "unspent");
 }

@@ -242,7 +242,7 @@ async fn revoke_on_one_node_closes_sockets_on_all() {
 async fn revocation_survives_a_redis_restart() {
     let mut redis = OwnRedis::start();
     let cfg = base_config(&format!(
-        "[store]\nurl = \"{}\"\nkey_prefix = \"r:\"\nrevocation_writeback_wait = \"500ms\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"",
+        "[store]\nurl = \"{}\"\nkey_prefix = \"r:\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\"",
         redis.url()
     ));
     let a = Gateway::start_with_env(&cfg, &ENV);
@@ -341,9 +341,6 @@ async fn revocation_outlives_a_redis_restart_that_lost_it() {
     ));
     let a = Gateway::start_with_env(&cfg, &ENV);
     let b = Gateway::start_with_env(&cfg, &ENV);
-    // A brand-new Redis looks like one that lost its data: with no node to
-    // vouch for its (empty) set, the first load waits
-    // store.revocation_writeback_wait (5 s).
     assert!(a.wait_ready(Duration::from_secs(10)));
     a.events("revocations_loaded", 1);
     b.events("revocations_loaded", 1);

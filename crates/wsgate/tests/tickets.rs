@@ -256,7 +256,7 @@ async fn fifty_concurrent_redemptions_one_wins_memory() {
 
 fn redis_config(url: &str, prefix: &str) -> String {
     base_config(&format!(
-        "[store]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\nrevocation_writeback_wait = \"500ms\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\""
+        "[store]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n[tickets]\nsecret_env = \"TEST_TICKET_SECRET\""
     ))
 }
 

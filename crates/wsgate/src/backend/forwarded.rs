@@ -32,35 +32,67 @@ pub fn in_family(name: &str) -> bool {
         Some(b'x') => {
             name.starts_with("x-forwarded-")
                 || name.starts_with("x-client-cert")
-                || name.starts_with("x-ssl-client-")
+                || name.starts_with("x-ssl-")
                 || name.starts_with("x-amzn-mtls-clientcert")
+                || name.starts_with("x-envoy-")
+                || name.starts_with("x-azure-")
+                || name.starts_with("x-arr-")
+                || name.starts_with("x-remote-")
                 || matches!(
                     name,
                     "x-forwarded"
                         | "x-real-ip"
+                        | "x-real-port"
                         | "x-client-ip"
                         | "x-cluster-client-ip"
                         | "x-original-forwarded-for"
+                        | "x-originating-ip"
+                        | "x-proxyuser-ip"
                         | "x-appengine-user-ip"
-                        | "x-envoy-external-address"
-                        | "x-arr-clientcert"
                         | "x-original-url"
                         | "x-original-uri"
+                        | "x-original-host"
                         | "x-rewrite-url"
+                        | "x-host"
                         | "x-scheme"
+                        | "x-url-scheme"
+                        | "x-https"
+                        | "x-coming-from"
                 )
         }
         Some(b'f') => matches!(
             name,
-            "forwarded" | "forwarded-for" | "fastly-client-ip" | "fly-client-ip"
+            "forwarded"
+                | "forwarded-for"
+                | "fastly-client-ip"
+                | "fly-client-ip"
+                | "front-end-https"
         ),
         Some(b't') => name == "true-client-ip",
         Some(b'c') => matches!(
             name,
-            "client-ip" | "cf-connecting-ip" | "cf-connecting-ipv6" | "cf-pseudo-ipv4"
+            "client-ip"
+                | "cf-connecting-ip"
+                | "cf-connecting-ipv6"
+                | "cf-pseudo-ipv4"
+                | "cdn-src-ip"
         ),
+        Some(b'r') => name == "remote-addr",
+        Some(b'p') => name == "proxy-client-ip",
+        Some(b'w') => name == "wl-proxy-client-ip",
+        Some(b'a') => name == "ali-cdn-real-ip",
+        Some(b's') => name.starts_with("ssl-client-"),
         _ => false,
     }
+}
+
+/// Whether a client header name carries an underscore. CGI-style servers
+/// (WSGI, PHP, Rack) read `X_Real_IP` and `X-Real-IP` as the same
+/// `HTTP_X_REAL_IP`, so such a name would smuggle any header of the family
+/// (or `X-Wsgate-*`) past the checks on its dashed spelling. They are
+/// dropped whole, as nginx does by default (`underscores_in_headers off`).
+pub fn has_underscore(name: &str) -> bool {
+    name.as_bytes().contains(&b'_')
 }
 
 /// What the gateway established about a client's request, written
@@ -224,6 +256,29 @@ mod tests {
         "X-Original-URI",
         "X-Rewrite-URL",
         "X-Scheme",
+        // Found passing through by an outside review.
+        "Front-End-Https",
+        "X-Url-Scheme",
+        "X-Host",
+        "X-Original-Host",
+        "X-Envoy-Original-Path",
+        "X-Envoy-Internal",
+        "X-Azure-ClientIP",
+        "X-Azure-SocketIP",
+        "X-ProxyUser-Ip",
+        "WL-Proxy-Client-IP",
+        "Proxy-Client-IP",
+        "Remote-Addr",
+        "X-Remote-IP",
+        "X-Remote-Addr",
+        "X-Originating-IP",
+        "X-Real-Port",
+        "X-Arr-Ssl",
+        "Ssl-Client-Cert",
+        "Cdn-Src-Ip",
+        "Ali-Cdn-Real-Ip",
+        "X-Coming-From",
+        "X-Https",
     ];
 
     fn name(s: &str) -> HeaderName {

@@ -622,6 +622,7 @@ fn forwardable(name: &HeaderName) -> bool {
     !(HOP_BY_HOP.contains(&n)
         || n == "cookie"
         || n.starts_with("x-wsgate-")
+        || forwarded::has_underscore(n)
         || forwarded::in_family(n))
 }
 
@@ -913,6 +914,14 @@ mod tests {
             "forwarded",
             "x-real-ip",
             "x-forwarded-client-cert",
+            // Underscore spellings, which CGI-style servers read as the
+            // dashed ones.
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x_real_ip",
+            "x_wsgate_sub",
+            "x-wsgate_sub",
+            "client_ip",
         ] {
             assert!(!forwardable(&HeaderName::from_static(n)), "{n}");
         }

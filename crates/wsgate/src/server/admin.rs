@@ -94,11 +94,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: IpAddr) -> Resp
             let list = app.registry.list(sub.as_deref());
             respond::json(StatusCode::OK, &json!({"sessions": list}))
         }
-        (Method::POST, "/admin/v1/revoke") => match target(req).await {
+        (Method::POST, "/admin/v1/revoke") => match target(&app, req).await {
             Ok(t) => revoke(&app, t).await,
             Err(r) => r,
         },
-        (Method::POST, "/admin/v1/refresh") => match target(req).await {
+        (Method::POST, "/admin/v1/refresh") => match target(&app, req).await {
             Ok(t) => {
                 if app.store.is_shared() {
                     let payload = crate::store::refresh_to_json(&app.node_id, &t);
@@ -146,9 +146,12 @@ async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Parses a body with exactly one of `sub`, `jti`, `sid` (a non-empty string).
-async fn target(req: Request<Incoming>) -> Result<Target, Response<Body>> {
+/// A value may be as long as a token may be: any `sub`, `jti` or `sid` an
+/// accepted token carries can be revoked.
+async fn target(app: &App, req: Request<Incoming>) -> Result<Target, Response<Body>> {
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
-    let body = Limited::new(req.into_body(), MAX_BODY)
+    let max_value = app.config.auth.max_token_bytes.max(1024);
+    let body = Limited::new(req.into_body(), MAX_BODY.max(2 * max_value))
         .collect()
         .await
         .map_err(|_| bad("body too large or unreadable"))?
@@ -162,8 +165,10 @@ async fn target(req: Request<Incoming>) -> Result<Target, Response<Body>> {
         if let Some(val) = obj.get(k) {
             let s = val
                 .as_str()
-                .filter(|s| !s.is_empty() && s.len() <= 1024)
-                .ok_or_else(|| bad("the value must be a non-empty string"))?;
+                .filter(|s| !s.is_empty() && s.len() <= max_value)
+                .ok_or_else(|| {
+                    bad("the value must be a non-empty string, at most as long as a token")
+                })?;
             if found.is_some() {
                 return Err(bad("give exactly one of sub, jti, sid"));
             }
@@ -175,7 +180,7 @@ async fn target(req: Request<Incoming>) -> Result<Target, Response<Body>> {
 
 /// `POST /admin/v1/revoke`'s body and answer, for dev mode's `/dev/revoke`.
 pub(crate) async fn revoke_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    match target(req).await {
+    match target(app, req).await {
         Ok(t) => revoke(app, t).await,
         Err(r) => r,
     }

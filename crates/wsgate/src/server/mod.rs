@@ -149,6 +149,12 @@ async fn watch_store(app: Arc<App>) {
     loop {
         tick.tick().await;
         let ok = app.store.ping().await.is_ok();
+        // A flush (or a lost hash) that the revocation subscription survived
+        // goes unnoticed by the feed: look for the completeness mark, and
+        // have the feed reload and write back when it is gone.
+        if ok && matches!(app.store.revocations_intact().await, Ok(false)) {
+            app.revocation_resync.notify_one();
+        }
         if ok != was_ok {
             if ok {
                 tracing::info!(event = "store_recovered", store = app.store.kind());

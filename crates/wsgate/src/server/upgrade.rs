@@ -395,6 +395,9 @@ async fn decide<B>(
         return Err(Reason::OriginNotAllowed);
     }
     let verified = if cred.transport == Transport::Ticket {
+        // Before the ticket is spent: a redemption refused for want of the
+        // revocation set must not use it up.
+        admission::revocations_known(app)?;
         redeem_ticket(app, &cred.token).await?
     } else {
         admission::verify(app, &cred.token).await?

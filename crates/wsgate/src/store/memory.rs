@@ -176,7 +176,12 @@ impl Store for MemoryStore {
         Ok(Snapshot {
             revocations: g.0.iter().filter(|r| r.until > now).cloned().collect(),
             complete: true,
+            incomplete_since: None,
         })
+    }
+
+    async fn revocations_intact(&self) -> Result<bool, StoreError> {
+        Ok(true)
     }
 
     fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {

@@ -55,11 +55,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every revocation still in force at `now`: what a node loads when it
     /// starts and after each reconnect of its revocation feed, with whether
-    /// the store vouches that the set is complete. A store that lost its
-    /// data (a Redis restarted without persistence) does not, until a node
-    /// that held a complete set wrote it back and called this with `vouch`
-    /// (or, with no such node, until a wait set by the store has passed).
+    /// the store vouches that the set is complete. A store that lost the
+    /// set (a Redis restarted without persistence, a flush) does not, until
+    /// a node that held the complete set up to the loss wrote it back and
+    /// called this with `vouch` (or, with no such node, until a wait set by
+    /// the store has passed since the loss was seen).
     async fn revocations(&self, now: UnixMillis, vouch: bool) -> Result<Snapshot, StoreError>;
+
+    /// Whether the stored set is still marked complete (cheap; polled, so a
+    /// node notices a flush that its subscription survived).
+    async fn revocations_intact(&self) -> Result<bool, StoreError>;
 
     /// Starts delivering [`Feed`] events to `tx`: each revocation announced
     /// by any node, and a `Resync` whenever the feed (re)connects, because
@@ -117,6 +122,9 @@ pub trait Store: Send + Sync + 'static {
 pub struct Snapshot {
     pub revocations: Vec<Revocation>,
     pub complete: bool,
+    /// When not complete: since when (ms, the store's clock) the set has
+    /// been seen incomplete, i.e. about when it was lost.
+    pub incomplete_since: Option<UnixMillis>,
 }
 
 /// What the hub feed delivers.

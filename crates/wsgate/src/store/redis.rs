@@ -156,8 +156,8 @@ impl RedisStore {
         Ok(RedisStore { inner })
     }
 
-    /// Sets how long after Redis lost its data nodes wait for one that held
-    /// the complete revocation set to write it back (see
+    /// Sets how long after the stored revocations were lost nodes wait for
+    /// one that held the complete set to write it back (see
     /// [`LOAD_REVOCATIONS`]).
     pub fn with_writeback_wait(self, d: Duration) -> Self {
         let ms = i64::try_from(d.as_millis()).unwrap_or(MAX_TTL_MS);
@@ -343,18 +343,10 @@ impl Inner {
 
     async fn revocations(&self, now: UnixMillis, vouch: bool) -> Result<Snapshot, StoreError> {
         let key = self.revocations_key();
-        let (complete, all): (i64, std::collections::HashMap<String, String>) = self
+        let (complete, since, all): (i64, i64, std::collections::HashMap<String, String>) = self
             .bounded("revocations", |mut m| {
                 let key = key.clone();
                 async move {
-                    // Redis's uptime tells a restart (data lost) from a key
-                    // prefix that is simply new.
-                    let info: redis::InfoDict =
-                        redis::cmd("INFO").arg("server").query_async(&mut m).await?;
-                    let uptime_ms = info
-                        .get::<i64>("uptime_in_seconds")
-                        .unwrap_or(0)
-                        .saturating_mul(1000);
                     self.load_revocations
                         .key(&key)
                         .key(&self.epoch_key)
@@ -364,7 +356,6 @@ impl Inner {
                                 .load(std::sync::atomic::Ordering::Relaxed),
                         )
                         .arg(i64::from(vouch))
-                        .arg(uptime_ms)
                         .invoke_async(&mut m)
                         .await
                 }
@@ -396,7 +387,22 @@ impl Inner {
         Ok(Snapshot {
             revocations: live,
             complete: complete == 1,
+            incomplete_since: (complete != 1).then_some(since),
         })
+    }
+
+    async fn revocations_intact(&self) -> Result<bool, StoreError> {
+        let key = self.revocations_key();
+        let intact: i64 = self
+            .bounded("revocations_intact", |mut m| async move {
+                Script::new(REVOCATIONS_INTACT)
+                    .key(&key)
+                    .key(&self.epoch_key)
+                    .invoke_async(&mut m)
+                    .await
+            })
+            .await?;
+        Ok(intact == 1)
     }
 
     /// Forwards announcements to `tx` until it closes, reconnecting with
@@ -493,31 +499,46 @@ enum SubEvent {
 }
 
 /// Loads the revocation set and says whether it is complete. KEYS[1] = the
-/// revocations hash, KEYS[2] = the epoch key; ARGV = now_ms,
-/// writeback_wait_ms, vouch (1: the caller held a complete set and wrote
-/// it back), Redis's uptime in ms. Returns {complete, HGETALL}.
+/// revocations hash, KEYS[2] = the epoch key; ARGV = now_ms (the node's,
+/// only to create a missing epoch, as [`USE_ONCE`] does), writeback_wait_ms,
+/// vouch (1: the caller held the complete set when the data was lost, and
+/// wrote it back). Returns {complete, incomplete_since_ms, HGETALL}.
 ///
-/// The hash's `@complete` field holds the epoch (see [`USE_ONCE`]) in
-/// which the set was declared complete. A Redis that restarted without
-/// persistence lost the hash and the epoch together: the new epoch has no
-/// `@complete`, and until a node that held the complete set writes it back
-/// and vouches, a node loading it must not trust it: it would admit tokens
-/// revoked before the restart. With no such node (the whole cluster
-/// restarted too) nobody can vouch, so after `writeback_wait` the set is
-/// declared complete anyway. A Redis that has been up longer than that
-/// lost nothing by restarting: a missing `@complete` then means a new key
-/// prefix, complete from the start.
+/// The hash's `@complete` field holds the epoch in which the set was
+/// declared complete. A Redis that restarted without persistence lost the
+/// hash and the epoch together; a `FLUSHALL` or a `DEL` of the hash loses
+/// the mark too. Either way the set is not trusted until a node that held
+/// it complete up to the loss writes it back and vouches, or, when no such
+/// node reaches Redis, until `writeback_wait` has passed since the loss was
+/// first seen (`@incomplete_since`). Times here are Redis's own (`TIME`),
+/// so the wait does not depend on the nodes' clocks agreeing.
 const LOAD_REVOCATIONS: &str = r"
 local e = redis.call('GET', KEYS[2])
 if not e then redis.call('SET', KEYS[2], ARGV[1]); e = ARGV[1] end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local c = redis.call('HGET', KEYS[1], '@complete')
-local wait = tonumber(ARGV[2])
-if c ~= e and (ARGV[3] == '1' or tonumber(ARGV[4]) >= wait
-               or tonumber(ARGV[1]) - tonumber(e) >= wait) then
-  redis.call('HSET', KEYS[1], '@complete', e)
-  c = e
+local since = 0
+if c ~= e then
+  local s = redis.call('HGET', KEYS[1], '@incomplete_since')
+  if s then since = tonumber(s) else
+    since = now
+    redis.call('HSET', KEYS[1], '@incomplete_since', now)
+  end
+  if ARGV[3] == '1' or now - since >= tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], '@complete', e)
+    redis.call('HDEL', KEYS[1], '@incomplete_since')
+    c = e
+  end
 end
-return {c == e and 1 or 0, redis.call('HGETALL', KEYS[1])}
+return {c == e and 1 or 0, since, redis.call('HGETALL', KEYS[1])}
+";
+
+/// Whether the revocation set is still marked complete for the current
+/// epoch: KEYS[1] = the revocations hash, KEYS[2] = the epoch key.
+const REVOCATIONS_INTACT: &str = r"
+local e = redis.call('GET', KEYS[2])
+return e and redis.call('HGET', KEYS[1], '@complete') == e and 1 or 0
 ";
 
 /// Per-user slots: a sorted set of holders scored by lease expiry.
@@ -685,6 +706,10 @@ impl Store for RedisStore {
 
     async fn revocations(&self, now: UnixMillis, vouch: bool) -> Result<Snapshot, StoreError> {
         self.inner.revocations(now, vouch).await
+    }
+
+    async fn revocations_intact(&self) -> Result<bool, StoreError> {
+        self.inner.revocations_intact().await
     }
 
     fn watch_revocations(&self, tx: mpsc::Sender<Feed>) {

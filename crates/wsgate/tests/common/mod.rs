@@ -139,6 +139,11 @@ impl Gateway {
             // Tests make many upgrades from 127.0.0.1; the rate-limit test lowers these.
             .env("WSGATE_LIMITS__HANDSHAKES_PER_IP_PER_SEC", "100000")
             .env("WSGATE_LIMITS__HANDSHAKE_BURST_PER_IP", "100000")
+            // Every test run uses a fresh key prefix, which a node cannot
+            // tell from a Redis that lost the revocations: it would wait
+            // the default 5 s before trusting it. Tests about that wait set
+            // their own value through `env`.
+            .env("WSGATE_STORE__REVOCATION_WRITEBACK_WAIT", "500ms")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // `WSGATE_SERVER__WORKER_THREADS=1 cargo test` runs every gateway

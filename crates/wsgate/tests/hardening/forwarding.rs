@@ -52,6 +52,28 @@ const FORGED: &[(&str, &str)] = &[
     ("X-SSL-Client-Verify", "SUCCESS evil.example"),
     ("X-Original-URL", "/admin"),
     ("X-Rewrite-URL", "/admin"),
+    // Underscore spellings, which CGI-style servers (WSGI, PHP, Rack) read
+    // as the dashed names: dropped whole, as nginx does.
+    ("X_Forwarded_For", "6.6.6.8"),
+    ("X-Forwarded_For", "6.6.6.8"),
+    ("X_Real_IP", "6.6.6.8"),
+    ("True_Client_IP", "6.6.6.8"),
+    ("X_Wsgate_Sub", "6.6.6.8-admin"),
+    ("X-Wsgate_Sub", "6.6.6.8-admin"),
+    // More of the family, found passing by an outside review.
+    ("Front-End-Https", "on evil.example"),
+    ("X-Url-Scheme", "https evil.example"),
+    ("X-Host", "evil.example"),
+    ("X-Original-Host", "evil.example"),
+    ("X-Envoy-Internal", "true evil.example"),
+    ("X-Azure-ClientIP", "6.6.6.9"),
+    ("WL-Proxy-Client-IP", "6.6.6.9"),
+    ("Proxy-Client-IP", "6.6.6.9"),
+    ("Remote-Addr", "6.6.6.9"),
+    ("X-Remote-Addr", "6.6.6.9"),
+    ("X-Originating-IP", "6.6.6.9"),
+    ("Ssl-Client-Cert", ":MIIBevil.example:"),
+    ("Cdn-Src-Ip", "6.6.6.9"),
 ];
 
 /// Markers of a forged value.

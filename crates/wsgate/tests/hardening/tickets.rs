@@ -329,3 +329,17 @@ async fn status_of(mut s: TcpStream, req: &str) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+/// A subject as long as a token allows (over 1 KiB) is accepted on the
+/// upgrade, so it must be revocable too.
+#[tokio::test]
+async fn a_long_subject_can_be_revoked() {
+    let gw = Gateway::start_with_env(&config(""), &env());
+    let sub = "s".repeat(1100);
+    let t = token(&sub);
+    let (mut ws, _) = bearer(&gw.url(), &t).await.open();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    revoke(&gw, json!({"sub": sub})).await;
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await.0, 4403);
+    bearer(&gw.url(), &t).await.refused(401, "revoked");
+}
