@@ -97,8 +97,8 @@ fn normalize_net(net: IpNet) -> IpNet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hop {
     Addr(IpAddr),
-    /// Malformed, obfuscated (`_hidden`), `unknown`, or not text: nothing
-    /// further left can be believed.
+    /// Malformed, obfuscated (`_hidden`), `unknown`, or not an address in
+    /// ASCII: nothing further left can be believed.
     Opaque,
 }
 
@@ -108,9 +108,16 @@ enum Hop {
 /// consulted; the client is the rightmost address that is not a trusted
 /// proxy (walking from the right, skipping trusted hops); if every hop is
 /// trusted, the leftmost. A malformed or opaque entry stops the walk: the
-/// last good address reached (a trusted hop, or the peer) is used. At most
+/// last good address reached is used, a trusted hop, or the peer when the
+/// nearest proxy's own entry (the rightmost) is the bad one. At most
 /// [`MAX_HOPS`] entries are considered. The peer is returned unchanged
 /// (IPv4-mapped addresses are not rewritten).
+///
+/// Headers are read as bytes, entry by entry: a byte that is not visible
+/// ASCII (obs-text, which HTTP allows in field values) spoils only the
+/// entry it is in. Anything a client writes lies left of the entry its
+/// proxy appends, so no byte a client sends can stop the walk before its
+/// own address, nor make the gateway fall back to the proxy's.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     if !trusted.contains(peer) {
         return peer;
@@ -144,8 +151,9 @@ pub struct ProxyReport<'a> {
 /// `X-Forwarded-Host` beside `X-Forwarded-For`, the `proto=` and `host=` of
 /// the last element with `Forwarded`. Each is the rightmost entry, the one
 /// the nearest proxy set or appended, as the client address is read from
-/// the right. A proxy must set these itself: one that passes a client's
-/// through untouched lets the client choose them.
+/// the right, and as bytes: what a client wrote further left cannot spoil
+/// it. A proxy must set these itself: one that passes a client's through
+/// untouched lets the client choose them.
 pub fn proxy_report<'a>(
     peer: IpAddr,
     headers: &'a HeaderMap,
@@ -163,37 +171,52 @@ pub fn proxy_report<'a>(
         nearest_forwarded(headers)
     } else {
         let last = |name: &str| {
-            let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
-            let entry = value.rsplit(',').next()?.trim_matches(is_ows);
+            let value = headers.get_all(name).iter().next_back()?.as_bytes();
+            let entry = trim_ows(value.rsplit(|&b| b == b',').next()?);
             (!entry.is_empty()).then_some(Cow::Borrowed(entry))
         };
         (last(X_FORWARDED_PROTO), last(X_FORWARDED_HOST))
     };
     let https = proto.and_then(|p| {
-        if p.eq_ignore_ascii_case("https") {
+        if p.eq_ignore_ascii_case(b"https") {
             Some(true)
-        } else if p.eq_ignore_ascii_case("http") {
+        } else if p.eq_ignore_ascii_case(b"http") {
             Some(false)
         } else {
             None
         }
     });
-    ProxyReport { https, host }
+    ProxyReport {
+        https,
+        host: host.and_then(text),
+    }
 }
+
+/// Bytes as text, when they are visible ASCII (the only host a caller can
+/// use; anything else is no report).
+fn text(b: Cow<'_, [u8]>) -> Option<Cow<'_, str>> {
+    if !b
+        .iter()
+        .all(|c| c.is_ascii_graphic() || *c == b' ' || *c == b'\t')
+    {
+        return None;
+    }
+    match b {
+        Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(Cow::Borrowed),
+        Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
+    }
+}
+
+type Bytes<'a> = Option<Cow<'a, [u8]>>;
 
 /// `proto=` and `host=` of the last element of the last `Forwarded`
 /// header; nothing from a malformed element.
-fn nearest_forwarded(headers: &HeaderMap) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
-    let Some(Ok(line)) = headers
-        .get_all(FORWARDED)
-        .iter()
-        .next_back()
-        .map(|v| v.to_str())
-    else {
+fn nearest_forwarded(headers: &HeaderMap) -> (Bytes<'_>, Bytes<'_>) {
+    let Some(line) = headers.get_all(FORWARDED).iter().next_back() else {
         return (None, None);
     };
-    let Some(element) = split_unquoted(line, b',')
-        .map(|e| e.trim_matches(is_ows))
+    let Some(element) = split_unquoted(line.as_bytes(), b',')
+        .map(trim_ows)
         .filter(|e| !e.is_empty())
         .last()
     else {
@@ -201,19 +224,19 @@ fn nearest_forwarded(headers: &HeaderMap) -> (Option<Cow<'_, str>>, Option<Cow<'
     };
     let (mut proto, mut host) = (None, None);
     for pair in split_unquoted(element, b';') {
-        let pair = pair.trim_matches(is_ows);
+        let pair = trim_ows(pair);
         if pair.is_empty() {
             continue;
         }
-        let Some((name, value)) = pair.split_once('=') else {
+        let Some((name, value)) = split_once(pair, b'=') else {
             return (None, None);
         };
-        let Some(value) = unquote(value.trim_matches(is_ows)) else {
+        let Some(value) = unquote(trim_ows(value)) else {
             return (None, None);
         };
-        let slot = match name.trim_matches(is_ows) {
-            n if n.eq_ignore_ascii_case("proto") => &mut proto,
-            n if n.eq_ignore_ascii_case("host") => &mut host,
+        let slot = match trim_ows(name) {
+            n if n.eq_ignore_ascii_case(b"proto") => &mut proto,
+            n if n.eq_ignore_ascii_case(b"host") => &mut host,
             _ => continue,
         };
         // A parameter given twice is as ambiguous as two `for=`.
@@ -244,19 +267,18 @@ fn walk(peer: IpAddr, hops: impl Iterator<Item = Option<Hop>>, trusted: &Trusted
 }
 
 /// `X-Forwarded-For` entries from the right, lazily: repeated headers are
-/// one list in order, so the last header's last entry comes first. Empty
-/// list elements are skipped (RFC 9110 §5.6.1) but still count as hops for
-/// the work bound.
+/// one list in order, so the last header's last entry comes first. Split
+/// on bytes, so one entry's odd byte spoils that entry only. Empty list
+/// elements are skipped (RFC 9110 §5.6.1) but still count as hops for the
+/// work bound.
 fn xff_hops(headers: &HeaderMap) -> impl Iterator<Item = Option<Hop>> + '_ {
     headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .rev()
-        // A value that is not visible ASCII becomes "\0", which no address
-        // parses from: one opaque hop that stops the walk.
-        .flat_map(|value| value.to_str().unwrap_or("\0").rsplit(','))
+        .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','))
         .map(|entry| {
-            let entry = entry.trim_matches(is_ows);
+            let entry = trim_ows(entry);
             if entry.is_empty() {
                 None
             } else {
@@ -278,12 +300,8 @@ fn forwarded_hops(headers: &HeaderMap) -> VecDeque<Option<Hop>> {
         hops.push_back(hop);
     };
     for value in headers.get_all(FORWARDED) {
-        let Ok(s) = value.to_str() else {
-            push(Some(Hop::Opaque));
-            continue;
-        };
-        for element in split_unquoted(s, b',') {
-            let element = element.trim_matches(is_ows);
+        for element in split_unquoted(value.as_bytes(), b',') {
+            let element = trim_ows(element);
             if element.is_empty() {
                 push(None);
             } else {
@@ -296,25 +314,24 @@ fn forwarded_hops(headers: &HeaderMap) -> VecDeque<Option<Hop>> {
 
 /// The node named by an element's single `for=` parameter. An element with
 /// no `for`, two of them, or any malformed pair is opaque.
-fn forwarded_element(element: &str) -> Hop {
+fn forwarded_element(element: &[u8]) -> Hop {
     let mut found: Option<IpAddr> = None;
     for pair in split_unquoted(element, b';') {
-        let pair = pair.trim_matches(is_ows);
+        let pair = trim_ows(pair);
         if pair.is_empty() {
             continue;
         }
-        let Some((name, value)) = pair.split_once('=') else {
+        let Some((name, value)) = split_once(pair, b'=') else {
             return Hop::Opaque;
         };
-        let name = name.trim_matches(is_ows);
-        let value = value.trim_matches(is_ows);
-        if name.is_empty() || !name.bytes().all(is_tchar) {
+        let name = trim_ows(name);
+        if name.is_empty() || !name.iter().copied().all(is_tchar) {
             return Hop::Opaque;
         }
-        let Some(value) = unquote(value) else {
+        let Some(value) = unquote(trim_ows(value)) else {
             return Hop::Opaque;
         };
-        if name.eq_ignore_ascii_case("for") {
+        if name.eq_ignore_ascii_case(b"for") {
             if found.is_some() {
                 return Hop::Opaque;
             }
@@ -329,8 +346,7 @@ fn forwarded_element(element: &str) -> Hop {
 
 /// Splits on `sep` outside double-quoted strings (with `\` escapes). An
 /// unterminated quote runs to the end, and then fails to unquote.
-fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
-    let bytes = s.as_bytes();
+fn split_unquoted(s: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
     let mut i = 0;
     let mut done = false;
@@ -339,8 +355,8 @@ fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
             return None;
         }
         let mut in_quote = false;
-        while i < bytes.len() {
-            let b = bytes[i];
+        while i < s.len() {
+            let b = s[i];
             if in_quote {
                 match b {
                     b'\\' => i += 1,
@@ -362,29 +378,36 @@ fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
     })
 }
 
+fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let at = s.iter().position(|&b| b == sep)?;
+    Some((&s[..at], &s[at + 1..]))
+}
+
 /// A token, or a quoted-string with its escapes removed.
-fn unquote(value: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let Some(inner) = value.strip_prefix('"') else {
-        return (!value.is_empty() && !value.contains(['"', ' ', '\t']))
-            .then_some(std::borrow::Cow::Borrowed(value));
+fn unquote(value: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let Some(inner) = value.strip_prefix(b"\"") else {
+        return (!value.is_empty() && !value.iter().any(|b| matches!(b, b'"' | b' ' | b'\t')))
+            .then_some(Cow::Borrowed(value));
     };
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => out.push(chars.next()?),
-            // The closing quote must be the last character.
-            '"' => return chars.as_str().is_empty().then_some(out.into()),
-            c => out.push(c),
+    let mut out = Vec::with_capacity(inner.len());
+    let mut bytes = inner.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => out.push(*bytes.next()?),
+            // The closing quote must be the last byte.
+            b'"' => return bytes.as_slice().is_empty().then_some(out.into()),
+            b => out.push(b),
         }
     }
     None
 }
 
 /// An address with an optional port: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
-/// `[2001:db8::1]`, `[2001:db8::1]:443`. Anything else (including `unknown`
-/// and obfuscated `_names`) is `None`.
-fn parse_node(node: &str) -> Option<IpAddr> {
+/// `[2001:db8::1]`, `[2001:db8::1]:443`. Anything else (including `unknown`,
+/// obfuscated `_names` and any byte that is not ASCII) is `None`.
+fn parse_node(node: &[u8]) -> Option<IpAddr> {
+    // Only ASCII spells an address; the check makes the conversion total.
+    let node = std::str::from_utf8(node).ok().filter(|s| s.is_ascii())?;
     if let Some(rest) = node.strip_prefix('[') {
         let (addr, after) = rest.split_once(']')?;
         let ip: Ipv6Addr = addr.parse().ok()?;
@@ -420,8 +443,12 @@ fn is_port(port: &str) -> bool {
     }
 }
 
-fn is_ows(c: char) -> bool {
-    c == ' ' || c == '\t'
+/// Without the optional whitespace (SP, HTAB) around a list element.
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = s.iter().position(|b| !ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
+    &s[start..end]
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -543,6 +570,112 @@ mod tests {
         assert_eq!(client_ip(ip(PROXY), &h, &p), ip("198.51.100.7"));
         let h = hdrs(&[("x-forwarded-for", "")]);
         assert_eq!(client_ip(ip(PROXY), &h, &p), ip(PROXY));
+    }
+
+    fn raw_hdrs(pairs: &[(&'static str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_bytes(value).expect("value"));
+        }
+        h
+    }
+
+    /// Issue 28: one obs-text byte in what the client sent made the whole
+    /// header unreadable, and the gateway fell back to the proxy's address.
+    #[test]
+    fn client_bytes_never_hide_the_address_its_proxy_appended() {
+        let p = proxies();
+        let want = ip("203.0.113.50");
+        // Every byte a field value may hold, as the client's whole header,
+        // then what nginx's $proxy_add_x_forwarded_for appends.
+        for b in (0x20u8..=0xff).filter(|&b| b != 0x7f).chain([b'\t']) {
+            for client in [
+                vec![b],
+                vec![b'1', b, b'2'],
+                [b"6.6.6.6", &[b][..]].concat(),
+            ] {
+                let line = [&client[..], b", 203.0.113.50"].concat();
+                let h = raw_hdrs(&[("x-forwarded-for", &line)]);
+                assert_eq!(client_ip(ip(PROXY), &h, &p), want, "{line:?}");
+                // The client's own line, then the proxy's (HAProxy adds one).
+                let h = raw_hdrs(&[
+                    ("x-forwarded-for", &client),
+                    ("x-forwarded-for", b"203.0.113.50"),
+                ]);
+                assert_eq!(client_ip(ip(PROXY), &h, &p), want, "{client:?}");
+                let h = raw_hdrs(&[("forwarded", &client), ("forwarded", b"for=203.0.113.50")]);
+                assert_eq!(client_ip(ip(PROXY), &h, &p), want, "{client:?}");
+            }
+        }
+        // Through a chain of trusted proxies too.
+        let h = raw_hdrs(&[("x-forwarded-for", b"\x80, 203.0.113.50, 10.0.0.3")]);
+        assert_eq!(client_ip(ip(PROXY), &h, &p), want);
+        // obs-text inside a quoted Forwarded value is legal (RFC 7230 qdtext):
+        // the element still names its node.
+        let h = raw_hdrs(&[("forwarded", b"for=6.6.6.6;host=\"\xe9\", for=203.0.113.50")]);
+        assert_eq!(client_ip(ip(PROXY), &h, &p), want);
+        let h = raw_hdrs(&[("forwarded", b"for=203.0.113.50;host=\"caf\xe9.example\"")]);
+        assert_eq!(client_ip(ip(PROXY), &h, &p), want);
+    }
+
+    /// A bad entry ends the walk at the last good address: a trusted hop
+    /// (the address a trusted proxy vouched for), and the peer only when
+    /// the peer's own entry is the bad one.
+    #[test]
+    fn a_bad_byte_ends_the_walk_at_the_last_good_address() {
+        let p = proxies();
+        let cases: [(&[u8], &str); 7] = [
+            (b"\x80, 10.0.0.3", "10.0.0.3"),
+            (b"6.6.6.6, 10.0.0.4\xff, 10.0.0.3", "10.0.0.3"),
+            (b"198.51.100.7, 10.0.0.3\x80", PROXY),
+            (b"198.51.100.7\x80", PROXY),
+            (b"\xc2\xa0198.51.100.7", PROXY),
+            // Non-ASCII digits and look-alikes are no address.
+            (b"\xef\xbc\x91.2.3.4", PROXY),
+            (b"203.0.113.50 \x80", PROXY),
+        ];
+        for (xff, want) in cases {
+            let h = raw_hdrs(&[("x-forwarded-for", xff)]);
+            assert_eq!(client_ip(ip(PROXY), &h, &p), ip(want), "{xff:?}");
+        }
+        let h = raw_hdrs(&[("forwarded", b"for=198.51.100.7, for=\"\x80\"")]);
+        assert_eq!(client_ip(ip(PROXY), &h, &p), ip(PROXY));
+        let h = raw_hdrs(&[("forwarded", b"for=\x80, for=10.0.0.3")]);
+        assert_eq!(client_ip(ip(PROXY), &h, &p), ip("10.0.0.3"));
+        // An untrusted peer's headers are never read, whatever they hold.
+        let h = raw_hdrs(&[("x-forwarded-for", b"\x80, 1.1.1.1")]);
+        assert_eq!(client_ip(ip("1.2.3.4"), &h, &p), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn proxy_report_reads_the_nearest_entry_as_bytes() {
+        let xff = proxies().with_header(ProxyHeader::XForwardedFor);
+        let h = raw_hdrs(&[
+            ("x-forwarded-proto", b"\xff, https"),
+            ("x-forwarded-host", b"\x80evil.example, real.example"),
+        ]);
+        let r = proxy_report(ip(PROXY), &h, &xff);
+        assert_eq!(r.https, Some(true));
+        assert_eq!(r.host.as_deref(), Some("real.example"));
+        // The nearest entry itself not ASCII: no host, no scheme.
+        let h = raw_hdrs(&[
+            ("x-forwarded-proto", b"http\xff"),
+            ("x-forwarded-host", b"r\xe9al.example"),
+        ]);
+        assert_eq!(proxy_report(ip(PROXY), &h, &xff), ProxyReport::default());
+        let fwd = proxies().with_header(ProxyHeader::Forwarded);
+        let h = raw_hdrs(&[(
+            "forwarded",
+            b"host=\"\x80\", for=1.1.1.1;proto=https;host=real.example",
+        )]);
+        let r = proxy_report(ip(PROXY), &h, &fwd);
+        assert_eq!(
+            (r.https, r.host.as_deref()),
+            (Some(true), Some("real.example"))
+        );
+        let h = raw_hdrs(&[("forwarded", b"proto=https;host=\"caf\xe9\"")]);
+        let r = proxy_report(ip(PROXY), &h, &fwd);
+        assert_eq!((r.https, r.host.as_deref()), (Some(true), None));
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //!
 //! The algorithm of a key comes from configuration, else from the JWK's own
 //! `alg`, else from its curve (EC, OKP): never from a token. RSA keys with
-//! no `alg` anywhere are skipped (RS256 vs PS256 cannot be told apart).
+//! no `alg` anywhere are skipped (RS256 vs PS256 cannot be told apart), and
+//! so are RSA keys under 2048 bits (RFC 7518 §3.3) or over 8192 (what the
+//! verifier accepts): every signature under them would fail. A `kid` names
+//! one key: different keys sharing a `kid` and an algorithm are skipped,
+//! all of them (see [`parse_set`]).
 
-use crate::verify::{alg_name, VerifyKey};
+use crate::verify::{alg_name, rsa_bits, VerifyKey, RSA_BITS};
 use crate::UnixMillis;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
@@ -26,8 +30,18 @@ pub struct ParsedSet {
 
 /// Parses a JWK set document. `pinned`: the configured algorithm, which
 /// every key must fit. `only_kid`: keep only that key. Keys for encryption,
-/// symmetric keys and unsupported types are skipped, not fatal (IdPs mix
-/// encryption keys into their sets); an unparseable document is an error.
+/// symmetric keys, unsupported types and unusable sizes are skipped, not
+/// fatal (IdPs mix encryption keys into their sets); an unparseable document
+/// is an error.
+///
+/// Different keys with the same `kid` and algorithm are all skipped: a token
+/// naming that `kid` could mean either, and taking both would let either
+/// key's tokens pass where one was meant (with `only_kid`, a second key).
+/// The rest of the set is used, so an IdP that publishes such a pair (a
+/// botched rotation) breaks only the tokens of that `kid`, which are refused
+/// `unknown_key`, and each skip is reported. RFC 7517 §4.5 allows a shared
+/// `kid` across key types ("equivalent alternatives"): those are kept, each
+/// only verifies its own algorithm. The same key listed twice is one key.
 pub fn parse_set(
     doc: &[u8],
     pinned: Option<Algorithm>,
@@ -38,13 +52,15 @@ pub fn parse_set(
         return Err("not a JWK set (no \"keys\" array)".into());
     };
     let mut out = ParsedSet::default();
+    // Usable keys with their label and parameters, for the kid check.
+    let mut found: Vec<(String, AlgorithmParameters, VerifyKey)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let kid = item.get("kid").and_then(Value::as_str);
         let label = format!("key {i} (kid {:?})", kid.unwrap_or("-"));
         if only_kid.is_some() && kid != only_kid {
             continue;
         }
-        if out.keys.len() >= MAX_KEYS || out.skipped.len() >= MAX_KEYS {
+        if found.len() >= MAX_KEYS || out.skipped.len() >= MAX_KEYS {
             out.skipped.push(format!(
                 "{} more entries ignored: more than {MAX_KEYS} in the set",
                 items.len() - i
@@ -59,8 +75,32 @@ pub fn parse_set(
             }
         };
         match usable(&jwk, pinned) {
-            Ok(k) => out.keys.push(k),
+            Ok(k) => found.push((label, jwk.algorithm, k)),
             Err(why) => out.skipped.push(format!("{label}: {why}")),
+        }
+    }
+    for (n, (label, params, key)) in found.iter().enumerate() {
+        let same_name = |(_, _, k): &&(String, AlgorithmParameters, VerifyKey)| {
+            key.kid.is_some() && k.kid == key.kid && k.alg == key.alg
+        };
+        let earlier = found[..n].iter().find(same_name);
+        let rivals = found
+            .iter()
+            .filter(same_name)
+            .filter(|(_, p, _)| p != params);
+        let kid = key.kid.as_deref().unwrap_or_default();
+        if rivals.clone().next().is_some() {
+            out.skipped.push(format!(
+                "{label}: kid {kid:?} also names {} other {} key(s) of this set: which one a \
+                 token means is ambiguous, so none is used (RFC 7517 4.5)",
+                rivals.count(),
+                alg_name(key.alg)
+            ));
+        } else if let Some((first, _, _)) = earlier {
+            out.skipped
+                .push(format!("{label}: the same key as {first}"));
+        } else {
+            out.keys.push(key.clone());
         }
     }
     Ok(out)
@@ -132,11 +172,26 @@ fn usable(jwk: &Jwk, pinned: Option<Algorithm>) -> Result<VerifyKey, String> {
         return Err(format!("key type does not fit alg {}", alg_name(alg)));
     }
     let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key parameters: {e}"))?;
-    Ok(VerifyKey {
+    match rsa_bits(&key) {
+        Some(bits) if !RSA_BITS.contains(&bits) => {
+            return Err(format!(
+                "RSA key of {bits} bits: {} to {} are required (RFC 7518 3.3)",
+                RSA_BITS.start(),
+                RSA_BITS.end()
+            ))
+        }
+        _ => {}
+    }
+    let key = VerifyKey {
         kid: c.key_id.clone(),
         alg,
         key,
-    })
+    };
+    // What the verifier itself would refuse (a point off its curve, ...).
+    if !key.is_usable() {
+        return Err(format!("bad key parameters for alg {}", alg_name(alg)));
+    }
+    Ok(key)
 }
 
 /// Bounds on how long a fetched set is used before it is fetched again.
@@ -359,6 +414,130 @@ mod tests {
         assert!(parse_set(b"nope", None, None).is_err());
         let only = parse_set(&doc, None, Some("ok")).expect("set");
         assert_eq!((only.keys.len(), only.skipped.len()), (1, 0));
+    }
+
+    /// `n` of tests/data/rsa1024.pub.pem, base64url.
+    const N_1024: &str = "1Ye2-Kq0yJRlpQBXig2oLwJkbbOJIUV1ybYxHTwRuXr_RNkIfUGHfNzTMS7Ysn-y82cnD3a8Iw0e__v0_sEe8VpXM_fxoKgsyr4-wuGCxL5K7tFYYheIPlLAWsC2114t60XvdgoY_i5xWIpm8BY1GpNd6bUbV-cZ4UizDcdBuTk";
+
+    /// Issue 28: a 1024-bit RSA key was loaded without a word, and every
+    /// token under it then failed `bad_signature`.
+    #[test]
+    fn rsa_keys_outside_2048_to_8192_bits_are_skipped() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let rsa = |kid: &str, n: String| json!({"kty": "RSA", "alg": "RS256", "kid": kid, "n": n, "e": "AQAB"});
+        // Built moduli: the top bit set, so exactly `bits` long.
+        let modulus = |bits: usize| {
+            let mut b = vec![0xabu8; bits / 8];
+            b[0] |= 0x80;
+            URL_SAFE_NO_PAD.encode(b)
+        };
+        let doc = set(vec![
+            rsa("weak", N_1024.into()),
+            rsa("2040", modulus(2040)),
+            rsa("huge", modulus(8200)),
+            // A leading zero byte is not a bit.
+            rsa(
+                "padded",
+                URL_SAFE_NO_PAD.encode([&[0u8][..], &[0x80; 128]].concat()),
+            ),
+            jwk(Algorithm::RS256, "good"),
+        ]);
+        let p = parse_set(&doc, None, None).expect("set");
+        let kids: Vec<_> = p.keys.iter().map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, [Some("good")], "{:?}", p.skipped);
+        for (kid, bits) in [
+            ("weak", 1024),
+            ("2040", 2040),
+            ("huge", 8200),
+            ("padded", 1024),
+        ] {
+            assert!(
+                p.skipped.iter().any(|s| s.contains(&format!(
+                    "(kid {kid:?}): RSA key of {bits} bits: 2048 to 8192 are required"
+                ))),
+                "{kid}: {:?}",
+                p.skipped
+            );
+        }
+        // Pinned by configuration (Entra's keys carry no alg): the same.
+        let mut bare = rsa("weak", N_1024.into());
+        bare.as_object_mut().expect("obj").remove("alg");
+        let p = parse_set(&set(vec![bare]), Some(Algorithm::PS256), None).expect("set");
+        assert!(
+            p.keys.is_empty() && p.skipped[0].contains("1024 bits"),
+            "{:?}",
+            p.skipped
+        );
+    }
+
+    /// Issue 28: two keys with one kid made tokens of both valid.
+    #[test]
+    fn keys_sharing_a_kid_and_alg_are_all_skipped() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let mut other_rsa = jwk(Algorithm::RS256, "k");
+        // Another modulus (only parsing is needed here).
+        let mut n = URL_SAFE_NO_PAD
+            .decode(other_rsa["n"].as_str().expect("n"))
+            .expect("b64");
+        n[10] ^= 1;
+        other_rsa["n"] = json!(URL_SAFE_NO_PAD.encode(n));
+        let doc = set(vec![
+            jwk(Algorithm::RS256, "k"),
+            other_rsa,
+            // The same kid for an EC key: RFC 7517 4.5's "different kty".
+            jwk(Algorithm::ES256, "k"),
+            // The same key twice is one key.
+            jwk(Algorithm::EdDSA, "d"),
+            jwk(Algorithm::EdDSA, "d"),
+            jwk(Algorithm::ES256, "e"),
+        ]);
+        let p = parse_set(&doc, None, None).expect("set");
+        let got: Vec<_> = p
+            .keys
+            .iter()
+            .map(|k| (k.kid.clone().unwrap_or_default(), k.alg))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("k".to_string(), Algorithm::ES256),
+                ("d".to_string(), Algorithm::EdDSA),
+                ("e".to_string(), Algorithm::ES256)
+            ],
+            "{:?}",
+            p.skipped
+        );
+        assert_eq!(p.skipped.len(), 3, "{:?}", p.skipped);
+        for i in [0, 1] {
+            assert!(
+                p.skipped[i].starts_with(&format!(
+                    "key {i} (kid \"k\"): kid \"k\" also names 1 other RS256 key(s)"
+                )),
+                "{:?}",
+                p.skipped
+            );
+        }
+        assert_eq!(
+            p.skipped[2],
+            "key 4 (kid \"d\"): the same key as key 3 (kid \"d\")"
+        );
+        // Pinned to one kid, the pair is still refused: not two keys for one.
+        let p = parse_set(&doc, Some(Algorithm::RS256), Some("k")).expect("set");
+        assert!(p.keys.is_empty(), "{:?}", p.keys);
+        // Keys without a kid are tried in turn, as before.
+        let mut a = jwk(Algorithm::ES256, "x");
+        let mut b = jwk(Algorithm::RS256, "x");
+        a.as_object_mut().expect("obj").remove("kid");
+        b.as_object_mut().expect("obj").remove("kid");
+        assert_eq!(
+            parse_set(&set(vec![a, b]), None, None)
+                .expect("set")
+                .keys
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -24,6 +24,40 @@ pub struct VerifyKey {
     pub key: DecodingKey,
 }
 
+/// RSA modulus sizes the verifier accepts: RFC 7518 §3.3 requires 2048
+/// bits or more, and aws-lc's `RSA_*_2048_8192_*` stop at 8192.
+pub const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
+
+/// The modulus size of an RSA key in bits; `None` for anything else.
+pub fn rsa_bits(key: &DecodingKey) -> Option<usize> {
+    if key.family() != jsonwebtoken::AlgorithmFamily::Rsa {
+        return None;
+    }
+    match key.kind() {
+        DecodingKeyKind::SecretOrDer(der) => sig::RsaParameters::public_modulus_len(der)
+            .ok()
+            .and_then(|b| usize::try_from(b).ok()),
+        DecodingKeyKind::RsaModulusExponent { n, .. } => {
+            let first = n.iter().position(|&b| b != 0)?;
+            let n = &n[first..];
+            Some(n.len() * 8 - n[0].leading_zeros() as usize)
+        }
+    }
+}
+
+impl VerifyKey {
+    /// Whether any signature can verify under this key: the verifier can
+    /// prepare it for its algorithm, and an RSA key is 2048 to 8192 bits.
+    /// Every token checked against a key that is not usable is refused
+    /// `bad_signature`, so loading one should be refused, with the reason,
+    /// instead.
+    pub fn is_usable(&self) -> bool {
+        let sized = self.alg.family() != jsonwebtoken::AlgorithmFamily::Rsa
+            || rsa_bits(&self.key).is_some_and(|b| RSA_BITS.contains(&b));
+        sized && !matches!(Prepared::new(self), Prepared::Unprepared)
+    }
+}
+
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyKey")
@@ -954,6 +988,17 @@ mod algorithm_tests {
         );
         let sig = URL_SAFE_NO_PAD.decode(sig64).expect("b64");
         assert!(legacy.verify(msg.as_bytes(), &sig).is_ok());
+        // Which is why such a key is reported unusable, to refuse it at load.
+        assert_eq!(rsa_bits(&dk), Some(1024));
+        let key = |alg, key| VerifyKey {
+            kid: None,
+            alg,
+            key,
+        };
+        assert!(!key(Algorithm::RS256, dk.clone()).is_usable());
+        let (_, good) = pair_of(Algorithm::PS256);
+        assert_eq!(rsa_bits(&good), Some(2048));
+        assert!(key(Algorithm::PS256, good).is_usable());
         let v = one_key(Algorithm::RS256, dk);
         assert_eq!(v.verify(token, NOW), Err(Reason::BadSignature));
     }

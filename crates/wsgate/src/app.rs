@@ -62,6 +62,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Per-IP handshake rate (decided before any token is verified).
     pub limiter: HandshakeLimiter,
+    /// Failed admin authentications per peer IP (server/admin/failures.rs).
+    pub admin_failures: crate::server::admin::failures::AuthFailures,
     /// Unfinished handshakes per peer IP (`limits.pending_handshakes_per_ip`).
     pub pending: crate::limiter::PendingHandshakes,
     /// Addresses dropped in the kernel (`limits.block_after_refusals`).
@@ -247,6 +249,7 @@ impl App {
                 config.limits.handshake_burst_per_ip,
                 LIMITER_MAX_KEYS,
             ),
+            admin_failures: crate::server::admin::failures::AuthFailures::new(),
             pending: crate::limiter::PendingHandshakes::default(),
             blocklist: crate::blocklist::Blocklist::new(
                 config.limits.block_after_refusals,

@@ -121,6 +121,8 @@ pub struct AdminConfig {
     /// The variable consulted for the token (absent when `token_file` is used).
     pub token_env: Option<String>,
     pub tls: Option<TlsConfig>,
+    /// A non-loopback listener without `[admin.tls]`, on purpose (warned).
+    pub allow_plaintext: bool,
 }
 
 /// `[auth]`: credentials and their verification.
@@ -474,6 +476,7 @@ struct RawAdmin {
     token_env: Option<String>,
     token_file: Option<PathBuf>,
     tls: Option<TlsConfig>,
+    allow_plaintext: bool,
 }
 
 impl Default for RawAdmin {
@@ -483,6 +486,7 @@ impl Default for RawAdmin {
             token_env: None,
             token_file: None,
             tls: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -654,7 +658,14 @@ const MIN_SHARED_SECRET: usize = 32;
 /// Streams per upstream HTTP/2 connection: past a few thousand one
 /// connection (one task, one socket) becomes the bottleneck.
 const MAX_HTTP2_STREAMS: usize = 10_000;
-const SHORT_ADMIN_TOKEN: usize = 16;
+/// Admin tokens shorter than this are a config error: guessing one must be
+/// hopeless even without the failure limit (server/admin/failures.rs).
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+/// An admin listener reachable from other hosts, speaking plain HTTP.
+fn admin_in_clear(a: &AdminConfig) -> bool {
+    !a.listen.ip().to_canonical().is_loopback() && a.tls.is_none()
+}
 
 impl Config {
     /// Loads `path`, applies `WSGATE_<SECTION>__<KEY>` overrides, resolves
@@ -756,16 +767,19 @@ impl Config {
                     .into(),
             );
         }
-        match &self.admin.token {
-            None => w.push(format!(
+        if self.admin.token.is_none() {
+            w.push(format!(
                 "admin: no admin token ({}): the admin API (/admin/v1/*) is disabled",
                 unset_what(self.admin.token_env.as_deref(), "admin.token_env")
-            )),
-            Some(t) if t.len() < SHORT_ADMIN_TOKEN => w.push(format!(
-                "admin: the admin token is {} bytes long; use at least {SHORT_ADMIN_TOKEN} random bytes",
-                t.len()
-            )),
-            Some(_) => {}
+            ));
+        }
+        if self.admin.allow_plaintext && admin_in_clear(&self.admin) {
+            w.push(format!(
+                "admin.allow_plaintext = true: the admin listener {} is not a loopback address \
+                 and has no [admin.tls]; the admin token and every admin request cross the \
+                 network in clear text",
+                self.admin.listen
+            ));
         }
         if self.origins.allow.is_empty() {
             w.push(if self.origins.allow_missing {
@@ -1242,7 +1256,8 @@ impl<'a> Builder<'a> {
         if let Some(t) = &mut tls {
             self.check_tls("admin.tls", t);
         }
-        if !raw.listen.ip().is_loopback() && token.is_none() {
+        let loopback = raw.listen.ip().to_canonical().is_loopback();
+        if !loopback && token.is_none() {
             let via = self.via("admin.listen");
             self.problem(format!(
                 "admin.listen: {} is not a loopback address, so an admin token is required \
@@ -1250,6 +1265,27 @@ impl<'a> Builder<'a> {
                 raw.listen,
                 unset_what(token_env.as_deref(), "admin.token_env")
             ));
+        }
+        if !loopback && tls.is_none() && !raw.allow_plaintext {
+            let via = self.via("admin.listen");
+            self.problem(format!(
+                "admin.listen: {} is not a loopback address, so [admin.tls] is required: the \
+                 admin token would cross the network in clear text (a TLS-terminating sidecar \
+                 or mesh in front: set admin.allow_plaintext = true){via}",
+                raw.listen
+            ));
+        }
+        if let Some(t) = &token {
+            if t.len() < MIN_ADMIN_TOKEN {
+                let from = token_env
+                    .as_deref()
+                    .map_or_else(|| "admin.token_file".to_string(), |e| format!("${e}"));
+                self.problem(format!(
+                    "admin.token: the admin token ({from}) is {} bytes long; at least \
+                     {MIN_ADMIN_TOKEN} are required (e.g. openssl rand -hex 32)",
+                    t.len()
+                ));
+            }
         }
         if raw.listen == server.listen && raw.listen.port() != 0 {
             self.problem(format!(
@@ -1262,6 +1298,7 @@ impl<'a> Builder<'a> {
             token,
             token_env,
             tls,
+            allow_plaintext: raw.allow_plaintext,
         }
     }
 
@@ -1367,6 +1404,7 @@ impl<'a> Builder<'a> {
         }
         // Raw indices are kept so messages match the file even when an
         // earlier entry failed.
+        let auth_keys = !raw.keys.is_empty();
         let mut keys: Vec<(usize, KeyConfig)> = Vec::new();
         for (i, k) in raw.keys.into_iter().enumerate() {
             if let Some(k) = self.build_key(&format!("auth.keys[{i}]"), k) {
@@ -1390,6 +1428,7 @@ impl<'a> Builder<'a> {
             &raw.audience,
             raw.issuer.as_deref(),
             ticket_audience,
+            auth_keys,
         );
         AuthConfig {
             transports,
@@ -2021,8 +2060,21 @@ fn public_key_from_pem(alg: Algorithm, pem: &[u8]) -> Result<DecodingKey, String
     }
     match alg.family() {
         AlgorithmFamily::Hmac => Err(format!("{name} uses a shared secret, not a public key")),
-        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem)
-            .map_err(|_| format!("is not an RSA public key, which {name} needs")),
+        AlgorithmFamily::Rsa => {
+            let key = DecodingKey::from_rsa_pem(pem)
+                .map_err(|_| format!("is not an RSA public key, which {name} needs"))?;
+            // Loaded, it would refuse every token `bad_signature`.
+            use wsgate_core::verify::{rsa_bits, RSA_BITS};
+            match rsa_bits(&key) {
+                Some(bits) if RSA_BITS.contains(&bits) => Ok(key),
+                bits => Err(format!(
+                    "is a {}-bit RSA key: {name} needs {} to {} bits (RFC 7518 3.3)",
+                    bits.unwrap_or(0),
+                    RSA_BITS.start(),
+                    RSA_BITS.end()
+                )),
+            }
+        }
         AlgorithmFamily::Ec => {
             let key = DecodingKey::from_ec_pem(pem)
                 .map_err(|_| format!("is not an EC public key, which {name} needs"))?;
@@ -2260,6 +2312,9 @@ mod redact {
             Some((env, "admin API disabled")),
         );
         tls(&mut t, v.tls.as_ref());
+        if v.allow_plaintext {
+            t.insert("allow_plaintext".into(), Value::Boolean(true));
+        }
         t
     }
 
@@ -2320,7 +2375,11 @@ mod redact {
                 .iter()
                 .map(|i| {
                     let mut it = Table::new();
-                    it.insert("issuer".into(), s(i.issuer.clone()));
+                    let issuer = match i.issuer.as_slice() {
+                        [one] => s(one.clone()),
+                        many => list(many),
+                    };
+                    it.insert("issuer".into(), issuer);
                     it.insert("audience".into(), list(&i.audience));
                     if !i.sub_prefix.is_empty() {
                         it.insert("sub_prefix".into(), s(i.sub_prefix.clone()));

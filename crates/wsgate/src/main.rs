@@ -155,7 +155,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         // Dev mode: a random admin token (printed in the banner) so the
         // admin API can be tried; the admin listener is loopback-only here.
         cfg.admin.token = Some(wsgate::config::Secret::new(
-            wsgate::mint::random_id(18).into_bytes(),
+            wsgate::mint::random_id(32).into_bytes(),
         ));
     }
     for w in cfg.warnings() {

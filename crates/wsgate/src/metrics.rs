@@ -61,6 +61,7 @@ pub struct Metrics {
     pub revocations: Counter,
     pub tickets_issued: Counter,
     ticket_refusals: Family<ReasonLabels, Counter>,
+    admin_auth_failures: Family<ReasonLabels, Counter>,
     pub store_errors: Counter,
     pub egress_alerts: Counter,
     pub schema_rejections: Counter,
@@ -146,6 +147,13 @@ impl Metrics {
             "POST /v1/tickets requests refused, by reason",
             ticket_refusals.clone(),
         );
+        let admin_auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "wsgate_admin_auth_failures",
+            "Admin API requests refused for their credentials: unauthorized (wrong or missing \
+             token) or rate_limited (their address failed too often)",
+            admin_auth_failures.clone(),
+        );
         let store_errors = Counter::default();
         registry.register(
             "wsgate_store_errors",
@@ -224,6 +232,7 @@ impl Metrics {
             revocations,
             tickets_issued,
             ticket_refusals,
+            admin_auth_failures,
             store_errors,
             egress_alerts,
             schema_rejections,
@@ -273,6 +282,14 @@ impl Metrics {
     pub fn ticket_refused(&self, r: Reason) {
         self.ticket_refusals
             .get_or_create(&ReasonLabels { reason: r.code() })
+            .inc();
+    }
+
+    /// Counts one admin request refused for its credentials (`reason`:
+    /// `unauthorized` or `rate_limited`).
+    pub fn admin_auth_failure(&self, reason: &'static str) {
+        self.admin_auth_failures
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "admin-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789-0123456789";
 const TICKET_SECRET: &str = "ticket-secret-0123456789abcdef-0123456789";
 
 fn env() -> [(&'static str, &'static str); 2] {

@@ -468,7 +468,7 @@ async fn redirects_only_within_the_same_origin() {
     assert_eq!(readyz(&gw).await.0, 503);
 }
 
-const ADMIN: &str = "admin-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789-0123456789";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_issuers_each_with_its_own_keys_and_audience() {
@@ -747,6 +747,7 @@ alg = "RS256"
 [[auth.issuers]]
 issuer = "https://sso.test/realms/main"
 audience = "wsgate"
+sub_prefix = "kc|"
 [[auth.issuers.keys]]
 jwks_url = "{}"
 ca_file = "{}""#,

@@ -6,7 +6,7 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
-const ADMIN: &str = "admin-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789-0123456789";
 
 fn start(extra: &str) -> Gateway {
     Gateway::start_with_env(&base_config(extra), &[("WSGATE_ADMIN_TOKEN", ADMIN)])

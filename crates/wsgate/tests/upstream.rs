@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-const ADMIN: &str = "admin-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789-0123456789";
 const IDENTITY_SECRET: &str = "identity-secret-0123456789abcdef-0123";
 
 /// What the upstream saw of one connection.

@@ -45,11 +45,13 @@ pub struct PreviousSecret {
     pub until_text: String,
 }
 
-/// One `[[auth.issuers]]` entry: tokens whose `iss` equals `issuer` are
-/// verified with these keys and this audience only.
+/// One `[[auth.issuers]]` entry: tokens whose `iss` is one of `issuer`
+/// are verified with these keys and this audience only.
 #[derive(Debug, Clone)]
 pub struct IssuerConfig {
-    pub issuer: String,
+    /// The exact `iss` values of one authority (usually one; Google writes
+    /// two spellings): its subjects are one namespace.
+    pub issuer: Vec<String>,
     pub audience: Vec<String>,
     pub keys: Vec<KeyConfig>,
     /// Prepended to `sub` of this issuer's tokens, so that subjects of
@@ -61,7 +63,8 @@ pub struct IssuerConfig {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawIssuer {
-    issuer: String,
+    #[serde(deserialize_with = "opt_string_or_list")]
+    issuer: Option<Vec<String>>,
     #[serde(deserialize_with = "opt_string_or_list")]
     audience: Option<Vec<String>>,
     sub_prefix: String,
@@ -249,30 +252,44 @@ impl Builder<'_> {
         (self.problems.len() == before).then_some((j, previous))
     }
 
+    /// `auth_keys`: whether `[[auth.keys]]` are configured, an issuer of
+    /// their own whose subjects carry no prefix.
     pub(super) fn build_issuers(
         &mut self,
         raw: Vec<RawIssuer>,
         default_audience: &[String],
         default_issuer: Option<&str>,
         ticket_audience: &str,
+        auth_keys: bool,
     ) -> Vec<IssuerConfig> {
         let mut out: Vec<IssuerConfig> = Vec::new();
+        // Where each sub_prefix is used: (config location, prefix).
+        let mut prefixes: Vec<(String, String)> = Vec::new();
+        if auth_keys {
+            prefixes.push(("[[auth.keys]]".into(), String::new()));
+        }
         for (i, r) in raw.into_iter().enumerate() {
             let at = format!("auth.issuers[{i}]");
-            if r.issuer.is_empty() {
+            let issuer = r.issuer.unwrap_or_default();
+            if issuer.is_empty() || issuer.iter().any(String::is_empty) {
                 self.problem(format!(
-                    "{at}.issuer: required (the exact iss of its tokens)"
+                    "{at}.issuer: required (the exact iss of its tokens, or a list of them)"
                 ));
                 continue;
             }
-            if Some(r.issuer.as_str()) == default_issuer || out.iter().any(|o| o.issuer == r.issuer)
-            {
-                self.problem(format!(
-                    "{at}.issuer: {:?} is configured twice (auth.issuer or another \
-                     [[auth.issuers]])",
-                    r.issuer
-                ));
+            for (n, iss) in issuer.iter().enumerate() {
+                if Some(iss.as_str()) == default_issuer
+                    || issuer[..n].contains(iss)
+                    || out.iter().any(|o| o.issuer.contains(iss))
+                {
+                    self.problem(format!(
+                        "{at}.issuer: {iss:?} is configured twice (auth.issuer or another \
+                         [[auth.issuers]])"
+                    ));
+                }
             }
+            self.check_sub_prefix(&at, &r.sub_prefix, &prefixes);
+            prefixes.push((at.clone(), r.sub_prefix.clone()));
             let audience = r.audience.unwrap_or_else(|| default_audience.to_vec());
             for a in &audience {
                 if a.is_empty() {
@@ -293,13 +310,42 @@ impl Builder<'_> {
                 }
             }
             out.push(IssuerConfig {
-                issuer: r.issuer,
+                issuer,
                 audience,
                 keys,
                 sub_prefix: r.sub_prefix,
             });
         }
         out
+    }
+}
+
+impl Builder<'_> {
+    /// Subjects of two issuers must never be able to meet: no two may share
+    /// a `sub_prefix` (the empty one included), and no non-empty prefix may
+    /// begin another (issuer `t` could mint `|bob` and be issuer `t|`'s
+    /// `bob`). The empty prefix may start any other: it is the one issuer
+    /// whose subjects are taken as they are, presumably your own.
+    fn check_sub_prefix(&mut self, at: &str, prefix: &str, seen: &[(String, String)]) {
+        for (other, p) in seen {
+            let clash = if p == prefix {
+                Some("is also the sub_prefix of")
+            } else if !p.is_empty() && prefix.starts_with(p.as_str()) {
+                Some("begins with the sub_prefix of")
+            } else if !prefix.is_empty() && p.starts_with(prefix) {
+                Some("begins the sub_prefix of")
+            } else {
+                None
+            };
+            if let Some(how) = clash {
+                self.problem(format!(
+                    "{at}.sub_prefix: {prefix:?} {how} {other} ({p:?}): users of the two \
+                     issuers could share a sub (caps, user:{{sub}} channels, revocation by \
+                     sub); give each issuer its own prefix, or list the iss spellings of one \
+                     IdP in one entry (issuer = [..])"
+                ));
+            }
+        }
     }
 }
 
@@ -477,5 +523,99 @@ mod tests {
             "[[auth.issuers]]\nissuer = \"https://a/\"\nbogus = 1\n[[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n",
             "bogus",
         );
+    }
+
+    /// `[[auth.issuers]]` with these (issuer, sub_prefix) pairs, each
+    /// with an HS256 key; `auth_keys`: `[[auth.keys]]` too.
+    fn issuers_with(list: &[(&str, &str)], auth_keys: bool) -> String {
+        let mut t = String::new();
+        if auth_keys {
+            t.push_str("[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n");
+        }
+        for (iss, prefix) in list {
+            t.push_str(&format!(
+                "[[auth.issuers]]\nissuer = {iss}\nsub_prefix = {prefix:?}\n\
+                 [[auth.issuers.keys]]\nalg = \"HS256\"\nsecret_env = \"S1\"\n"
+            ));
+        }
+        t
+    }
+
+    /// Issue 28: two issuers with the same sub_prefix were accepted, and a
+    /// user of one could be a user of the other.
+    #[test]
+    fn issuers_never_share_a_subject_namespace() {
+        let a = "\"https://a/\"";
+        let b = "\"https://b/\"";
+        for (list, auth_keys, needle) in [
+            (
+                vec![(a, "t|"), (b, "t|")],
+                false,
+                "auth.issuers[1].sub_prefix: \"t|\" is also the sub_prefix of auth.issuers[0] (\"t|\")",
+            ),
+            (
+                vec![(a, ""), (b, "")],
+                false,
+                "auth.issuers[1].sub_prefix: \"\" is also the sub_prefix of auth.issuers[0]",
+            ),
+            (
+                vec![(a, "")],
+                true,
+                "auth.issuers[0].sub_prefix: \"\" is also the sub_prefix of [[auth.keys]]",
+            ),
+            (
+                vec![(a, "t"), (b, "t|")],
+                false,
+                "auth.issuers[1].sub_prefix: \"t|\" begins with the sub_prefix of auth.issuers[0] (\"t\")",
+            ),
+            (
+                vec![(a, "t|x|"), (b, "t|")],
+                false,
+                "auth.issuers[1].sub_prefix: \"t|\" begins the sub_prefix of auth.issuers[0] (\"t|x|\")",
+            ),
+        ] {
+            problem(&issuers_with(&list, auth_keys), needle);
+        }
+        // Distinct prefixes, one of them empty (your own issuer), are fine;
+        // so are the [[auth.keys]] with prefixed issuers beside them.
+        load(&issuers_with(
+            &[(a, ""), (b, "b|"), ("\"https://c/\"", "c|")],
+            false,
+        ))
+        .expect("distinct prefixes");
+        load(&issuers_with(&[(a, "a|"), (b, "b|")], true)).expect("prefixed issuers");
+        // One IdP's several iss spellings are one entry, one namespace.
+        let c = load(&issuers_with(
+            &[(
+                "[\"https://accounts.google.com\", \"accounts.google.com\"]",
+                "",
+            )],
+            false,
+        ))
+        .expect("a list of spellings");
+        assert_eq!(
+            c.auth.issuers[0].issuer,
+            ["https://accounts.google.com", "accounts.google.com"]
+        );
+        assert!(c
+            .redacted()
+            .contains(r#"issuer = ["https://accounts.google.com", "accounts.google.com"]"#));
+        problem(
+            &issuers_with(&[("[\"https://a/\", \"https://a/\"]", "")], false),
+            "auth.issuers[0].issuer: \"https://a/\" is configured twice",
+        );
+        problem(
+            &issuers_with(
+                &[(a, "a|"), ("[\"https://b/\", \"https://a/\"]", "b|")],
+                false,
+            ),
+            "auth.issuers[1].issuer: \"https://a/\" is configured twice",
+        );
+        for bad in ["[]", "[\"\"]", "\"\""] {
+            problem(
+                &issuers_with(&[(bad, "")], false),
+                "auth.issuers[0].issuer: required",
+            );
+        }
     }
 }

@@ -244,7 +244,10 @@ publish = ["*"]
 fn spec_example_parses() {
     let ticket = "t".repeat(40);
     let e = with_env(&[
-        ("WSGATE_ADMIN_TOKEN", "an-admin-token-of-some-length"),
+        (
+            "WSGATE_ADMIN_TOKEN",
+            "an-admin-token-of-some-length-0123456789",
+        ),
         ("WSGATE_TICKET_SECRET", &ticket),
     ]);
     let c = ok(SPEC_EXAMPLE, &e);
@@ -252,7 +255,7 @@ fn spec_example_parses() {
     assert_eq!(c.auth.audience, vec!["api".to_string()]);
     assert_eq!(
         c.admin.token.as_ref().map(Secret::expose),
-        Some(&b"an-admin-token-of-some-length"[..])
+        Some(&b"an-admin-token-of-some-length-0123456789"[..])
     );
     assert_eq!(
         c.tickets.secret.as_ref().map(Secret::expose),
@@ -442,7 +445,7 @@ fn secrets_from_env_and_file() {
         other => panic!("unexpected {other:?}"),
     }
     // Admin token and ticket secret from files.
-    let tok = secret_file(b"admin-token-admin-token\r\n");
+    let tok = secret_file(b"admin-token-admin-token-admin-token\r\n");
     let tick = secret_file(&[7u8; 32]);
     let text = format!(
         "{KEY}[admin]\ntoken_file = {:?}\n[tickets]\nsecret_file = {:?}\n",
@@ -452,7 +455,7 @@ fn secrets_from_env_and_file() {
     let c = ok(&text, &base_env());
     assert_eq!(
         c.admin.token.as_ref().map(Secret::expose),
-        Some(&b"admin-token-admin-token"[..])
+        Some(&b"admin-token-admin-token-admin-token"[..])
     );
     assert_eq!(c.admin.token_env, None);
     assert_eq!(c.tickets.secret.as_ref().map(Secret::len), Some(32));
@@ -613,6 +616,17 @@ fn key_family_mismatches() {
         ("RS256", "rsa.pem", "is a private key"),
         ("EdDSA", "README.md", "not a PEM file"),
         ("HS256", "rsa.pub.pem", "uses a shared secret"),
+        // Loaded, it would refuse every token bad_signature.
+        (
+            "RS256",
+            "rsa1024.pub.pem",
+            "is a 1024-bit RSA key: RS256 needs 2048 to 8192 bits (RFC 7518 3.3)",
+        ),
+        (
+            "PS512",
+            "rsa1024.pub.pem",
+            "1024-bit RSA key: PS512 needs 2048 to 8192",
+        ),
     ];
     for (alg, file, needle) in cases {
         let p = errs(&pub_key(alg, file), &[]);
@@ -759,16 +773,104 @@ fn admin_listener_rules() {
         "admin.listen: 0.0.0.0:9091 is not a loopback address, so an admin token is required",
     );
     assert_has(&p, "WSGATE_ADMIN_TOKEN is not set");
-    let c = ok(
+    // Off loopback: a token is not enough, the listener needs TLS.
+    let token = with_env(&[("WSGATE_ADMIN_TOKEN", "a-long-enough-admin-token-0123456789")]);
+    let p = errs(
         &format!("{KEY}[admin]\nlisten = \"0.0.0.0:9091\"\n"),
-        &with_env(&[("WSGATE_ADMIN_TOKEN", "a-long-enough-admin-token")]),
+        &token,
     );
-    assert!(c.admin.token.is_some());
+    assert_has(
+        &p,
+        "admin.listen: 0.0.0.0:9091 is not a loopback address, so [admin.tls] is required",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    for listen in ["[::]:9091", "10.1.2.3:9091", "[::ffff:10.1.2.3]:9091"] {
+        let p = errs(&format!("{KEY}[admin]\nlisten = \"{listen}\"\n"), &token);
+        assert_has(&p, "so [admin.tls] is required");
+    }
+    // The same through the environment says so.
+    let mut via_env = token.clone();
+    via_env.push(("WSGATE_ADMIN__LISTEN".into(), "0.0.0.0:9091".into()));
+    assert_has(&errs(KEY, &via_env), "WSGATE_ADMIN__LISTEN");
+    // Loopback needs neither, in any spelling.
+    for listen in [
+        "127.0.0.1:9091",
+        "127.9.9.9:9091",
+        "[::1]:9091",
+        "[::ffff:127.0.0.1]:9091",
+    ] {
+        let c = ok(&format!("{KEY}[admin]\nlisten = \"{listen}\"\n"), &token);
+        assert!(!c.warnings().iter().any(|w| w.contains("allow_plaintext")));
+    }
+    // With [admin.tls]: fine.
+    let text = format!(
+        "{KEY}[admin]\nlisten = \"0.0.0.0:9091\"\n[admin.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        data("ec256.pem").display().to_string(),
+        data("ec256.pem").display().to_string()
+    );
+    let p = load_str(&text, &token).err().unwrap_or_default();
+    assert!(
+        !p.iter().any(|p| p.contains("[admin.tls] is required")),
+        "{p:?}"
+    );
+    // The explicit opt-out: accepted, loudly.
+    let c = ok(
+        &format!("{KEY}[admin]\nlisten = \"0.0.0.0:9091\"\nallow_plaintext = true\n"),
+        &token,
+    );
+    assert!(c.admin.token.is_some() && c.admin.allow_plaintext);
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("admin.allow_plaintext = true") && w.contains("clear text")),
+        "{:?}",
+        c.warnings()
+    );
+    assert!(c.redacted().contains("allow_plaintext = true"));
+    // ... but it does not waive the token.
+    let p = errs(
+        &format!("{KEY}[admin]\nlisten = \"0.0.0.0:9091\"\nallow_plaintext = true\n"),
+        &base_env(),
+    );
+    assert_has(&p, "so an admin token is required");
     let p = errs(
         &format!("{KEY}[admin]\nlisten = \"127.0.0.1:8080\"\n"),
         &base_env(),
     );
     assert_has(&p, "admin.listen: 127.0.0.1:8080 is also server.listen");
+}
+
+/// Issue 28: a 1-byte admin token was accepted and guessed in 94 tries.
+#[test]
+fn admin_tokens_under_32_bytes_are_refused() {
+    for (len, good) in [(1, false), (16, false), (31, false), (32, true), (64, true)] {
+        let tok = "Q".repeat(len);
+        let r = load_str(KEY, &with_env(&[("WSGATE_ADMIN_TOKEN", &tok)]));
+        match (r, good) {
+            (Ok(_), true) => {}
+            (Err(p), false) => {
+                assert_has(
+                    &p,
+                    &format!(
+                        "admin.token: the admin token ($WSGATE_ADMIN_TOKEN) is {len} bytes long; \
+                         at least 32 are required"
+                    ),
+                );
+                assert!(!p.iter().any(|l| l.contains(&tok)), "{p:?}");
+            }
+            (r, _) => panic!("{len} bytes: {:?}", r.map(|_| ())),
+        }
+    }
+    // From a file, too (a trailing newline is not counted).
+    let f = secret_file(b"short-admin-token\n");
+    let text = format!(
+        "{KEY}[admin]\ntoken_file = {:?}\n",
+        f.path().display().to_string()
+    );
+    assert_has(
+        &errs(&text, &base_env()),
+        "admin.token: the admin token (admin.token_file) is 17 bytes long",
+    );
 }
 
 #[test]
@@ -1035,7 +1137,7 @@ fn relative_paths_resolve_against_the_config_folder() {
 
 #[test]
 fn redacted_never_shows_secrets() {
-    let admin = "ADMIN-TOKEN-VALUE-123456";
+    let admin = "ADMIN-TOKEN-VALUE-0123456789abcdefghij";
     let ticket = "TICKET-SECRET-VALUE-0123456789abcdef";
     let jwt = "JWT-SECRET-VALUE-0123456789abcdefghij";
     let file_secret = "FILE-SECRET-VALUE-0123456789abcdefghijkl";
@@ -1194,7 +1296,7 @@ fn dev_mode_refuses_non_loopback() {
     assert_has(&p, "WSGATE_SERVER__LISTEN");
     let p = Config::dev(&env(&[
         ("WSGATE_ADMIN__LISTEN", "10.0.0.1:9091"),
-        ("WSGATE_ADMIN_TOKEN", "a-long-enough-admin-token"),
+        ("WSGATE_ADMIN_TOKEN", "a-long-enough-admin-token-0123456789"),
     ]))
     .expect_err("non-loopback dev admin");
     assert_has(

@@ -170,6 +170,24 @@ impl Issuer {
         v
     }
 
+    /// This issuer under another `iss` spelling, sharing its key sources.
+    fn respelled(&self, iss: &str, rules: ClaimRules, now: UnixMillis) -> Issuer {
+        let mut i = Issuer {
+            iss: Some(iss.to_string()),
+            sub_prefix: self.sub_prefix.clone(),
+            rules,
+            fixed: self.fixed.clone(),
+            previous: self.previous.clone(),
+            urls: self.urls.clone(),
+            cache: RwLock::new((
+                (0, 0),
+                Arc::new(Verifier::new(Vec::new(), ClaimRules::default())),
+            )),
+        };
+        i.cache = RwLock::new((i.stamp(now), Arc::new(i.compose(now))));
+        i
+    }
+
     fn verify(&self, token: &str, now: UnixMillis) -> Result<Verified, Reason> {
         let mut v = self.verifier(now).verify(token, now)?;
         if !self.sub_prefix.is_empty() {
@@ -188,14 +206,9 @@ fn wants_refetch(r: Reason) -> bool {
 
 // --- the whole key set -------------------------------------------------------
 
-/// One issuer as configured: (location, iss, audience, keys, sub prefix).
-type Entry<'a> = (
-    String,
-    Option<&'a str>,
-    &'a [String],
-    &'a [KeyConfig],
-    &'a str,
-);
+/// One issuer as configured: (location, its `iss` spellings (none: any
+/// `iss`), audience, keys, sub prefix).
+type Entry<'a> = (String, &'a [String], &'a [String], &'a [KeyConfig], &'a str);
 
 struct KeyState {
     issuers: Vec<Issuer>,
@@ -231,7 +244,7 @@ impl KeyState {
         if !auth.keys.is_empty() {
             entries.push((
                 "auth".into(),
-                auth.issuer.as_deref(),
+                auth.issuer.as_slice(),
                 &auth.audience,
                 &auth.keys,
                 "",
@@ -240,13 +253,14 @@ impl KeyState {
         for (j, i) in auth.issuers.iter().enumerate() {
             entries.push((
                 format!("auth.issuers[{j}]"),
-                Some(i.issuer.as_str()),
+                i.issuer.as_slice(),
                 &i.audience,
                 &i.keys,
                 i.sub_prefix.as_str(),
             ));
         }
-        for (at, iss, audience, keys, prefix) in entries {
+        for (at, spellings, audience, keys, prefix) in entries {
+            let iss = spellings.first().map(String::as_str);
             let mut issuer = Issuer {
                 iss: iss.map(str::to_string),
                 sub_prefix: prefix.to_string(),
@@ -267,6 +281,12 @@ impl KeyState {
             }
             let now = crate::clock::now_ms();
             issuer.cache = RwLock::new((issuer.stamp(now), Arc::new(issuer.compose(now))));
+            // Each further spelling: the same keys and namespace, its own
+            // `iss` check.
+            for other in spellings.iter().skip(1) {
+                st.issuers
+                    .push(issuer.respelled(other, rules(Some(other), audience), now));
+            }
             st.issuers.push(issuer);
         }
         if problems.is_empty() {

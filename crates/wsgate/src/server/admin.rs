@@ -1,27 +1,42 @@
 //! The admin API (SPEC 5.4) on the admin listener: revoke, refresh, list.
 //! Every call needs `Authorization: Bearer <admin token>`, compared in
 //! constant time; with no admin token configured the API refuses all calls.
+//! Failed calls are charged to their address ([`failures`]): past a burst
+//! the address is answered `429` without its token being looked at.
+
+pub mod failures;
 
 use super::respond::{self, Body};
 use crate::app::{App, Control};
 use crate::clock::now_ms;
+use failures::Failure;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use wsgate_core::revocation::{Revocation, Target};
 
 const MAX_BODY: usize = 16 * 1024;
 
+/// The admin API's paths, as logged; anything else is `"other"` (the
+/// client's own text is never logged).
+const PATHS: [&str; 4] = [
+    "/admin/v1/sessions",
+    "/admin/v1/revoke",
+    "/admin/v1/refresh",
+    "/admin/v1/publish",
+];
+
 fn error(status: StatusCode, code: &str, msg: &str) -> Response<Body> {
     respond::json(status, &json!({"error": code, "message": msg}))
 }
 
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+fn authorized(app: &App, req: &Request<Incoming>) -> Result<(), Failure> {
     let Some(want) = &app.config.admin.token else {
-        return false;
+        return Err(Failure::Disabled);
     };
     let Some(got) = req
         .headers()
@@ -29,14 +44,39 @@ fn authorized(app: &App, req: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     else {
-        return false;
+        return Err(Failure::MissingToken);
     };
-    bool::from(got.trim().as_bytes().ct_eq(want.expose()))
+    if bool::from(got.trim().as_bytes().ct_eq(want.expose())) {
+        Ok(())
+    } else {
+        Err(Failure::WrongToken)
+    }
 }
 
-/// Routes `/admin/v1/*`.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    if !authorized(&app, &req) {
+/// Routes `/admin/v1/*`; `peer` is the TCP peer (the admin listener never
+/// reads forwarding headers).
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    let path: &'static str = PATHS
+        .iter()
+        .find(|p| **p == req.uri().path())
+        .copied()
+        .unwrap_or("other");
+    if app.admin_failures.is_limited(peer) {
+        app.metrics.admin_auth_failure("rate_limited");
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed admin authentications from this address; retry later",
+        );
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(failures::RETRY_AFTER.as_secs()),
+        );
+        return r;
+    }
+    if let Err(why) = authorized(&app, &req) {
+        app.admin_failures.record(peer, path, why);
+        app.metrics.admin_auth_failure("unauthorized");
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -48,8 +88,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         );
         return r;
     }
-    let path = req.uri().path().to_owned();
-    match (req.method().clone(), path.as_str()) {
+    match (req.method().clone(), path) {
         (Method::GET, "/admin/v1/sessions") => {
             let sub = wsgate_core::credential::query_value(req.uri().query(), "sub");
             let list = app.registry.list(sub.as_deref());

@@ -495,7 +495,9 @@ async fn route(
         (_, "/healthz") => respond::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (_, "/readyz") => readyz(&app),
         (Listener::Admin, "/metrics") => metrics(&app, req.headers()),
-        (Listener::Admin, p) if p.starts_with("/admin/") => admin::handle(app, req).await,
+        (Listener::Admin, p) if p.starts_with("/admin/") => {
+            admin::handle(app, req, peer.ip()).await
+        }
         (Listener::Main, p) if p == app.config.server.path => {
             upgrade::handle(app, req, peer.ip()).await
         }

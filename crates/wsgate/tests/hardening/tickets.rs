@@ -4,7 +4,7 @@
 use super::*;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-const ADMIN: &str = "admin-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789-0123456789";
 const TICKET_SECRET: &str = "ticket-secret-0123456789abcdef-0123456789";
 
 /// The admin token, the ticket secret, and rate limits out of the way of
