@@ -10,6 +10,7 @@
 mod common;
 mod control;
 mod forwarding;
+mod handshake_bounds;
 mod metrics_format;
 mod tickets;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
