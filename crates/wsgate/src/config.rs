@@ -58,7 +58,17 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     pub max_header_bytes: usize,
     pub tls: Option<TlsConfig>,
+    /// A PROXY protocol v1/v2 header starts every main-listener connection
+    /// (from the L4 balancers in `trusted_proxies`); its source address is
+    /// the client, and forwarding headers are not read.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: an L7 proxy sits in front of the balancer,
+    /// so when the PROXY source address is in `trusted_proxies`, its
+    /// forwarding header (`trusted_proxies.header`) is read, as a direct
+    /// trusted proxy's is. Off (the default), nothing in front appends to
+    /// those headers and a client could write any address in them. Never
+    /// for `PROXY UNKNOWN` / v2 `LOCAL` headers.
+    pub proxy_protocol_forwarded: bool,
     /// On SIGTERM: how long live sockets keep working (while `/readyz`
     /// says 503 so the load balancer drains) before they are closed 1001.
     #[serde(deserialize_with = "de::duration")]
@@ -80,6 +90,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16384,
             tls: None,
             proxy_protocol: false,
+            proxy_protocol_forwarded: false,
             shutdown_grace: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             worker_threads: 0,
@@ -738,6 +749,13 @@ impl Config {
                  unless a TLS-terminating proxy is in front (list it in trusted_proxies.cidrs)",
                 self.server.listen
             ));
+        }
+        if self.server.proxy_protocol_forwarded && !self.server.proxy_protocol {
+            w.push(
+                "server.proxy_protocol_forwarded has no effect without server.proxy_protocol: \
+                 a trusted proxy's forwarding headers are read anyway"
+                    .into(),
+            );
         }
         if self.limits.block_after_refusals > 0 && self.server.proxy_protocol {
             w.push(
@@ -2293,6 +2311,10 @@ mod redact {
         t.insert("handshake_timeout".into(), dur(v.handshake_timeout));
         t.insert("max_header_bytes".into(), int(v.max_header_bytes));
         t.insert("proxy_protocol".into(), Value::Boolean(v.proxy_protocol));
+        t.insert(
+            "proxy_protocol_forwarded".into(),
+            Value::Boolean(v.proxy_protocol_forwarded),
+        );
         t.insert("shutdown_grace".into(), dur(v.shutdown_grace));
         t.insert("shutdown_timeout".into(), dur(v.shutdown_timeout));
         t.insert("worker_threads".into(), int(v.worker_threads));

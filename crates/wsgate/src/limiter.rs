@@ -114,47 +114,50 @@ struct Limited {
     shards: Box<[Shard]>,
 }
 
-/// Per-IP handshake rate limiter; share it behind an `Arc`.
-/// Connections per peer IP whose first request head has not arrived yet:
-/// one address cannot hold thousands of half-open handshakes (slowloris).
-/// The table holds only IPs with an unfinished handshake, so it is bounded
-/// by the number of open connections.
+/// Connections per address whose first request head has not arrived yet,
+/// counted from accept (through a PROXY header and the TLS handshake): one
+/// address cannot hold thousands of half-open handshakes (slowloris, half
+/// ClientHellos). Keyed as the rate limiter is ([`IpKey`]: an IPv6 /64 is
+/// one address). The table holds only addresses with an unfinished
+/// handshake, so it is bounded by the number of open connections.
 #[derive(Default)]
 pub struct PendingHandshakes {
-    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpKey, u32>>,
 }
 
 /// A pending handshake; released on drop.
 pub struct PendingGuard<'a> {
     table: &'a PendingHandshakes,
-    ip: IpAddr,
+    key: IpKey,
 }
 
 impl PendingHandshakes {
     /// Takes a slot for `ip`, or `None` when it already has `cap` (0: no cap).
     pub fn acquire(&self, ip: IpAddr, cap: u32) -> Option<PendingGuard<'_>> {
+        let key = IpKey::from(ip);
         let mut g = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = g.entry(ip).or_insert(0);
+        let n = g.entry(key).or_insert(0);
         if cap > 0 && *n >= cap {
             return None;
         }
         *n += 1;
-        Some(PendingGuard { table: self, ip })
+        Some(PendingGuard { table: self, key })
     }
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         let mut g = self.table.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = g.get_mut(&self.ip) {
+        if let Some(n) = g.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                g.remove(&self.ip);
+                g.remove(&self.key);
             }
         }
     }
 }
 
+/// Per-IP handshake rate limiter; share it behind an `Arc`.
 pub struct HandshakeLimiter {
     /// `None`: unlimited.
     limited: Option<Limited>,
@@ -334,6 +337,31 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn pending_cap_per_address_as_the_limiter_keys_it() {
+        let p = PendingHandshakes::default();
+        let held: Vec<_> = (1..=3)
+            .map(|i| p.acquire(ip(&format!("2001:db8::{i}")), 3).expect("slot"))
+            .collect();
+        // The same /64, another interface id: the same address.
+        assert!(p.acquire(ip("2001:db8::ffff:1"), 3).is_none());
+        assert!(p.acquire(ip("2001:db8:0:1::1"), 3).is_some());
+        let v4: Vec<_> = (0..2)
+            .map(|_| p.acquire(ip("192.0.2.7"), 2).expect("slot"))
+            .collect();
+        assert!(p.acquire(ip("::ffff:192.0.2.7"), 2).is_none());
+        drop(v4);
+        assert!(p.acquire(ip("::ffff:192.0.2.7"), 2).is_some());
+        drop(held);
+        assert!(p.acquire(ip("2001:db8::9"), 3).is_some());
+        // 0: no cap.
+        let many: Vec<_> = (0..100)
+            .map(|_| p.acquire(ip("198.51.100.1"), 0).expect("uncapped"))
+            .collect();
+        drop(many);
+        assert!(p.per_ip.lock().expect("lock").is_empty());
     }
 
     #[test]

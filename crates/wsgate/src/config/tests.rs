@@ -85,6 +85,7 @@ fn defaults() {
     assert_eq!(c.server.max_header_bytes, 16384);
     assert!(c.server.tls.is_none());
     assert!(!c.server.proxy_protocol);
+    assert!(!c.server.proxy_protocol_forwarded);
     assert_eq!(c.admin.listen, "127.0.0.1:9091".parse().expect("addr"));
     assert!(c.admin.token.is_none());
     assert_eq!(c.admin.token_env.as_deref(), Some("WSGATE_ADMIN_TOKEN"));
@@ -1317,6 +1318,35 @@ fn warnings_for_exposed_listeners() {
         &base_env(),
     );
     assert!(!c.warnings().iter().any(|w| w.contains("clear text")));
+}
+
+#[test]
+fn proxy_protocol_forwarded_from_file_and_env() {
+    let pp = "[server]\nproxy_protocol = true\n[trusted_proxies]\ncidrs = [\"10.0.0.0/24\"]\n";
+    let c = ok(&format!("{KEY}{ORIGINS}{pp}"), &base_env());
+    assert!(!c.server.proxy_protocol_forwarded);
+    assert!(c.redacted().contains("proxy_protocol_forwarded = false"));
+    let mut e = base_env();
+    e.push((
+        "WSGATE_SERVER__PROXY_PROTOCOL_FORWARDED".into(),
+        "true".into(),
+    ));
+    let c = ok(&format!("{KEY}{ORIGINS}{pp}"), &e);
+    assert!(c.server.proxy_protocol_forwarded);
+    assert!(c.redacted().contains("proxy_protocol_forwarded = true"));
+    assert!(!c
+        .warnings()
+        .iter()
+        .any(|w| w.contains("proxy_protocol_forwarded")));
+    // Without proxy_protocol it does nothing, and says so.
+    let c = ok(
+        &format!("{KEY}{ORIGINS}[server]\nproxy_protocol_forwarded = true\n"),
+        &base_env(),
+    );
+    assert!(c
+        .warnings()
+        .iter()
+        .any(|w| w.contains("proxy_protocol_forwarded has no effect")));
 }
 
 #[test]

@@ -13,19 +13,19 @@
 //! stays on hyper.
 
 use super::head::Rewind;
+use super::peer::Peer;
 use super::respond;
 use super::upgrade::{self, Answer};
 use crate::app::App;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use wsgate_core::Reason;
 
 /// Serves a connection whose first head is an upgrade request.
-pub async fn serve<S>(app: Arc<App>, mut stream: S, head: BytesMut, peer: SocketAddr)
+pub async fn serve<S>(app: Arc<App>, mut stream: S, head: BytesMut, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -39,7 +39,7 @@ where
             return write_and_close(&mut stream, &raw, timeout).await;
         }
     };
-    let (accept, protocol, next) = match upgrade::answer(&app, &req, peer.ip()).await {
+    let (accept, protocol, next) = match upgrade::answer(&app, &req, peer).await {
         Answer::Refuse { reason, presented } => {
             let raw = respond::reject_raw(reason, presented);
             return write_and_close(&mut stream, &raw, timeout).await;

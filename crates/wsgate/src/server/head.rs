@@ -6,8 +6,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::time::Instant;
 
 /// How reading the first head ended.
 #[derive(Debug)]
@@ -56,9 +56,10 @@ pub fn is_get_of(head: &[u8], path: &str) -> bool {
     target == path.as_bytes()
 }
 
-/// Reads until the end of the head, `max` bytes of head, or `timeout`.
-pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, max: usize, timeout: Duration) -> Head {
-    match tokio::time::timeout(timeout, read_head_untimed(io, max)).await {
+/// Reads until the end of the head, `max` bytes of head, or `deadline`
+/// (the connection's, from accept: see `server::serve_conn`).
+pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, max: usize, deadline: Instant) -> Head {
+    match tokio::time::timeout_at(deadline, read_head_untimed(io, max)).await {
         Ok(h) => h,
         Err(_) => Head::TimedOut,
     }
@@ -127,7 +128,12 @@ crate::readahead::delegate_async_write!(Rewind);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
+
+    fn after(d: Duration) -> Instant {
+        Instant::now() + d
+    }
 
     #[test]
     fn request_line_target() {
@@ -161,20 +167,20 @@ mod tests {
             .await
             .expect("write");
         assert!(matches!(
-            read_head(&mut b, 1024, Duration::from_secs(1)).await,
+            read_head(&mut b, 1024, after(Duration::from_secs(1))).await,
             Head::Complete(_)
         ));
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
         a.write_all(big.as_bytes()).await.expect("write");
         assert!(matches!(
-            read_head(&mut b, 1024, Duration::from_secs(1)).await,
+            read_head(&mut b, 1024, after(Duration::from_secs(1))).await,
             Head::TooLarge
         ));
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         a.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
         assert!(matches!(
-            read_head(&mut b, 1024, Duration::from_millis(50)).await,
+            read_head(&mut b, 1024, after(Duration::from_millis(50))).await,
             Head::TimedOut
         ));
         drop(a);

@@ -4,18 +4,21 @@
 pub mod admin;
 pub mod direct;
 pub mod head;
+pub mod peer;
 pub mod proxy;
 pub mod respond;
 pub mod tickets;
 pub mod upgrade;
 
 use crate::app::App;
+use futures_util::future::Either;
 use head::{read_head, Head, Rewind};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use peer::Peer;
 use respond::Body;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use wsgate_core::Reason;
 
 /// Which listener a connection arrived on.
@@ -319,33 +323,58 @@ async fn accept_loop(
     }
 }
 
-async fn serve_conn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, which: Listener) {
+/// Serves one connection; called at accept. One deadline,
+/// `server.handshake_timeout` from here, covers the PROXY header, the TLS
+/// handshake and the first request head together: a peer cannot stretch
+/// its stay by spending a fresh timeout on each stage. Not an `async fn`,
+/// for the reason given at [`serve_tls_or_plain`].
+fn serve_conn(
+    app: Arc<App>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    which: Listener,
+) -> impl std::future::Future<Output = ()> + Send {
+    let deadline = Instant::now() + app.config.server.handshake_timeout;
     if which == Listener::Main && app.config.server.proxy_protocol {
-        // Only trusted balancers may name the client; anyone else could
-        // spoof any address with a PROXY header.
-        if !app.trusted_proxies.contains(peer.ip()) {
-            return;
-        }
-        let mut stream = stream;
-        let timeout = app.config.server.handshake_timeout;
-        let Ok((source, rest)) = proxy::read(&mut stream, timeout).await else {
-            return;
-        };
-        let client = SocketAddr::new(source.unwrap_or(peer.ip()), peer.port());
         // Boxed: this variant is as large as the plain one, and inline it
         // would double every connection's task (see serve_tls_or_plain).
-        return Box::pin(serve_tls_or_plain(
-            app,
-            Rewind::new(rest.freeze(), stream),
-            client,
-            which,
-        ))
-        .await;
+        return Either::Left(Box::pin(serve_proxied(app, stream, addr, deadline)));
     }
-    serve_tls_or_plain(app, stream, peer, which).await
+    let peer = Peer::direct(&app, addr);
+    Either::Right(serve_tls_or_plain(app, stream, peer, which, deadline))
 }
 
-async fn serve_tls_or_plain<S>(app: Arc<App>, stream: S, peer: SocketAddr, which: Listener)
+/// A connection from an L4 balancer: the PROXY header names the client.
+async fn serve_proxied(app: Arc<App>, mut stream: TcpStream, addr: SocketAddr, deadline: Instant) {
+    // Only trusted balancers may name the client; anyone else could
+    // spoof any address with a PROXY header. The balancer itself is a
+    // trusted proxy, so not held to the pending cap: that is applied to
+    // the client the header names, below, before TLS.
+    if !app.trusted_proxies.contains(addr.ip()) {
+        return;
+    }
+    let (source, rest) = match proxy::read(&mut stream, deadline).await {
+        Ok(read) => read,
+        Err(proxy::Refused::TimedOut) => return stream.reset_on_close(),
+        Err(proxy::Refused::Invalid) => return,
+    };
+    let peer = match source {
+        Some(ip) => Peer::proxied(&app, ip, addr.port()),
+        None => Peer::balancer(addr),
+    };
+    let stream = Rewind::new(rest.freeze(), stream);
+    serve_tls_or_plain(app, stream, peer, Listener::Main, deadline).await
+}
+
+/// Not an `async fn`: a layer of state machine around the chosen future
+/// would hold a second copy of every argument for the connection's life.
+fn serve_tls_or_plain<S>(
+    app: Arc<App>,
+    stream: S,
+    peer: Peer,
+    which: Listener,
+    deadline: Instant,
+) -> impl std::future::Future<Output = ()> + Send
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
 {
@@ -354,22 +383,72 @@ where
         Listener::Admin => app.tls_admin.as_ref(),
     };
     match tls.map(|t| t.acceptor.clone()) {
-        None => serve_io(app, stream, peer, which).await,
+        None => Either::Left(serve_plain(app, stream, peer, which, deadline)),
         // Boxed: the TLS variant of this future is ~4.5 KiB. Inline, every
         // connection's task carried it, TLS or not, and spawning copied it
         // (6,152 -> ~1 KiB per plain connection; BENCHMARKS.md "Task size").
-        Some(acceptor) => {
-            Box::pin(async move {
-                // The TLS handshake counts against the same deadline as the head.
-                let timeout = app.config.server.handshake_timeout;
-                // Failed or slow handshakes just end; rustls sent its alert.
-                if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    serve_io(app, tls, peer, which).await;
-                }
-            })
-            .await
-        }
+        Some(acceptor) => Either::Right(Box::pin(serve_tls(
+            app, acceptor, stream, peer, which, deadline,
+        ))),
     }
+}
+
+async fn serve_plain<S>(
+    app: Arc<App>,
+    mut stream: S,
+    peer: Peer,
+    which: Listener,
+    deadline: Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
+{
+    let Some(pending) = app.pending.acquire(peer.ip(), peer.pending_cap(&app)) else {
+        // Nothing read: the 429 goes out at once.
+        over_pending_cap(&app, peer, which);
+        let raw = respond::reject_raw(Reason::RateLimited, false);
+        let timeout = app.config.server.handshake_timeout;
+        return direct::write_and_close(&mut stream, &raw, timeout).await;
+    };
+    let head = read_head(&mut stream, app.config.server.max_header_bytes, deadline).await;
+    drop(pending);
+    serve_head(app, stream, head, peer, which).await
+}
+
+/// The pending cap is taken before the TLS handshake: a peer that never
+/// finishes its ClientHello holds a slot (and rustls's buffers) like one
+/// that never finishes its head.
+async fn serve_tls<S>(
+    app: Arc<App>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: S,
+    peer: Peer,
+    which: Listener,
+    deadline: Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
+{
+    let Some(pending) = app.pending.acquire(peer.ip(), peer.pending_cap(&app)) else {
+        // No TLS session exists to carry a 429, and making one is the
+        // work the cap withholds: a reset at once, without reading.
+        over_pending_cap(&app, peer, which);
+        return stream.reset_on_close();
+    };
+    let mut accept = acceptor.accept(stream);
+    let mut tls = match tokio::time::timeout_at(deadline, &mut accept).await {
+        Ok(Ok(tls)) => tls,
+        // A failed handshake just ends; rustls sent its alert.
+        Ok(Err(_)) => return,
+        // A slow one gets nothing but a reset, as a slow head does.
+        Err(_) => {
+            if let Some(io) = accept.get_ref() {
+                io.reset_on_close();
+            }
+            return;
+        }
+    };
+    let head = read_head(&mut tls, app.config.server.max_header_bytes, deadline).await;
+    drop(pending);
+    serve_head(app, tls, head, peer, which).await
 }
 
 /// A stream over a TCP socket that can be closed with a reset.
@@ -399,43 +478,39 @@ impl<S: Abortive> Abortive for tokio_rustls::server::TlsStream<S> {
     }
 }
 
-async fn serve_io<S>(app: Arc<App>, mut stream: S, peer: SocketAddr, which: Listener)
+/// A peer over `limits.pending_handshakes_per_ip`, refused before anything
+/// is read: logged and counted as `rate_limited`, and towards a kernel
+/// block where the peer is a direct one.
+fn over_pending_cap(app: &App, peer: Peer, which: Listener) {
+    // Only a direct peer's own address may be blocked in the kernel (the
+    // cap applies only to peers that are no trusted proxy).
+    if which == Listener::Main && !app.config.server.proxy_protocol {
+        crate::admission::count_refusal(app, peer.ip());
+    }
+    upgrade::log_early_rejection(peer.ip(), Reason::RateLimited);
+    app.metrics.handshake(Err(Reason::RateLimited), None);
+}
+
+/// Everything after the first head: the early answers, the direct upgrade
+/// path, or hyper.
+async fn serve_head<S>(app: Arc<App>, mut stream: S, head: Head, peer: Peer, which: Listener)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
 {
-    let server = &app.config.server;
-    let timeout = server.handshake_timeout;
-    let max_head = server.max_header_bytes;
-    // Behind a trusted proxy every client shares the proxy's address: the
-    // per-IP limits then apply to forwarded addresses, after the head.
-    let cap = if app.trusted_proxies.contains(peer.ip()) {
-        0
-    } else {
-        app.config.limits.pending_handshakes_per_ip
-    };
-    // Only a direct peer's own address may be blocked in the kernel.
-    let blockable = cap != 0 && which == Listener::Main && !server.proxy_protocol;
-    let Some(pending) = app.pending.acquire(peer.ip(), cap) else {
-        if blockable {
-            crate::admission::count_refusal(&app, peer.ip());
-        }
-        return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
-    };
-    let head = read_head(&mut stream, max_head, timeout).await;
-    drop(pending);
+    let capped = peer.pending_cap(&app) != 0;
     let buf = match head {
         // An address over its handshake rate, upgrading: answered here, as
-        // the pending cap above is, without hyper or the upgrade checks. A
+        // the pending cap is, without hyper or the upgrade checks. A
         // flood's 429 then costs little more than its accept and close
         // (BENCHMARKS.md, "Under attack"). The limiter is only peeked at;
         // the upgrade path still charges and decides.
         Head::Complete(buf)
-            if cap != 0
+            if capped
                 && which == Listener::Main
                 && app.limiter.is_limited(peer.ip())
                 && head::is_get_of(&buf, &app.config.server.path) =>
         {
-            if blockable {
+            if !app.config.server.proxy_protocol {
                 crate::admission::count_refusal(&app, peer.ip());
             }
             return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
@@ -455,6 +530,9 @@ where
         Head::TimedOut => return stream.reset_on_close(),
         Head::Closed => return,
     };
+    let server = &app.config.server;
+    let timeout = server.handshake_timeout;
+    let max_head = server.max_header_bytes;
     let io = TokioIo::new(Rewind::new(buf.freeze(), stream));
     let app2 = app.clone();
     let svc = service_fn(move |req| {
@@ -487,7 +565,7 @@ where
 async fn route(
     app: Arc<App>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     which: Listener,
 ) -> Response<Body> {
     let path = req.uri().path();
@@ -498,10 +576,8 @@ async fn route(
         (Listener::Admin, p) if p.starts_with("/admin/") => {
             admin::handle(app, req, peer.ip()).await
         }
-        (Listener::Main, p) if p == app.config.server.path => {
-            upgrade::handle(app, req, peer.ip()).await
-        }
-        (Listener::Main, "/v1/tickets") => tickets::handle(&app, req, peer.ip()).await,
+        (Listener::Main, p) if p == app.config.server.path => upgrade::handle(app, req, peer).await,
+        (Listener::Main, "/v1/tickets") => tickets::handle(&app, req, peer).await,
         (Listener::Main, "/") if app.config.dev_mode => {
             if req.method() == Method::GET {
                 crate::dev::page()

@@ -1,6 +1,7 @@
 //! `POST /v1/tickets` (SPEC 4): a session credential in, a single-use,
 //! short-lived ticket out, with CORS for the allowed origins only.
 
+use super::peer::Peer;
 use super::respond::{self, reject, Body};
 use super::upgrade::{self, Attempt};
 use crate::admission;
@@ -13,15 +14,15 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use jsonwebtoken::Algorithm;
-use std::net::IpAddr;
 use subtle::ConstantTimeEq;
 use wsgate_core::client_ip::client_ip;
 use wsgate_core::credential::{self, ExtractPolicy, Transport};
 use wsgate_core::origin::OriginVerdict;
 use wsgate_core::Reason;
 
-/// Handles every method on `/v1/tickets`; `peer` is the socket's address.
-pub async fn handle(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+/// Handles every method on `/v1/tickets`; `peer` is the socket's address
+/// (or the PROXY protocol source).
+pub async fn handle(app: &App, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let Some(tickets) = &app.tickets else {
         return respond::not_found();
     };
@@ -46,12 +47,12 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: IpAddr) -> Response
         }
         Method::OPTIONS => reject(Reason::OriginNotAllowed, false),
         Method::POST => {
-            let ip = client_ip(peer, req.headers(), &app.trusted_proxies);
+            let ip = client_ip(peer.ip(), req.headers(), peer.proxies(app));
             let mut attempt = Attempt::new(ip);
             attempt.origin = origin.map(upgrade::logged_origin);
             // Charged before any verification, like an upgrade: the mint is
             // no cheaper way to test stolen or guessed tokens.
-            let minted = match admission::charge(app, ip, peer) {
+            let minted = match admission::charge(app, ip, peer.ip()) {
                 Ok(()) => issue(app, tickets, &req, verdict, &mut attempt).await,
                 Err(r) => Err(r),
             };

@@ -1,6 +1,7 @@
 //! The upgrade pipeline of SPEC 3. Each step passes or yields a [`Reason`];
 //! only when all pass is `101` written and the session task started.
 
+use super::peer::Peer;
 use super::respond::{reject, Body};
 use crate::admission;
 use crate::app::{App, Slot};
@@ -126,9 +127,9 @@ pub trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Un
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ClientStream for T {}
 
 /// Decides an upgrade request (SPEC 3), counts it and logs it.
-pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, peer: IpAddr) -> Answer {
+pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, peer: Peer) -> Answer {
     let started = Instant::now();
-    let ip = wsgate_core::client_ip::client_ip(peer, req.headers(), &app.trusted_proxies);
+    let ip = wsgate_core::client_ip::client_ip(peer.ip(), req.headers(), peer.proxies(app));
     let mut attempt = Attempt::new(ip);
     let decision = decide(app, req, peer, &mut attempt).await;
     let latency_us = started.elapsed().as_micros() as u64;
@@ -180,8 +181,8 @@ pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, peer: IpAddr) ->
 /// Handles `GET <server.path>` that reached hyper (an upgrade after another
 /// request on a kept-alive connection, an absolute-form target): decides,
 /// logs, answers `101` or a rejection.
-pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, ip: IpAddr) -> Response<Body> {
-    let (accept, protocol, next) = match answer(&app, &req, ip).await {
+pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    let (accept, protocol, next) = match answer(&app, &req, peer).await {
         Answer::Refuse { reason, presented } => return reject(reason, presented),
         Answer::Switch {
             accept,
@@ -320,13 +321,13 @@ fn well_formed<B>(req: &Request<B>) -> Result<HeaderValue, Reason> {
 }
 
 /// What the upstream is told of the client's address, scheme and host.
-fn forwarding<B>(app: &App, req: &Request<B>, peer: IpAddr, client: IpAddr) -> Forwarding {
+fn forwarding<B>(app: &App, req: &Request<B>, peer: Peer, client: IpAddr) -> Forwarding {
     Forwarding::new(
         req.headers(),
         req.uri(),
-        peer,
+        peer.ip(),
         client,
-        &app.trusted_proxies,
+        peer.proxies(app),
         app.tls_main.is_some(),
     )
 }
@@ -346,7 +347,7 @@ fn origin_header(h: &HeaderMap) -> Result<Option<&str>, Reason> {
 async fn decide<B>(
     app: &Arc<App>,
     req: &Request<B>,
-    peer: IpAddr,
+    peer: Peer,
     a: &mut Attempt,
 ) -> Result<Accepted, Reason> {
     let headers = req.headers();
@@ -358,7 +359,7 @@ async fn decide<B>(
     if app.is_draining() {
         return Err(Reason::Draining);
     }
-    admission::charge(app, a.ip, peer)?;
+    admission::charge(app, a.ip, peer.ip())?;
     let origin = origin_header(headers)?;
     let verdict = app.origins.check(origin);
     if verdict == OriginVerdict::Denied {

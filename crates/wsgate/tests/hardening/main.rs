@@ -10,6 +10,7 @@
 mod common;
 mod control;
 mod forwarding;
+mod handshake_bounds;
 mod identity_admin;
 mod metrics_format;
 mod tickets;
