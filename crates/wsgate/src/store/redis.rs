@@ -86,6 +86,7 @@ struct Inner {
     /// the lock by calls that must retire the connection they timed out on.
     generation: std::sync::atomic::AtomicU64,
     load_revocations: Script,
+    revocations_intact: Script,
     /// `store.revocation_writeback_wait`, in ms.
     writeback_wait_ms: std::sync::atomic::AtomicI64,
 }
@@ -144,6 +145,7 @@ impl RedisStore {
             conn: tokio::sync::Mutex::new(Conn::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
             load_revocations: Script::new(LOAD_REVOCATIONS),
+            revocations_intact: Script::new(REVOCATIONS_INTACT),
             writeback_wait_ms: std::sync::atomic::AtomicI64::new(5_000),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -395,7 +397,7 @@ impl Inner {
         let key = self.revocations_key();
         let intact: i64 = self
             .bounded("revocations_intact", |mut m| async move {
-                Script::new(REVOCATIONS_INTACT)
+                self.revocations_intact
                     .key(&key)
                     .key(&self.epoch_key)
                     .invoke_async(&mut m)
