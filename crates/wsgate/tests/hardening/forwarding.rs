@@ -379,21 +379,6 @@ async fn first_message_auth_forwards_the_gateways_headers_too() {
     only_the_gateways(&up.next().await, "127.0.0.1", "http", Some(&host));
 }
 
-/// A self-signed certificate for localhost: (cert.pem, key.pem, DER).
-fn tls_files(
-    dir: &std::path::Path,
-) -> (
-    std::path::PathBuf,
-    std::path::PathBuf,
-    tokio_rustls::rustls::pki_types::CertificateDer<'static>,
-) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key, ck.cert.der().clone())
-}
-
 /// Writes `req` over `io` and reads up to the end of the answer's head.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, req: &[u8]) -> String {
     io.write_all(req).await.unwrap();
@@ -412,7 +397,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, req: &[u8]) -> 
 async fn over_a_tls_listener_the_scheme_is_https() {
     use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = tls_files(dir.path());
+    let (cert, key, der) = super::tls_files(dir.path());
     let mut up = Recorder::http1().await;
     let tls = format!(
         "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"",

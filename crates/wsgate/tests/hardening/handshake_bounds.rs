@@ -36,15 +36,13 @@ fn config(timeout: &str, server: &str, extra: &str) -> String {
 /// `[server.tls]` lines for a fresh self-signed `localhost` certificate in
 /// `dir`; returns them and the certificate to trust.
 fn tls_lines(dir: &Path) -> (String, CertificateDer<'static>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let (cert, key, der) = super::tls_files(dir);
     let lines = format!(
         "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"",
-        dir.join("cert.pem").display(),
-        dir.join("key.pem").display()
+        cert.display(),
+        key.display()
     );
-    (lines, ck.cert.der().clone())
+    (lines, der)
 }
 
 /// `[server.tls]` goes after every other `[server]` key.

@@ -165,21 +165,6 @@ async fn obs_text_in_x_forwarded_for_does_not_hide_the_client() {
 
 // ------------------------------------------------ the admin API (item 5)
 
-/// A self-signed certificate for localhost: (cert.pem, key.pem, DER).
-fn tls_files(
-    dir: &std::path::Path,
-) -> (
-    std::path::PathBuf,
-    std::path::PathBuf,
-    tokio_rustls::rustls::pki_types::CertificateDer<'static>,
-) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key, ck.cert.der().clone())
-}
-
 /// The admin token of these tests: 44 bytes.
 const ADMIN: &str = "admin-0123456789abcdef-0123456789abcdef-0123";
 
@@ -195,7 +180,7 @@ impl TlsAdmin {
     fn start() -> TlsAdmin {
         use tokio_rustls::rustls::{ClientConfig, RootCertStore};
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key, der) = tls_files(dir.path());
+        let (cert, key, der) = super::tls_files(dir.path());
         let cfg = base_config("").replace(
             "[admin]\nlisten = \"127.0.0.1:0\"",
             &format!(

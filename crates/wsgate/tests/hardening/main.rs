@@ -28,6 +28,22 @@ use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------- helpers
 
+/// A self-signed certificate for localhost in `dir`: (cert.pem, key.pem,
+/// DER), for the modules that test TLS listeners.
+fn tls_files(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    (cert, key, ck.cert.der().clone())
+}
+
 fn b64(b: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
