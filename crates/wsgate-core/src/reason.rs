@@ -154,6 +154,24 @@ impl Reason {
         }
     }
 
+    /// Close code and text when first-message auth (SPEC 5.2) ends in this
+    /// refusal: `4001` for anything about the credential; the service
+    /// codes when the gateway could not decide (store or upstream away:
+    /// `1013`, try again) or is shutting down (`1001`), so a client does not
+    /// take an outage for a bad credential.
+    pub const fn first_message_close(self) -> (u16, &'static str) {
+        match self {
+            Reason::StoreUnavailable | Reason::TicketOutcomeUnknown => {
+                (close::TRY_AGAIN_LATER, "store unavailable")
+            }
+            Reason::UpstreamUnavailable | Reason::UpstreamTimeout => {
+                (close::TRY_AGAIN_LATER, "upstream unavailable")
+            }
+            Reason::Draining => (close::GOING_AWAY, "server shutting down"),
+            _ => (close::AUTH_FAILED, "authentication failed"),
+        }
+    }
+
     /// Human text for the JSON `message`. Never contains request data.
     pub const fn message(self) -> &'static str {
         match self {
@@ -277,6 +295,18 @@ mod tests {
         assert_eq!(Reason::Revoked.close_code(), 4403);
         assert_eq!(Reason::BadSignature.close_code(), 4001);
         assert_eq!(Reason::RateLimited.close_code(), 4429);
+    }
+
+    #[test]
+    fn first_message_closes() {
+        assert_eq!(Reason::BadSignature.first_message_close().0, 4001);
+        assert_eq!(Reason::Revoked.first_message_close().0, 4001);
+        assert_eq!(Reason::TooManyConnections.first_message_close().0, 4001);
+        assert_eq!(Reason::StoreUnavailable.first_message_close().0, 1013);
+        assert_eq!(Reason::UpstreamTimeout.first_message_close().0, 1013);
+        for r in Reason::ALL {
+            assert!(r.first_message_close().1.len() <= 123, "{r:?}");
+        }
     }
 
     #[test]

@@ -274,13 +274,7 @@ where
     if let Some(m) = action_message(&Action::SendAuthFail { reason }) {
         let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
     }
-    // Authenticated, but the upstream could not be opened: 1013 (SPEC 5.1).
-    let (code, text) = match reason {
-        wsgate_core::Reason::UpstreamUnavailable | wsgate_core::Reason::UpstreamTimeout => {
-            (close::TRY_AGAIN_LATER, "upstream unavailable")
-        }
-        _ => (close::AUTH_FAILED, "authentication failed"),
-    };
+    let (code, text) = reason.first_message_close();
     close_with(ws, frame(code, text.into())).await;
     log_unauthenticated_close(app, ip, code, reason.code());
     None
