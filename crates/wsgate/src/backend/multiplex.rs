@@ -38,8 +38,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request and response headers above this are refused (the client's
 /// upgrade request is at most 16 KiB anyway).
 const MAX_HEADER_LIST: u32 = 32 * 1024;
-/// How often a new connection looks for the upstream's SETTINGS.
-const SETTINGS_POLL: Duration = Duration::from_millis(1);
 
 type Sender = h2::client::SendRequest<Bytes>;
 
@@ -60,9 +58,12 @@ struct ConnState {
 
 /// The open HTTP/2 connections to the upstream.
 pub struct Pool {
+    /// Never held across an await: a client that finds a free stream takes
+    /// it at once, whatever dial is in progress.
+    conns: std::sync::Mutex<Vec<Conn>>,
     /// Held while a new connection is dialled, so that a burst of clients
-    /// opens one connection, not one each.
-    conns: tokio::sync::Mutex<Vec<Conn>>,
+    /// that find every connection full opens one connection, not one each.
+    dialing: tokio::sync::Mutex<()>,
     streams_per_conn: usize,
     /// How long a new connection may take to allow extended CONNECT.
     settings_wait: Duration,
@@ -89,7 +90,8 @@ impl Drop for Slot {
 impl Pool {
     pub fn new(streams_per_conn: usize, settings_wait: Duration, open: Gauge) -> Self {
         Pool {
-            conns: tokio::sync::Mutex::new(Vec::new()),
+            conns: std::sync::Mutex::new(Vec::new()),
+            dialing: tokio::sync::Mutex::new(()),
             streams_per_conn: streams_per_conn.max(1),
             settings_wait,
             open,
@@ -104,26 +106,18 @@ impl Pool {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Box<dyn Io>, Reason>>,
     {
-        let mut conns = self.conns.lock().await;
-        let before = conns.len();
-        conns.retain(|c| !c.state.broken.load(Ordering::Relaxed));
-        if conns.len() != before {
-            self.open.set(conns.len() as i64);
+        if let Some(taken) = self.free_stream() {
+            return Ok(taken);
         }
-        let free = conns
-            .iter()
-            .map(|c| (c, c.state.streams.load(Ordering::Relaxed)))
-            .filter(|(c, n)| {
-                *n < self
-                    .streams_per_conn
-                    .min(c.sender.current_max_send_streams())
-            })
-            .min_by_key(|(_, n)| *n);
-        if let Some((c, _)) = free {
-            return Ok(take(c));
+        // Every connection is full: one dial at a time. Whoever waited
+        // for the previous one looks again first; it may have made room.
+        let _dialing = self.dialing.lock().await;
+        if let Some(taken) = self.free_stream() {
+            return Ok(taken);
         }
         let conn = self.handshake(dial().await?).await?;
         let taken = take(&conn);
+        let mut conns = self.lock();
         conns.push(conn);
         self.open.set(conns.len() as i64);
         tracing::info!(
@@ -131,6 +125,31 @@ impl Pool {
             connections = conns.len()
         );
         Ok(taken)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A stream on the least busy connection that has one free, if any;
+    /// forgets broken connections on the way.
+    fn free_stream(&self) -> Option<(Sender, Slot)> {
+        let mut conns = self.lock();
+        let before = conns.len();
+        conns.retain(|c| !c.state.broken.load(Ordering::Relaxed));
+        if conns.len() != before {
+            self.open.set(conns.len() as i64);
+        }
+        conns
+            .iter()
+            .map(|c| (c, c.state.streams.load(Ordering::Relaxed)))
+            .filter(|(c, n)| {
+                *n < self
+                    .streams_per_conn
+                    .min(c.sender.current_max_send_streams())
+            })
+            .min_by_key(|(_, n)| *n)
+            .map(|(c, _)| take(c))
     }
 
     async fn handshake(&self, io: Box<dyn Io>) -> Result<Conn, Reason> {
@@ -148,13 +167,29 @@ impl Pool {
         let state = Arc::new(ConnState::default());
         let pings = keepalive(conn.ping_pong(), state.clone());
         let ended = state.clone();
+        // A client may send `:protocol` only once the server's SETTINGS
+        // allowed it (RFC 8441 3). h2 takes SETTINGS in while the
+        // connection is polled and wakes nobody for them, so the
+        // connection task looks after each poll and says when.
+        let (enabled_tx, enabled) = tokio::sync::oneshot::channel::<()>();
+        let probe = sender.clone();
         // The connection task: h2 reads and writes frames only while it is
         // polled. It ends with the connection, or when a ping goes
         // unanswered (dropping the connection fails its streams).
         tokio::spawn(async move {
+            let mut enabled_tx = Some(enabled_tx);
+            let driven = std::future::poll_fn(|cx| {
+                let r = std::pin::Pin::new(&mut conn).poll(cx);
+                if enabled_tx.is_some() && probe.is_extended_connect_protocol_enabled() {
+                    if let Some(tx) = enabled_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                r
+            });
             tokio::pin!(pings);
             let r = tokio::select! {
-                r = &mut conn => r.map_err(|e| e.to_string()),
+                r = driven => r.map_err(|e| e.to_string()),
                 e = &mut pings => Err(e),
             };
             ended.broken.store(true, Ordering::Relaxed);
@@ -162,22 +197,17 @@ impl Pool {
                 tracing::warn!(event = "upstream_error", stage = "http2", error = %e);
             }
         });
-        // A client may send `:protocol` only once the server's SETTINGS
-        // allowed it (RFC 8441 3); they come first on the connection. h2
-        // wakes nobody for them: look every millisecond, once per
-        // connection.
-        let deadline = tokio::time::Instant::now() + self.settings_wait;
-        while !sender.is_extended_connect_protocol_enabled() {
-            if tokio::time::Instant::now() >= deadline || state.broken.load(Ordering::Relaxed) {
+        match tokio::time::timeout(self.settings_wait, enabled).await {
+            Ok(Ok(())) => Ok(Conn { sender, state }),
+            // Timed out, or the connection ended first.
+            _ => {
                 state.broken.store(true, Ordering::Relaxed);
-                return Err(fail(
+                Err(fail(
                     "handshake",
                     &"the upstream did not enable extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)",
-                ));
+                ))
             }
-            tokio::time::sleep(SETTINGS_POLL).await;
         }
-        Ok(Conn { sender, state })
     }
 }
 
