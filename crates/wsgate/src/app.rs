@@ -280,6 +280,8 @@ impl App {
 pub struct Registry {
     active: AtomicUsize,
     inner: Mutex<RegistryInner>,
+    /// Woken when the last session ends (a drain waits on it).
+    idle: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -472,6 +474,28 @@ impl Registry {
             .collect()
     }
 
+    /// One session fewer; the last one wakes a drain.
+    fn release_one(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until no session is left, at most until `deadline`.
+    pub async fn drained(&self, deadline: tokio::time::Instant) {
+        loop {
+            // Registered before the check, so a last session ending in
+            // between is not missed.
+            let idle = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn leases(&self) -> Vec<(String, String)> {
         self.lock()
             .leases
@@ -504,7 +528,7 @@ impl App {
         let reg = &self.registry;
         let prev = reg.active.fetch_add(1, Ordering::AcqRel);
         if prev >= limits.max_connections as usize {
-            reg.active.fetch_sub(1, Ordering::AcqRel);
+            reg.release_one();
             return Err(Reason::TooManyConnections);
         }
         let mut g = reg.lock();
@@ -514,7 +538,7 @@ impl App {
                 g.per_user.remove(sub);
             }
             drop(g);
-            reg.active.fetch_sub(1, Ordering::AcqRel);
+            reg.release_one();
             return Err(Reason::TooManyConnections);
         }
         *n += 1;
@@ -614,7 +638,7 @@ impl Drop for Slot {
             }
         }
         drop(g);
-        reg.active.fetch_sub(1, Ordering::AcqRel);
+        reg.release_one();
     }
 }
 

@@ -658,9 +658,7 @@ pub async fn wait_for_shutdown(running: Running) {
         let n = app.registry.signal_all(crate::app::Control::Drain);
         tracing::info!(event = "shutdown", phase = "closing", sessions = n as u64);
         let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
-        while app.registry.active() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        app.registry.drained(deadline).await;
     };
     tokio::select! {
         _ = drain => {}
