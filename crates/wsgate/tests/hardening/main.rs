@@ -11,6 +11,7 @@ mod common;
 mod control;
 mod forwarding;
 mod metrics_format;
+mod slow_consumers;
 mod tickets;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
