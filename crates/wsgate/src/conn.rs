@@ -613,7 +613,10 @@ where
                         Io::Wrote(Err(_)) => break Ended::client_lost(),
                         Io::Slow => {
                             metrics.slow_clients.inc();
-                            break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
+                            break Ended {
+                                upstream: Some(frame(close::TRY_AGAIN_LATER, "client slow".into())),
+                                ..Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer")
+                            };
                         }
                         Io::Read(msg) => msg,
                     };

@@ -339,8 +339,12 @@ impl HubSession {
     /// Leaves every channel (the socket is closing) and lets go of the
     /// deliveries still queued for it.
     pub fn leave(&mut self, app: &App) {
+        self.leave_hub(&app.hub);
+    }
+
+    fn leave_hub(&mut self, hub: &Hub) {
         for c in self.channels.drain() {
-            app.hub.remove(&c, self.id);
+            hub.remove(&c, self.id);
         }
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
@@ -349,7 +353,81 @@ impl HubSession {
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::*;
+
+    fn hub(per_socket: usize, total: usize) -> Hub {
+        let limits = crate::config::LimitsConfig {
+            max_buffered_bytes: per_socket,
+            max_buffered_bytes_total: total,
+            ..Default::default()
+        };
+        let backlog = Backlog::new(&limits, Default::default());
+        Hub::new(Vec::new(), Arc::new(backlog))
+    }
+
+    fn deliver(h: &Hub, size: usize) -> usize {
+        h.deliver("c", &Value::String("x".repeat(size)), None)
+    }
+
+    /// Bytes, not messages: a subscriber that is behind is slow once the
+    /// next delivery would take it past its budget; one that holds nothing
+    /// takes any delivery; writing out frees its budget.
+    #[test]
+    fn a_subscriber_is_bounded_in_bytes() {
+        let h = hub(1000, 1 << 20);
+        let s = h.session(1, 256);
+        h.add("c", &s);
+        assert_eq!(deliver(&h, 5000), 1, "alone, larger than the budget");
+        assert_eq!(deliver(&h, 10), 0, "behind, past its budget");
+        assert!(s.is_slow());
+        let s = h.session(2, 256);
+        h.add("c", &s);
+        assert_eq!(deliver(&h, 400), 1);
+        assert_eq!(deliver(&h, 400), 1, "~900 of 1000");
+        assert_eq!(deliver(&h, 400), 0);
+        assert!(s.is_slow());
+        // Taken by the session and written out: room again.
+        let mut s = h.session(3, 256);
+        h.add("c", &s);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..5 {
+            assert_eq!(deliver(&h, 400), 1);
+            assert!(s.poll_delivery(&mut cx).is_ready());
+            s.written();
+        }
+        assert!(!s.is_slow());
+    }
+
+    /// Past the node's total, subscribers that are behind are slow; those
+    /// that hold nothing still get the delivery. Deliveries count once
+    /// while shared, and not at all once every subscriber has let go.
+    #[test]
+    fn past_the_node_total_only_subscribers_that_are_behind_are_slow() {
+        let h = hub(1 << 20, 3000);
+        let behind = h.session(1, 256);
+        let mut caught_up = h.session(2, 256);
+        h.add("c", &behind);
+        h.add("c", &caught_up);
+        assert_eq!(deliver(&h, 2000), 2);
+        let held = h.backlog.held();
+        assert!((2000..2100).contains(&held), "counted once: {held}");
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let std::task::Poll::Ready(Some(m)) = caught_up.poll_delivery(&mut cx) else {
+            panic!("delivered");
+        };
+        drop(m);
+        caught_up.written();
+        // 2 kB shared + 2 kB new: past 3000.
+        assert_eq!(deliver(&h, 2000), 1, "only the one that holds nothing");
+        assert!(behind.is_slow() && !caught_up.is_slow());
+        let mut behind = behind;
+        behind.leave_hub(&h);
+        let mut caught_up = caught_up;
+        caught_up.leave_hub(&h);
+        assert_eq!(h.backlog.held(), 0, "everything let go");
+    }
 
     /// A repeated member could be read either way (serde keeps none: the
     /// derive refuses it), so the message is `bad_request`.
