@@ -15,7 +15,10 @@
 #   hub:100:65536:2000  100 subscribers on their own channels, 64 KiB
 #                       messages: each fills its byte budget
 #   echo:100:900000:500 100 echo clients sending 900 KB, reading nothing
-# Env: DURATION, HOLD (sloths are replaced after it, 3s), SCENARIOS.
+# Env: DURATION, HOLD (sloths are replaced after it, 3s), SCENARIOS,
+# GATEWAY_ENV (e.g. "MIMALLOC_PURGE_DELAY=0": freed pages go back to the
+# system at once, so the peak shows what was live rather than what the
+# allocator kept).
 set -euo pipefail
 . "$(dirname "$0")/bench-lib.sh"
 [ $# -ge 1 ] || { echo "usage: $0 GATEWAY_BINARY [GATEWAY_BINARY...]" >&2; exit 1; }
@@ -33,7 +36,8 @@ echo -e "| binary | scenario | sloths opened | messages sent | RSS before (MB) |
 for sc in "${scenarios[@]}"; do
     IFS=: read -r backend n size rate shared <<< "$sc"
     for bin in "$@"; do
-        bg "$bin" serve --config "$here/configs/slow-$backend.toml" >"$T/gw.log" 2>&1
+        # shellcheck disable=SC2086
+        bg env ${GATEWAY_ENV:-} "$bin" serve --config "$here/configs/slow-$backend.toml" >"$T/gw.log" 2>&1
         gw=$last_pid
         for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19591/readyz >/dev/null 2>&1 && break; sleep 0.1; done
         before=$(status "$gw" VmRSS)

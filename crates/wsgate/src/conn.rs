@@ -598,9 +598,9 @@ where
                 armed_for = Some(wake);
             }
             // Backpressure: read a side only while what it produces has room.
-            let read_client = client_out.has_room(&app.backlog)
-                && up.as_ref().is_none_or(|(_, o)| o.has_room(&app.backlog));
             let read_backend = client_out.has_room(&app.backlog);
+            let read_client =
+                read_backend && up.as_ref().is_none_or(|(_, o)| o.has_room(&app.backlog));
             tokio::select! {
                 ev = outbox::io(&mut ws, &mut client_out, read_client, &app.backlog), if read_client || client_out.busy() => {
                     let msg = match ev {
