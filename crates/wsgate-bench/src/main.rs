@@ -10,6 +10,7 @@ mod fanout;
 mod http1;
 mod idle;
 mod revoke;
+mod slow;
 mod slowloris;
 mod storm;
 mod tickets;
@@ -55,6 +56,10 @@ enum Mode {
     /// N sockets subscribed to one hub channel; the admin API publishes to
     /// it and each publish's time to first and last delivery is measured.
     Fanout(fanout::FanoutArgs),
+    /// N sockets that never read what the gateway sends them (hub
+    /// subscribers fed by publishers, or echo clients), replaced every
+    /// `--hold`: the slow-consumer attack (measure the gateway's RSS).
+    SlowConsumers(slow::SlowArgs),
     /// Expiry storm: N sockets whose tokens share one `exp`; when does each
     /// get its 4401, and are new upgrades served meanwhile?
     Storm(storm::StormArgs),
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
             Mode::Slowloris(args) => slowloris::run(args, json, nofile).await,
             Mode::Fanout(args) => fanout::run(args, json, nofile).await,
             Mode::Storm(args) => storm::run(args, json, nofile).await,
+            Mode::SlowConsumers(args) => slow::run(args, json, nofile).await,
             Mode::Mint(_) => Ok(0), // handled above, without a runtime
         }
     });

@@ -38,6 +38,8 @@ pub struct App {
     pub egress: crate::egress::Egress,
     /// The channel hub (used when `backend.kind = "hub"`).
     pub hub: crate::backend::hub::Hub,
+    /// What the node holds for peers that are behind, and its bounds.
+    pub backlog: Arc<crate::backlog::Backlog>,
     /// The upstream service (used when `backend.kind = "upstream"`).
     pub upstream: Option<crate::backend::upstream::Upstream>,
     /// First-message sockets not yet authenticated (their own small cap).
@@ -157,6 +159,10 @@ impl App {
             .max_message_size(Some(max_msg))
             .max_frame_size(Some(max_msg));
         let client_ws_config = ws_config.read_buffer_size(CLIENT_WS_BUFFER);
+        let backlog = Arc::new(crate::backlog::Backlog::new(
+            &config.limits,
+            metrics.buffered.clone(),
+        ));
         let store = crate::store::open(&config.store).map_err(|e| vec![e])?;
         let tickets = config.tickets.enabled.then(|| {
             // Without a configured secret (memory store only, config
@@ -227,7 +233,9 @@ impl App {
                         publish: g.publish.clone(),
                     })
                     .collect(),
+                backlog.clone(),
             ),
+            backlog,
             upstream,
             unauthenticated: AtomicUsize::new(0),
             revocations: RwLock::new(RevocationSet::new()),

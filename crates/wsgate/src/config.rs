@@ -261,8 +261,20 @@ pub struct LimitsConfig {
     pub max_unauthenticated: u32,
     /// Upgrade requests from one IP being processed at once.
     pub pending_handshakes_per_ip: u32,
-    /// Messages queued towards one client before backpressure applies.
+    /// Hub deliveries queued towards one client at most (also bounded in
+    /// bytes by `max_buffered_bytes`).
     pub outgoing_queue: usize,
+    /// Bytes the gateway holds for one socket whose peer is behind: queued
+    /// for it or handed to the socket and not yet taken by the kernel.
+    /// A larger message still goes out alone (crate::backlog).
+    pub max_buffered_bytes: usize,
+    /// The same, summed over the node: past it every socket that falls
+    /// behind is closed `1013 "slow consumer"`.
+    pub max_buffered_bytes_total: usize,
+    /// A socket whose writes make no progress for this long is closed
+    /// `1013 "slow consumer"` (its peer, client or upstream, is not reading).
+    #[serde(deserialize_with = "de::duration")]
+    pub write_timeout: Duration,
     /// The most one socket read takes (at most 64 KiB). Client and upstream
     /// sockets read through a per-thread buffer and hold only what is not
     /// yet consumed ([`ReadAhead`](crate::readahead::ReadAhead)).
@@ -296,6 +308,9 @@ impl Default for LimitsConfig {
             max_unauthenticated: 1000,
             pending_handshakes_per_ip: 64,
             outgoing_queue: 256,
+            max_buffered_bytes: 1024 * 1024,
+            max_buffered_bytes_total: 256 * 1024 * 1024,
+            write_timeout: Duration::from_secs(2),
             read_buffer_bytes: 4096,
             egress_alert_bytes_per_min: 0,
             egress_alert_close: false,
@@ -1675,7 +1690,7 @@ impl<'a> Builder<'a> {
     }
 
     fn check_limits(&mut self, l: &LimitsConfig) {
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 12] = [
             (
                 "handshakes_per_ip_per_sec",
                 u64::from(l.handshakes_per_ip_per_sec),
@@ -1693,9 +1708,18 @@ impl<'a> Builder<'a> {
                 u64::from(l.pending_handshakes_per_ip),
             ),
             ("outgoing_queue", l.outgoing_queue as u64),
+            ("max_buffered_bytes", l.max_buffered_bytes as u64),
+            (
+                "max_buffered_bytes_total",
+                l.max_buffered_bytes_total as u64,
+            ),
             (
                 "idle_timeout",
                 l.idle_timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+            ),
+            (
+                "write_timeout",
+                l.write_timeout.as_millis().min(u128::from(u64::MAX)) as u64,
             ),
         ];
         for (key, v) in positive {
@@ -1704,6 +1728,12 @@ impl<'a> Builder<'a> {
                     "limits.{key}: must be greater than 0 (only connections_per_user uses 0 for unlimited)"
                 ));
             }
+        }
+        if l.max_buffered_bytes_total < l.max_buffered_bytes {
+            self.problem(format!(
+                "limits.max_buffered_bytes_total: {} is less than limits.max_buffered_bytes ({})",
+                l.max_buffered_bytes_total, l.max_buffered_bytes
+            ));
         }
         if !(256..=1_048_576).contains(&l.read_buffer_bytes) {
             self.problem(format!(
@@ -2457,6 +2487,12 @@ mod redact {
             int(v.pending_handshakes_per_ip),
         );
         t.insert("outgoing_queue".into(), int(v.outgoing_queue));
+        t.insert("max_buffered_bytes".into(), int(v.max_buffered_bytes));
+        t.insert(
+            "max_buffered_bytes_total".into(),
+            int(v.max_buffered_bytes_total),
+        );
+        t.insert("write_timeout".into(), dur(v.write_timeout));
         t.insert("read_buffer_bytes".into(), int(v.read_buffer_bytes));
         t.insert(
             "egress_alert_bytes_per_min".into(),

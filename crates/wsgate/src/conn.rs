@@ -473,21 +473,19 @@ where
     WebSocketStream::from_raw_socket(ws.into_inner(), role, Some(config)).await
 }
 
-/// Per-socket queue towards the client: enough to keep the socket busy,
-/// small enough that a stalled peer holds little memory.
-const CLIENT_QUEUE: usize = 16;
-/// Queue towards the upstream, same reasoning.
-const UPSTREAM_QUEUE: usize = 16;
-
 /// The upstream's WebSocket and its queue (`backend.kind = "upstream"`).
 type Upstream = (Box<UpstreamWs>, Outbox);
 
 // The select's branch futures below are plain poll_fns: as async fns each
 // would keep its arguments twice (they sit in every idle session's future).
 
-fn upstream_io(up: &mut Option<Upstream>, read: bool) -> impl Future<Output = Io> + '_ {
+fn upstream_io<'a>(
+    up: &'a mut Option<Upstream>,
+    read: bool,
+    backlog: &'a Arc<crate::backlog::Backlog>,
+) -> impl Future<Output = Io> + 'a {
     std::future::poll_fn(move |cx| match up {
-        Some((ws, out)) => outbox::poll_io(&mut **ws, out, read, cx),
+        Some((ws, out)) => outbox::poll_io(&mut **ws, out, read, backlog, cx),
         None => Poll::Pending,
     })
 }
@@ -496,7 +494,7 @@ fn next_delivery(
     hub: &mut Option<Box<HubSession>>,
 ) -> impl Future<Output = Option<Utf8Bytes>> + '_ {
     std::future::poll_fn(move |cx| match hub {
-        Some(h) => h.rx.poll_recv(cx),
+        Some(h) => h.poll_delivery(cx),
         None => Poll::Pending,
     })
 }
@@ -566,8 +564,8 @@ where
         let mut meter = crate::egress::Meter::new(&app.egress);
         let sessions_gauge = metrics.sessions(transport);
         sessions_gauge.inc();
-        let mut client_out = Outbox::new(CLIENT_QUEUE);
-        let mut up: Option<Upstream> = upstream.take().map(|u| (u, Outbox::new(UPSTREAM_QUEUE)));
+        let mut client_out = Outbox::new();
+        let mut up: Option<Upstream> = upstream.take().map(|u| (u, Outbox::new()));
         let relay = app.upstream.as_ref().filter(|_| up.is_some());
         let mut hub = (up.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
             .then(|| Box::new(app.hub.session(id, limits.outgoing_queue)));
@@ -594,14 +592,26 @@ where
                 armed_for = Some(wake);
             }
             // Backpressure: read a side only while what it produces has room.
+            let read_backend = client_out.has_room(&app.backlog);
             let read_client =
-                client_out.has_room() && up.as_ref().is_none_or(|(_, o)| o.has_room());
-            let read_backend = client_out.has_room();
+                read_backend && up.as_ref().is_none_or(|(_, o)| o.has_room(&app.backlog));
             tokio::select! {
-                ev = outbox::io(&mut ws, &mut client_out, read_client), if read_client || client_out.busy() => {
+                ev = outbox::io(&mut ws, &mut client_out, read_client, &app.backlog), if read_client || client_out.busy() => {
                     let msg = match ev {
-                        Io::Wrote(Ok(())) => continue,
+                        Io::Wrote(Ok(())) => {
+                            if let Some(h) = hub.as_mut() {
+                                h.written();
+                            }
+                            continue;
+                        }
                         Io::Wrote(Err(_)) => break Ended::client_lost(),
+                        Io::Slow => {
+                            metrics.slow_clients.inc();
+                            break Ended {
+                                upstream: Some(frame(close::TRY_AGAIN_LATER, "client slow".into())),
+                                ..Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer")
+                            };
+                        }
                         Io::Read(msg) => msg,
                     };
                     last_seen = tokio::time::Instant::now();
@@ -680,8 +690,16 @@ where
                         }
                     }
                 }
-                ev = upstream_io(&mut up, read_backend), if up.as_ref().is_some_and(|(_, o)| read_backend || o.busy()) => match ev {
+                ev = upstream_io(&mut up, read_backend, &app.backlog), if up.as_ref().is_some_and(|(_, o)| read_backend || o.busy()) => match ev {
                     Io::Wrote(Ok(())) => {}
+                    Io::Slow => {
+                        metrics.slow_upstreams.inc();
+                        tracing::warn!(event = "upstream_error", stage = "relay", id, error = "the upstream read nothing within limits.write_timeout");
+                        break Ended {
+                            upstream: Some(frame(close::TRY_AGAIN_LATER, "slow consumer".into())),
+                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream slow")
+                        };
+                    }
                     Io::Wrote(Err(_)) => {
                         break Ended {
                             upstream: None,
@@ -738,6 +756,7 @@ where
                     }
                 }
                 _ = slowed(&mut hub_slow) => {
+                    metrics.slow_clients.inc();
                     break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
                 }
                 c = control.recv() => match c {
@@ -761,7 +780,7 @@ where
                         if let Some((_, o)) = up.as_mut() {
                             // Rounds in which we could not read it (the
                             // client's queue full) do not count against it.
-                            if client_out.has_room() {
+                            if client_out.has_room(&app.backlog) {
                                 upstream_quiet = upstream_quiet.saturating_add(1);
                             }
                             // The current round is not over: silent for at
@@ -779,8 +798,9 @@ where
                             }
                             o.push(Message::Ping(Default::default()));
                         }
-                        // A peer that does not read is caught by idle_timeout, since
-                        // its full queue also stops us reading it.
+                        // A peer that does not read is caught by write_timeout
+                        // (outbox.rs) once something waits for it; one that reads
+                        // nothing at all, by idle_timeout too.
                         client_out.push(Message::Ping(Default::default()));
                         next_ping = now + limits.ping_interval;
                     }

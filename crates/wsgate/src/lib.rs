@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod app;
 pub mod backend;
+pub mod backlog;
 pub mod blocklist;
 pub mod clock;
 pub mod config;

@@ -70,9 +70,19 @@ pub struct Metrics {
     pub blocked: Gauge,
     pub upstream_connect: Histogram,
     pub upstream_http2_connections: Gauge,
+    /// Bytes held for peers that are behind (crate::backlog).
+    pub buffered: Gauge,
+    /// Sockets closed as slow consumers, by the peer that was slow.
+    pub slow_clients: Counter,
+    pub slow_upstreams: Counter,
     sessions: Family<TransportLabels, Gauge>,
     /// JWKS refreshes, reloads (keys/mod.rs).
     pub keys: std::sync::Arc<crate::keys::KeyMetrics>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -204,6 +214,20 @@ impl Metrics {
             "HTTP/2 connections open to the upstream (backend.upstream_http2)",
             upstream_http2_connections.clone(),
         );
+        let buffered = Gauge::default();
+        registry.register(
+            "wsgate_buffered_bytes",
+            "Bytes held for peers that are behind: queued or unwritten while a write waits, and hub deliveries not yet written to every subscriber",
+            buffered.clone(),
+        );
+        let slow = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "wsgate_slow_consumers",
+            "Sessions closed 1013 because a peer did not read: no progress for limits.write_timeout, past its byte budget, or behind while the node was past its total",
+            slow.clone(),
+        );
+        let slow_for = |peer| slow.get_or_create(&PeerLabels { peer }).clone();
+        let (slow_clients, slow_upstreams) = (slow_for("client"), slow_for("upstream"));
         let sessions = Family::<TransportLabels, Gauge>::default();
         registry.register(
             "wsgate_sessions_active",
@@ -241,6 +265,9 @@ impl Metrics {
             blocked,
             upstream_connect,
             upstream_http2_connections,
+            buffered,
+            slow_clients,
+            slow_upstreams,
             sessions,
             keys,
         }

@@ -39,7 +39,9 @@ pub struct ReadAhead<S> {
     pending: Vec<u8>,
     /// How much of `pending` was handed out.
     pos: usize,
-    chunk: usize,
+    chunk: u32,
+    /// A write took bytes since the last [`take_wrote`](Self::take_wrote).
+    wrote: bool,
     /// Frame tracking, when on.
     frames: Option<Box<Frames>>,
 }
@@ -129,7 +131,8 @@ impl<S> ReadAhead<S> {
             pos: 0,
             // Capped at the shared scratch buffer: larger reads would need a
             // buffer of their own, allocated and zeroed per read.
-            chunk: chunk.clamp(1, MAX_SCRATCH),
+            chunk: chunk.clamp(1, MAX_SCRATCH) as u32,
+            wrote: false,
             frames: None,
         }
     }
@@ -175,6 +178,12 @@ impl<S> ReadAhead<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// Whether a write took bytes since the last call: the session's test
+    /// of a peer's progress (crate::outbox). A flag, so writes pay a store.
+    pub fn take_wrote(&mut self) -> bool {
+        std::mem::take(&mut self.wrote)
+    }
 }
 
 impl<S: AsyncRead + Unpin> ReadAhead<S> {
@@ -186,11 +195,12 @@ impl<S: AsyncRead + Unpin> ReadAhead<S> {
         dst: &mut ReadBuf<'_>,
         scratch: &mut Vec<u8>,
     ) -> Poll<io::Result<()>> {
-        if scratch.len() < self.chunk {
+        let chunk = self.chunk as usize;
+        if scratch.len() < chunk {
             // Zeroed once per thread (or per oversized read), not per read.
-            scratch.resize(self.chunk, 0);
+            scratch.resize(chunk, 0);
         }
-        let mut rb = ReadBuf::new(&mut scratch[..self.chunk]);
+        let mut rb = ReadBuf::new(&mut scratch[..chunk]);
         match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {}
             other => return other,
@@ -228,7 +238,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        if dst.remaining() >= this.chunk && this.frames.is_none() {
+        if dst.remaining() >= this.chunk as usize && this.frames.is_none() {
             // The caller's buffer is big enough: no copy.
             return Pin::new(&mut this.inner).poll_read(cx, dst);
         }
@@ -242,7 +252,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
 }
 
 /// `AsyncWrite` for a read-side wrapper `$ty<S>` with an `inner: S` field:
-/// writes pass straight through (ReadAhead here, `Rewind` in server/head.rs).
+/// writes pass straight through (`Rewind` in server/head.rs, `Tunnel` in
+/// backend/upstream.rs; ReadAhead notes progress, below).
 macro_rules! delegate_async_write {
     ($ty:ident) => {
         impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<S> {
@@ -280,7 +291,40 @@ macro_rules! delegate_async_write {
 }
 pub(crate) use delegate_async_write;
 
-delegate_async_write!(ReadAhead);
+/// Writes pass straight through, noting whether they took anything.
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote = true;
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote = true;
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 #[cfg(test)]
 mod tests {

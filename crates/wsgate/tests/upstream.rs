@@ -872,7 +872,12 @@ async fn first_message_auth_opens_the_upstream_after_auth() {
 #[tokio::test]
 async fn a_client_that_does_not_read_slows_the_upstream() {
     let mut up = Upstream::start(Mode::Flood).await;
-    let gw = start(&up.url(), "[limits]\nidle_timeout = \"60s\"");
+    // Backpressure alone: a write deadline longer than the test (the
+    // deadline itself: tests/hardening/slow_consumers.rs).
+    let gw = start(
+        &up.url(),
+        "[limits]\nidle_timeout = \"60s\"\nwrite_timeout = \"60s\"",
+    );
     let (mut ws, _) = bearer(&gw.url(), &token("kim")).await.open();
     let _seen = up.next().await;
     // The client reads nothing for a while: the upstream must stall once
@@ -1136,7 +1141,13 @@ async fn http2_upstream_that_refuses_or_cannot_is_502() {
 #[tokio::test]
 async fn http2_a_stalled_client_stalls_its_stream_only() {
     let mut up = Upstream::start_h2(H2Mode::Echo).await;
-    let gw = start_h2(&up.url(), "");
+    // Backpressure alone, as above.
+    let gw = launch(
+        &config(&up.url(), "[limits]\nwrite_timeout = \"60s\"").replace(
+            "kind = \"upstream\"",
+            "kind = \"upstream\"\nupstream_http2 = true",
+        ),
+    );
     let (mut slow, _) = bearer(&gw.url(), &token("kim")).await.open();
     let _ = up.next().await;
     let (mut fast, _) = bearer(&gw.url(), &token("lou")).await.open();

@@ -2,15 +2,20 @@
 //! claim-based grants, and deliveries to every subscriber on this node.
 //!
 //! A delivery is serialised once and shared (`Utf8Bytes`) by all its
-//! subscribers; each socket has a bounded queue (`limits.outgoing_queue`),
-//! and a subscriber whose queue is full is marked slow and closed rather
-//! than letting memory grow.
+//! subscribers, and counted once in the node's backlog while any socket
+//! holds it (crate::backlog). Each socket has a queue bounded in messages
+//! (`limits.outgoing_queue`) and in bytes (`limits.max_buffered_bytes`,
+//! what is queued plus what its session has not yet written out); a
+//! subscriber that is behind and would go past either, or that is behind
+//! while the node is past its total, is marked slow and closed rather than
+//! letting memory grow.
 
 use crate::app::App;
+use crate::backlog::Backlog;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -23,14 +28,23 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 #[derive(Clone)]
 struct Subscriber {
     tx: mpsc::Sender<Utf8Bytes>,
-    slow: Arc<AtomicBool>,
-    /// Wakes the socket's task the first time its queue is found full.
+    state: Arc<SubscriberState>,
+    /// Wakes the socket's task the first time it is found slow.
     wake: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct SubscriberState {
+    slow: AtomicBool,
+    /// Bytes of deliveries queued for the socket or not yet written out by
+    /// its session: what it holds against `limits.max_buffered_bytes`.
+    held: AtomicUsize,
 }
 
 /// Channels of this node.
 pub struct Hub {
     grants: Vec<Grant>,
+    backlog: Arc<Backlog>,
     channels: RwLock<HashMap<String, HashMap<u64, Subscriber>>>,
     /// With a shared store: publishes to announce to the other nodes, in
     /// order, through one relay task.
@@ -50,8 +64,10 @@ pub struct Announcement {
 pub struct HubSession {
     id: u64,
     sub_handle: Subscriber,
-    pub rx: mpsc::Receiver<Utf8Bytes>,
+    rx: mpsc::Receiver<Utf8Bytes>,
     channels: HashSet<String>,
+    /// Bytes of deliveries taken from `rx` and not yet written out.
+    taken: usize,
 }
 
 /// One client message, decoded (public for the fuzz target).
@@ -67,28 +83,49 @@ pub struct Request {
     id: Option<Value>,
 }
 
-/// Queues `msg` for each subscriber; returns how many took it. A full
-/// queue marks its socket slow (it will be closed) instead of waiting.
-fn send_all(subs: &HashMap<u64, Subscriber>, msg: &Utf8Bytes) -> usize {
+/// Queues `msg` for each subscriber; returns how many took it. A
+/// subscriber that is behind (holds earlier deliveries) and past its byte
+/// budget with this one, or behind while the node is past its total, or
+/// whose queue is full, is marked slow (it will be closed) instead of
+/// waiting. One that holds nothing always takes it, however large.
+fn send_all(subs: &HashMap<u64, Subscriber>, msg: &Utf8Bytes, backlog: &Backlog) -> usize {
+    let len = msg.len();
+    let over = backlog.over();
+    let fits = |held: usize| held == 0 || (!over && held.saturating_add(len) <= backlog.per_socket);
     let mut n = 0;
     for s in subs.values() {
-        match s.tx.try_send(msg.clone()) {
-            Ok(()) => n += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !s.slow.swap(true, Ordering::Relaxed) {
-                    s.wake.notify_one();
+        let held = &s.state.held;
+        let taken = held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                fits(h).then(|| h.saturating_add(len))
+            })
+            .is_ok();
+        let full = if taken {
+            match s.tx.try_send(msg.clone()) {
+                Ok(()) => {
+                    n += 1;
+                    continue;
+                }
+                Err(e) => {
+                    held.fetch_sub(len, Ordering::Relaxed);
+                    matches!(e, mpsc::error::TrySendError::Full(_))
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        } else {
+            true
+        };
+        if full && !s.state.slow.swap(true, Ordering::Relaxed) {
+            s.wake.notify_one();
         }
     }
     n
 }
 
 impl Hub {
-    pub fn new(grants: Vec<Grant>) -> Self {
+    pub fn new(grants: Vec<Grant>, backlog: Arc<Backlog>) -> Self {
         Hub {
             grants,
+            backlog,
             channels: RwLock::new(HashMap::new()),
             outbound: std::sync::OnceLock::new(),
         }
@@ -121,15 +158,14 @@ impl Hub {
     /// Delivers `data` on `channel` to this node's subscribers; returns how many.
     pub fn deliver(&self, channel: &str, data: &Value, from: Option<&str>) -> usize {
         // Serialised once; clones share the bytes.
-        let msg: Utf8Bytes =
-            json!({"type": "message", "channel": channel, "data": data, "from": from})
-                .to_string()
-                .into();
+        let msg = self.backlog.shared(
+            json!({"type": "message", "channel": channel, "data": data, "from": from}).to_string(),
+        );
         let g = self.channels.read().unwrap_or_else(|p| p.into_inner());
         let Some(subs) = g.get(channel) else {
             return 0;
         };
-        send_all(subs, &msg)
+        send_all(subs, &msg, &self.backlog)
     }
 
     /// Tells every subscriber on this node, channel by channel, that
@@ -141,10 +177,10 @@ impl Hub {
         let g = self.channels.read().unwrap_or_else(|p| p.into_inner());
         g.iter()
             .map(|(channel, subs)| {
-                let msg: Utf8Bytes = json!({"type": "hub_gap", "channel": channel})
-                    .to_string()
-                    .into();
-                send_all(subs, &msg)
+                let msg = self
+                    .backlog
+                    .shared(json!({"type": "hub_gap", "channel": channel}).to_string());
+                send_all(subs, &msg, &self.backlog)
             })
             .sum()
     }
@@ -169,11 +205,12 @@ impl Hub {
             id,
             sub_handle: Subscriber {
                 tx,
-                slow: Arc::new(AtomicBool::new(false)),
+                state: Arc::default(),
                 wake: Arc::new(tokio::sync::Notify::new()),
             },
             rx,
             channels: HashSet::new(),
+            taken: 0,
         }
     }
 
@@ -210,9 +247,30 @@ pub fn decode(text: &str) -> Option<Request> {
 }
 
 impl HubSession {
-    /// Whether the hub found this socket's queue full.
+    /// Whether the hub found this socket slow.
     pub fn is_slow(&self) -> bool {
-        self.sub_handle.slow.load(Ordering::Relaxed)
+        self.sub_handle.state.slow.load(Ordering::Relaxed)
+    }
+
+    /// The next delivery; it counts against the socket's budget until
+    /// [`written`](Self::written) says the session wrote it out.
+    pub fn poll_delivery(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Utf8Bytes>> {
+        let p = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(m)) = &p {
+            self.taken += m.len();
+        }
+        p
+    }
+
+    /// The session wrote out everything it had queued for the client.
+    pub fn written(&mut self) {
+        if self.taken > 0 {
+            let n = std::mem::take(&mut self.taken);
+            self.sub_handle.state.held.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// Notified once when the hub finds this socket's queue full.
@@ -278,17 +336,98 @@ impl HubSession {
         }
     }
 
-    /// Leaves every channel (the socket is closing).
+    /// Leaves every channel (the socket is closing) and lets go of the
+    /// deliveries still queued for it.
     pub fn leave(&mut self, app: &App) {
+        self.leave_hub(&app.hub);
+    }
+
+    fn leave_hub(&mut self, hub: &Hub) {
         for c in self.channels.drain() {
-            app.hub.remove(&c, self.id);
+            hub.remove(&c, self.id);
         }
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::*;
+
+    fn hub(per_socket: usize, total: usize) -> Hub {
+        let limits = crate::config::LimitsConfig {
+            max_buffered_bytes: per_socket,
+            max_buffered_bytes_total: total,
+            ..Default::default()
+        };
+        let backlog = Backlog::new(&limits, Default::default());
+        Hub::new(Vec::new(), Arc::new(backlog))
+    }
+
+    fn deliver(h: &Hub, size: usize) -> usize {
+        h.deliver("c", &Value::String("x".repeat(size)), None)
+    }
+
+    /// Bytes, not messages: a subscriber that is behind is slow once the
+    /// next delivery would take it past its budget; one that holds nothing
+    /// takes any delivery; writing out frees its budget.
+    #[test]
+    fn a_subscriber_is_bounded_in_bytes() {
+        let h = hub(1000, 1 << 20);
+        let s = h.session(1, 256);
+        h.add("c", &s);
+        assert_eq!(deliver(&h, 5000), 1, "alone, larger than the budget");
+        assert_eq!(deliver(&h, 10), 0, "behind, past its budget");
+        assert!(s.is_slow());
+        let s = h.session(2, 256);
+        h.add("c", &s);
+        assert_eq!(deliver(&h, 400), 1);
+        assert_eq!(deliver(&h, 400), 1, "~900 of 1000");
+        assert_eq!(deliver(&h, 400), 0);
+        assert!(s.is_slow());
+        // Taken by the session and written out: room again.
+        let mut s = h.session(3, 256);
+        h.add("c", &s);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..5 {
+            assert_eq!(deliver(&h, 400), 1);
+            assert!(s.poll_delivery(&mut cx).is_ready());
+            s.written();
+        }
+        assert!(!s.is_slow());
+    }
+
+    /// Past the node's total, subscribers that are behind are slow; those
+    /// that hold nothing still get the delivery. Deliveries count once
+    /// while shared, and not at all once every subscriber has let go.
+    #[test]
+    fn past_the_node_total_only_subscribers_that_are_behind_are_slow() {
+        let h = hub(1 << 20, 3000);
+        let behind = h.session(1, 256);
+        let mut caught_up = h.session(2, 256);
+        h.add("c", &behind);
+        h.add("c", &caught_up);
+        assert_eq!(deliver(&h, 2000), 2);
+        let held = h.backlog.held();
+        assert!((2000..2100).contains(&held), "counted once: {held}");
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let std::task::Poll::Ready(Some(m)) = caught_up.poll_delivery(&mut cx) else {
+            panic!("delivered");
+        };
+        drop(m);
+        caught_up.written();
+        // 2 kB shared + 2 kB new: past 3000.
+        assert_eq!(deliver(&h, 2000), 1, "only the one that holds nothing");
+        assert!(behind.is_slow() && !caught_up.is_slow());
+        let mut behind = behind;
+        behind.leave_hub(&h);
+        let mut caught_up = caught_up;
+        caught_up.leave_hub(&h);
+        assert_eq!(h.backlog.held(), 0, "everything let go");
+    }
 
     /// A repeated member could be read either way (serde keeps none: the
     /// derive refuses it), so the message is `bad_request`.

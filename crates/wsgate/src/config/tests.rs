@@ -1079,6 +1079,42 @@ fn limits_store_backend_proxies_hub_log() {
 }
 
 #[test]
+fn buffered_bytes_and_write_timeout() {
+    let c = ok(KEY, &base_env());
+    let l = &c.limits;
+    assert_eq!(
+        (l.max_buffered_bytes, l.max_buffered_bytes_total),
+        (1_048_576, 268_435_456)
+    );
+    assert_eq!(l.write_timeout, Duration::from_secs(2));
+    let c = ok(
+        &format!(
+            "{KEY}[limits]\nmax_buffered_bytes = 65536\nmax_buffered_bytes_total = 1000000\nwrite_timeout = \"500ms\"\n"
+        ),
+        &base_env(),
+    );
+    assert_eq!(c.limits.max_buffered_bytes, 65536);
+    assert_eq!(c.limits.max_buffered_bytes_total, 1_000_000);
+    assert_eq!(c.limits.write_timeout, Duration::from_millis(500));
+    let p = errs(
+        &format!("{KEY}[limits]\nmax_buffered_bytes = 0\nwrite_timeout = \"0s\"\n"),
+        &base_env(),
+    );
+    assert_has(&p, "limits.max_buffered_bytes: must be greater than 0");
+    assert_has(&p, "limits.write_timeout: must be greater than 0");
+    let p = errs(
+        &format!(
+            "{KEY}[limits]\nmax_buffered_bytes = 2000000\nmax_buffered_bytes_total = 1000000\n"
+        ),
+        &base_env(),
+    );
+    assert_has(
+        &p,
+        "limits.max_buffered_bytes_total: 1000000 is less than limits.max_buffered_bytes (2000000)",
+    );
+}
+
+#[test]
 fn worker_threads() {
     let c = ok(&format!("{KEY}[server]\nworker_threads = 2\n"), &base_env());
     assert_eq!((c.server.worker_threads, c.server.workers()), (2, 2));

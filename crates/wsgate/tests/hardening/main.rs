@@ -13,6 +13,7 @@ mod forwarding;
 mod handshake_bounds;
 mod identity_admin;
 mod metrics_format;
+mod slow_consumers;
 mod tickets;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
