@@ -120,17 +120,7 @@ async fn auth_reply(
 }
 
 async fn revoke(gw: &Gateway, target: Value) {
-    let r = http(
-        gw.admin,
-        "POST",
-        "/admin/v1/revoke",
-        &[
-            ("authorization", &format!("Bearer {ADMIN}")),
-            ("content-type", "application/json"),
-        ],
-        &target.to_string(),
-    )
-    .await;
+    let r = admin_post(gw, ADMIN, "/admin/v1/revoke", &target).await;
     assert_eq!(r.status, 200, "{r:?}");
 }
 

@@ -30,17 +30,7 @@ fn config(url: &str, prefix: &str, store_extra: &str, extra: &str) -> String {
 }
 
 async fn admin(gw: &Gateway, path: &str, body: Value) -> HttpResponse {
-    http(
-        gw.admin,
-        "POST",
-        path,
-        &[
-            ("authorization", &format!("Bearer {ADMIN}")),
-            ("content-type", "application/json"),
-        ],
-        &body.to_string(),
-    )
-    .await
+    admin_post(gw, ADMIN, path, &body).await
 }
 
 /// Revokes `sub` on `gw`, retrying while the store is away.

@@ -402,9 +402,8 @@ async fn serve_plain<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
 {
-    let Some(pending) = app.pending.acquire(peer.ip(), peer.pending_cap(&app)) else {
+    let Some(pending) = take_pending(&app, peer, which) else {
         // Nothing read: the 429 goes out at once.
-        over_pending_cap(&app, peer, which);
         let raw = respond::reject_raw(Reason::RateLimited, false);
         let timeout = app.config.server.handshake_timeout;
         return direct::write_and_close(&mut stream, &raw, timeout).await;
@@ -427,10 +426,9 @@ async fn serve_tls<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abortive + Unpin + Send + 'static,
 {
-    let Some(pending) = app.pending.acquire(peer.ip(), peer.pending_cap(&app)) else {
+    let Some(pending) = take_pending(&app, peer, which) else {
         // No TLS session exists to carry a 429, and making one is the
         // work the cap withholds: a reset at once, without reading.
-        over_pending_cap(&app, peer, which);
         return stream.reset_on_close();
     };
     let mut accept = acceptor.accept(stream);
@@ -476,6 +474,20 @@ impl<S: Abortive> Abortive for tokio_rustls::server::TlsStream<S> {
     fn reset_on_close(&self) {
         self.get_ref().0.reset_on_close();
     }
+}
+
+/// The peer's place under `limits.pending_handshakes_per_ip`, or `None`
+/// after logging and counting the refusal ([`over_pending_cap`]).
+fn take_pending(
+    app: &App,
+    peer: Peer,
+    which: Listener,
+) -> Option<crate::limiter::PendingGuard<'_>> {
+    let guard = app.pending.acquire(peer.ip(), peer.pending_cap(app));
+    if guard.is_none() {
+        over_pending_cap(app, peer, which);
+    }
+    guard
 }
 
 /// A peer over `limits.pending_handshakes_per_ip`, refused before anything

@@ -528,6 +528,21 @@ pub async fn http(
     }
 }
 
+/// `POST` of a JSON body to the admin API with `admin_token`.
+pub async fn admin_post(gw: &Gateway, admin_token: &str, path: &str, body: &Value) -> HttpResponse {
+    http(
+        gw.admin,
+        "POST",
+        path,
+        &[
+            ("authorization", &format!("Bearer {admin_token}")),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
 /// `POST /v1/tickets` with `Authorization: Bearer <session>`.
 pub async fn mint(gw: &Gateway, session: &str) -> HttpResponse {
     http(
