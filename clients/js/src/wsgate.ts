@@ -560,7 +560,7 @@ export class WsgateClient {
     };
     ws.onerror = (ev) => {
       // A close event follows. `ws` (Node) says "Unexpected server response: 401".
-      const m = /\b([1-5]\d\d)\b/.exec(String((ev as { message?: unknown } | null)?.message ?? ""));
+      const m = /server response: (\d{3})\b/.exec(String((ev as { message?: unknown } | null)?.message ?? ""));
       if (this.ws === ws && !opened && m) this.failStatus = Number(m[1]);
     };
     ws.onclose = (ev) => {

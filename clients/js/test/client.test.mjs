@@ -742,3 +742,20 @@ test("subscribe: a refusal is reported once: to the caller, or as an error when 
   assert.deepEqual(c.channels, []);
   c.close();
 });
+
+test("refused upgrades: only ws's \"Unexpected server response\" gives a status", async () => {
+  const { FakeWebSocket, nth } = fakeSockets();
+  const c = new WsgateClient({
+    url: "ws://gw/ws",
+    transport: "cookie",
+    WebSocket: FakeWebSocket,
+    backoff: { ...FAST, refusalsBeforeError: 1 },
+  });
+  const p = c.connect();
+  const s = await nth(0);
+  // A network error naming an address: no status in it.
+  s.onerror?.({ message: "connect ECONNREFUSED 127.0.0.1:9" });
+  s.drop(1006);
+  await assert.rejects(p, (e) => e.reason === "handshake_refused" && e.status === undefined);
+  c.close();
+});
