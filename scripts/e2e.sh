@@ -2,8 +2,10 @@
 # The browser client and the real-browser tests, on a fresh Debian machine:
 # installs Chromium and the npm dev dependencies it needs, checks that the
 # committed client build (clients/js/dist, embedded in the gateway for the
-# demo page) matches its sources, runs the client's unit tests, builds the
-# gateway, and drives Debian's Chromium against it (e2e/).
+# demo page) matches its sources, runs the client's unit tests, checks its
+# npm package (contents, and that apps compile against it under strict with
+# both WebSocket types), builds the gateway, and drives Debian's Chromium
+# against it (e2e/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -49,6 +51,9 @@ phase "client: dist is current"
 
 phase "client: unit tests"
 (cd clients/js && node --test test/*.test.mjs)
+
+phase "client: npm package (npm pack; tsc --strict with the browser's and ws's WebSocket)"
+(cd clients/js && node scripts/check-package.mjs)
 
 phase "build the gateway"
 cargo build -p wsgate --quiet

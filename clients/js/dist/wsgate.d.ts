@@ -7,7 +7,7 @@
  * Dependency-free; runs in browsers and in Node (inject a WebSocket
  * constructor there). It never logs or emits a token or a ticket.
  */
-/** How the credential reaches the gateway on the upgrade (SPEC 3). */
+/** How the credential reaches the gateway on the upgrade (docs/reference.md, "Endpoints"). */
 export type Transport = "ticket" | "subprotocol" | "cookie";
 /** Why a credential is being asked for. */
 export type CredentialReason = 
@@ -17,33 +17,57 @@ export type CredentialReason =
  | "reconnect"
 /** the session ended 4401: a cached token is stale, get a new one */
  | "expired"
+/**
+ * the last attempt ended before the socket opened: the gateway refused the
+ * upgrade (a browser cannot see why) or was unreachable. A cached
+ * credential may be the cause: get a new one, as for `expired`.
+ */
+ | "refused"
 /** in-band refresh after `auth_expiring` */
  | "refresh";
 export interface CredentialContext {
     reason: CredentialReason;
 }
-/** What `POST /v1/tickets` answers (SPEC 4). */
+/** What `POST /v1/tickets` answers (docs/reference.md, "Endpoints"). */
 export interface TicketResponse {
     ticket: string;
     expires_in?: number;
     url?: string;
 }
-/** The part of the WebSocket API the client uses (browser's or a Node library's). */
+/**
+ * An event-handler property of {@link WebSocketLike}. Written as a method
+ * type so that its parameter is checked bivariantly: the browser's
+ * `(this: WebSocket, ev: CloseEvent) => any` and the `ws` package's
+ * `(event: WebSocket.CloseEvent) => void` both fit under `strict`, while
+ * the client's own handlers still see the fields they read.
+ */
+export type EventHandler<E> = {
+    handle(ev: E): void;
+}["handle"];
+/**
+ * The part of the WebSocket API the client uses. The browser's `WebSocket`
+ * and the `ws` package's both satisfy it (tested under `strict`).
+ */
 export interface WebSocketLike {
     readonly protocol: string;
     readonly readyState: number;
     send(data: string): void;
     close(code?: number, reason?: string): void;
-    onopen: ((ev: unknown) => void) | null;
-    onclose: ((ev: {
+    onopen: EventHandler<unknown> | null;
+    onclose: EventHandler<{
         code: number;
         reason: string;
-    }) => void) | null;
-    onmessage: ((ev: {
+    }> | null;
+    onmessage: EventHandler<{
         data: unknown;
-    }) => void) | null;
-    onerror: ((ev: unknown) => void) | null;
+    }> | null;
+    /** `ws` (Node) names a refused upgrade's status in the event's `message`; browsers say nothing. */
+    onerror: EventHandler<unknown> | null;
 }
+/**
+ * A WebSocket class: `globalThis.WebSocket` in browsers (and Node >= 22), or
+ * the `ws` package's default export in Node.
+ */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 /** The part of `fetch` the client uses. */
 export type FetchLike = (input: string, init: {
@@ -68,6 +92,14 @@ export interface BackoffOptions {
     stableAfterMs?: number;
     /** Give up after this many consecutive failed attempts (default: never). */
     maxAttempts?: number;
+    /**
+     * After this many consecutive attempts that ended before the socket opened
+     * (refused upgrade, gateway unreachable, no credential), emit `error`
+     * `handshake_refused` once and reject pending `connect()` calls (default 5,
+     * at least 1). The client keeps retrying; stop it with `close()` or
+     * `maxAttempts`.
+     */
+    refusalsBeforeError?: number;
 }
 export interface WsgateOptions {
     /** The gateway's WebSocket endpoint, e.g. `wss://ws.example/ws`. */
@@ -95,7 +127,7 @@ export interface WsgateOptions {
     ticketParam?: string;
     /**
      * Renews the app's session (e.g. its cookie) before reconnecting after a
-     * 4401, for the `cookie` and `ticket` transports.
+     * 4401 or a refused upgrade, for the `cookie` and `ticket` transports.
      */
     refreshSession?: (ctx: CredentialContext) => void | Promise<void>;
     /** Refresh in-band on `auth_expiring` when `getToken` is given (default true). */
@@ -159,13 +191,18 @@ export interface ClientEvents {
     error: WsgateError;
 }
 export type Listener<T> = (ev: T) => void;
-/** A refused hub request (`reason` from the gateway) or a client-side failure. */
+/**
+ * A refused hub request (`reason` from the gateway) or a client-side failure
+ * (`handshake_refused`, `timeout`, `not_connected`, ...; see the README).
+ * `status` is an HTTP status when one is known (the ticket request's, or the
+ * refused upgrade's where the WebSocket implementation reports it).
+ */
 export declare class WsgateError extends Error {
     readonly reason: string;
     readonly status?: number;
     constructor(reason: string, message?: string, status?: number);
 }
-/** Close codes of SPEC 5.1. */
+/** The gateway's close codes (docs/reference.md, "Close codes"). */
 export declare const CloseCodes: {
     readonly NORMAL: 1000;
     readonly GOING_AWAY: 1001;
@@ -207,6 +244,10 @@ export declare class WsgateClient {
     private stopped;
     private started;
     private attempts;
+    /** Consecutive attempts that ended before the socket opened. */
+    private refusals;
+    /** The HTTP status of the current attempt's failure, when known. */
+    private failStatus;
     private everOpened;
     private nextReason;
     private reconnectTimer;
@@ -253,6 +294,12 @@ export declare class WsgateClient {
     private onClosed;
     /** Schedules the next attempt with backoff, or stops. */
     private afterFailure;
+    /**
+     * A refused upgrade is a 1006 without open to a browser: without this the
+     * app would never hear of it and `connect()` would never settle. Reported
+     * once per run of failures; every `connect()` pending then rejects.
+     */
+    private countRefusal;
     /** Ends the client (revoked, closed by the app, gave up). */
     private finish;
     private stop;

@@ -7,7 +7,12 @@
  * Dependency-free; runs in browsers and in Node (inject a WebSocket
  * constructor there). It never logs or emits a token or a ticket.
  */
-/** A refused hub request (`reason` from the gateway) or a client-side failure. */
+/**
+ * A refused hub request (`reason` from the gateway) or a client-side failure
+ * (`handshake_refused`, `timeout`, `not_connected`, ...; see the README).
+ * `status` is an HTTP status when one is known (the ticket request's, or the
+ * refused upgrade's where the WebSocket implementation reports it).
+ */
 export class WsgateError extends Error {
     constructor(reason, message, status) {
         super(message ?? reason);
@@ -16,7 +21,7 @@ export class WsgateError extends Error {
         this.status = status;
     }
 }
-/** Close codes of SPEC 5.1. */
+/** The gateway's close codes (docs/reference.md, "Close codes"). */
 export const CloseCodes = {
     NORMAL: 1000,
     GOING_AWAY: 1001,
@@ -116,6 +121,8 @@ export class WsgateClient {
         this.stopped = false;
         this.started = false;
         this.attempts = 0;
+        /** Consecutive attempts that ended before the socket opened. */
+        this.refusals = 0;
         this.everOpened = false;
         this.nextReason = "connect";
         this.reconnectTimer = null;
@@ -273,8 +280,9 @@ export class WsgateClient {
                 exp = numberClaim(decodeClaims(token), "exp");
             }
             else {
-                if (reason === "expired" && this.opts.refreshSession)
+                if ((reason === "expired" || reason === "refused") && this.opts.refreshSession) {
                     await this.opts.refreshSession({ reason });
+                }
                 if (this.opts.transport === "ticket") {
                     const ticket = await this.ticket(reason);
                     url = withParam(url, this.opts.ticketParam ?? "ticket", ticket);
@@ -286,6 +294,7 @@ export class WsgateClient {
             if (this.stopped)
                 return;
             const err = asError(e, "credential_failed");
+            this.failStatus = err.status;
             // The session behind the ticket request is gone: renew it next time.
             if (err.status === 401)
                 this.nextReason = "expired";
@@ -295,6 +304,7 @@ export class WsgateClient {
         }
         if (this.stopped)
             return;
+        this.failStatus = undefined;
         let ws;
         try {
             ws = protocols.length > 0 ? new this.WS(url, protocols) : new this.WS(url);
@@ -319,6 +329,7 @@ export class WsgateClient {
                 return;
             }
             opened = true;
+            this.refusals = 0;
             this._state = "open";
             this._exp = exp ?? this._exp;
             this.stableTimer = setTimeout(() => {
@@ -337,8 +348,11 @@ export class WsgateClient {
             if (this.ws === ws && typeof ev.data === "string")
                 this.onText(ev.data);
         };
-        ws.onerror = () => {
-            /* a close event follows */
+        ws.onerror = (ev) => {
+            // A close event follows. `ws` (Node) says "Unexpected server response: 401".
+            const m = /server response: (\d{3})\b/.exec(String(ev?.message ?? ""));
+            if (this.ws === ws && !opened && m)
+                this.failStatus = Number(m[1]);
         };
         ws.onclose = (ev) => {
             if (this.ws !== ws)
@@ -377,6 +391,9 @@ export class WsgateClient {
             this.emit("auth", { state: "expired", exp: this._exp });
             this.nextReason = "expired";
         }
+        else if (!wasOpen) {
+            this.nextReason = "refused";
+        }
         else {
             this.nextReason = "reconnect";
         }
@@ -385,6 +402,8 @@ export class WsgateClient {
     /** Schedules the next attempt with backoff, or stops. */
     afterFailure(code, reason, wasOpen) {
         const b = this.opts.backoff ?? {};
+        if (!wasOpen)
+            this.countRefusal(code);
         if (this.opts.reconnect === false || this.attempts >= (b.maxAttempts ?? Infinity)) {
             this.finish(code, reason, wasOpen, true);
             return;
@@ -396,6 +415,23 @@ export class WsgateClient {
         this._state = "waiting";
         this.emit("close", { code, reason, wasOpen, willReconnect: true, delayMs });
         this.reconnectTimer = setTimeout(() => void this.attempt(), delayMs);
+    }
+    /**
+     * A refused upgrade is a 1006 without open to a browser: without this the
+     * app would never hear of it and `connect()` would never settle. Reported
+     * once per run of failures; every `connect()` pending then rejects.
+     */
+    countRefusal(code) {
+        this.refusals++;
+        const limit = Math.max(1, Math.floor(this.opts.backoff?.refusalsBeforeError ?? 5));
+        if (this.refusals < limit)
+            return;
+        const status = this.failStatus === undefined ? "" : `, last status ${this.failStatus}`;
+        const err = new WsgateError("handshake_refused", `${this.refusals} attempts in a row ended before the socket opened (last close ${code}${status})`, this.failStatus);
+        if (this.refusals === limit)
+            this.emit("error", err);
+        for (const w of this.openWaiters.splice(0))
+            w.reject(err);
     }
     /** Ends the client (revoked, closed by the app, gave up). */
     finish(code, reason, wasOpen, stop) {
@@ -530,10 +566,13 @@ export class WsgateClient {
         this.request({ type: "subscribe", channel }).then(() => this.settleSubWaiters(channel, null), (e) => {
             if (e.reason === "disconnected")
                 return; // retried at the next open
-            // Refused (forbidden, bad_request...): not retried.
+            // Refused (forbidden, bad_request...): not retried. Reported once:
+            // to the subscribe() calls waiting, else (a re-subscribe after a
+            // reconnect) as an `error` event.
             this.subs.delete(channel);
+            const awaited = this.subWaiters.has(channel);
             this.settleSubWaiters(channel, e);
-            if (!this.subWaiters.has(channel))
+            if (!awaited)
                 this.emit("error", e);
         });
     }

@@ -8,7 +8,7 @@
  * constructor there). It never logs or emits a token or a ticket.
  */
 
-/** How the credential reaches the gateway on the upgrade (SPEC 3). */
+/** How the credential reaches the gateway on the upgrade (docs/reference.md, "Endpoints"). */
 export type Transport = "ticket" | "subprotocol" | "cookie";
 
 /** Why a credential is being asked for. */
@@ -19,6 +19,12 @@ export type CredentialReason =
   | "reconnect"
   /** the session ended 4401: a cached token is stale, get a new one */
   | "expired"
+  /**
+   * the last attempt ended before the socket opened: the gateway refused the
+   * upgrade (a browser cannot see why) or was unreachable. A cached
+   * credential may be the cause: get a new one, as for `expired`.
+   */
+  | "refused"
   /** in-band refresh after `auth_expiring` */
   | "refresh";
 
@@ -26,25 +32,42 @@ export interface CredentialContext {
   reason: CredentialReason;
 }
 
-/** What `POST /v1/tickets` answers (SPEC 4). */
+/** What `POST /v1/tickets` answers (docs/reference.md, "Endpoints"). */
 export interface TicketResponse {
   ticket: string;
   expires_in?: number;
   url?: string;
 }
 
-/** The part of the WebSocket API the client uses (browser's or a Node library's). */
+/**
+ * An event-handler property of {@link WebSocketLike}. Written as a method
+ * type so that its parameter is checked bivariantly: the browser's
+ * `(this: WebSocket, ev: CloseEvent) => any` and the `ws` package's
+ * `(event: WebSocket.CloseEvent) => void` both fit under `strict`, while
+ * the client's own handlers still see the fields they read.
+ */
+export type EventHandler<E> = { handle(ev: E): void }["handle"];
+
+/**
+ * The part of the WebSocket API the client uses. The browser's `WebSocket`
+ * and the `ws` package's both satisfy it (tested under `strict`).
+ */
 export interface WebSocketLike {
   readonly protocol: string;
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((ev: unknown) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+  onopen: EventHandler<unknown> | null;
+  onclose: EventHandler<{ code: number; reason: string }> | null;
+  onmessage: EventHandler<{ data: unknown }> | null;
+  /** `ws` (Node) names a refused upgrade's status in the event's `message`; browsers say nothing. */
+  onerror: EventHandler<unknown> | null;
 }
 
+/**
+ * A WebSocket class: `globalThis.WebSocket` in browsers (and Node >= 22), or
+ * the `ws` package's default export in Node.
+ */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 /** The part of `fetch` the client uses. */
@@ -66,6 +89,14 @@ export interface BackoffOptions {
   stableAfterMs?: number;
   /** Give up after this many consecutive failed attempts (default: never). */
   maxAttempts?: number;
+  /**
+   * After this many consecutive attempts that ended before the socket opened
+   * (refused upgrade, gateway unreachable, no credential), emit `error`
+   * `handshake_refused` once and reject pending `connect()` calls (default 5,
+   * at least 1). The client keeps retrying; stop it with `close()` or
+   * `maxAttempts`.
+   */
+  refusalsBeforeError?: number;
 }
 
 export interface WsgateOptions {
@@ -94,7 +125,7 @@ export interface WsgateOptions {
   ticketParam?: string;
   /**
    * Renews the app's session (e.g. its cookie) before reconnecting after a
-   * 4401, for the `cookie` and `ticket` transports.
+   * 4401 or a refused upgrade, for the `cookie` and `ticket` transports.
    */
   refreshSession?: (ctx: CredentialContext) => void | Promise<void>;
   /** Refresh in-band on `auth_expiring` when `getToken` is given (default true). */
@@ -174,7 +205,12 @@ export interface ClientEvents {
 
 export type Listener<T> = (ev: T) => void;
 
-/** A refused hub request (`reason` from the gateway) or a client-side failure. */
+/**
+ * A refused hub request (`reason` from the gateway) or a client-side failure
+ * (`handshake_refused`, `timeout`, `not_connected`, ...; see the README).
+ * `status` is an HTTP status when one is known (the ticket request's, or the
+ * refused upgrade's where the WebSocket implementation reports it).
+ */
 export class WsgateError extends Error {
   readonly reason: string;
   readonly status?: number;
@@ -186,7 +222,7 @@ export class WsgateError extends Error {
   }
 }
 
-/** Close codes of SPEC 5.1. */
+/** The gateway's close codes (docs/reference.md, "Close codes"). */
 export const CloseCodes = {
   NORMAL: 1000,
   GOING_AWAY: 1001,
@@ -302,6 +338,10 @@ export class WsgateClient {
   private stopped = false;
   private started = false;
   private attempts = 0;
+  /** Consecutive attempts that ended before the socket opened. */
+  private refusals = 0;
+  /** The HTTP status of the current attempt's failure, when known. */
+  private failStatus: number | undefined;
   private everOpened = false;
   private nextReason: CredentialReason = "connect";
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
@@ -459,7 +499,9 @@ export class WsgateClient {
         protocols = [this.sentinel(), token, ...protocols];
         exp = numberClaim(decodeClaims(token), "exp");
       } else {
-        if (reason === "expired" && this.opts.refreshSession) await this.opts.refreshSession({ reason });
+        if ((reason === "expired" || reason === "refused") && this.opts.refreshSession) {
+          await this.opts.refreshSession({ reason });
+        }
         if (this.opts.transport === "ticket") {
           const ticket = await this.ticket(reason);
           url = withParam(url, this.opts.ticketParam ?? "ticket", ticket);
@@ -469,6 +511,7 @@ export class WsgateClient {
     } catch (e) {
       if (this.stopped) return;
       const err = asError(e, "credential_failed");
+      this.failStatus = err.status;
       // The session behind the ticket request is gone: renew it next time.
       if (err.status === 401) this.nextReason = "expired";
       this.emit("error", err);
@@ -476,6 +519,7 @@ export class WsgateClient {
       return;
     }
     if (this.stopped) return;
+    this.failStatus = undefined;
     let ws: WebSocketLike;
     try {
       ws = protocols.length > 0 ? new this.WS(url, protocols) : new this.WS(url);
@@ -498,6 +542,7 @@ export class WsgateClient {
         return;
       }
       opened = true;
+      this.refusals = 0;
       this._state = "open";
       this._exp = exp ?? this._exp;
       this.stableTimer = setTimeout(() => {
@@ -513,8 +558,10 @@ export class WsgateClient {
     ws.onmessage = (ev) => {
       if (this.ws === ws && typeof ev.data === "string") this.onText(ev.data);
     };
-    ws.onerror = () => {
-      /* a close event follows */
+    ws.onerror = (ev) => {
+      // A close event follows. `ws` (Node) says "Unexpected server response: 401".
+      const m = /server response: (\d{3})\b/.exec(String((ev as { message?: unknown } | null)?.message ?? ""));
+      if (this.ws === ws && !opened && m) this.failStatus = Number(m[1]);
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
@@ -550,6 +597,8 @@ export class WsgateClient {
     if (code === CloseCodes.EXPIRED || code === CloseCodes.FIRST_MESSAGE_FAILED) {
       this.emit("auth", { state: "expired", exp: this._exp });
       this.nextReason = "expired";
+    } else if (!wasOpen) {
+      this.nextReason = "refused";
     } else {
       this.nextReason = "reconnect";
     }
@@ -559,6 +608,7 @@ export class WsgateClient {
   /** Schedules the next attempt with backoff, or stops. */
   private afterFailure(code: number, reason: string, wasOpen: boolean): void {
     const b = this.opts.backoff ?? {};
+    if (!wasOpen) this.countRefusal(code);
     if (this.opts.reconnect === false || this.attempts >= (b.maxAttempts ?? Infinity)) {
       this.finish(code, reason, wasOpen, true);
       return;
@@ -569,6 +619,25 @@ export class WsgateClient {
     this._state = "waiting";
     this.emit("close", { code, reason, wasOpen, willReconnect: true, delayMs });
     this.reconnectTimer = setTimeout(() => void this.attempt(), delayMs);
+  }
+
+  /**
+   * A refused upgrade is a 1006 without open to a browser: without this the
+   * app would never hear of it and `connect()` would never settle. Reported
+   * once per run of failures; every `connect()` pending then rejects.
+   */
+  private countRefusal(code: number): void {
+    this.refusals++;
+    const limit = Math.max(1, Math.floor(this.opts.backoff?.refusalsBeforeError ?? 5));
+    if (this.refusals < limit) return;
+    const status = this.failStatus === undefined ? "" : `, last status ${this.failStatus}`;
+    const err = new WsgateError(
+      "handshake_refused",
+      `${this.refusals} attempts in a row ended before the socket opened (last close ${code}${status})`,
+      this.failStatus,
+    );
+    if (this.refusals === limit) this.emit("error", err);
+    for (const w of this.openWaiters.splice(0)) w.reject(err);
   }
 
   /** Ends the client (revoked, closed by the app, gave up). */
@@ -697,10 +766,13 @@ export class WsgateClient {
       () => this.settleSubWaiters(channel, null),
       (e: WsgateError) => {
         if (e.reason === "disconnected") return; // retried at the next open
-        // Refused (forbidden, bad_request...): not retried.
+        // Refused (forbidden, bad_request...): not retried. Reported once:
+        // to the subscribe() calls waiting, else (a re-subscribe after a
+        // reconnect) as an `error` event.
         this.subs.delete(channel);
+        const awaited = this.subWaiters.has(channel);
         this.settleSubWaiters(channel, e);
-        if (!this.subWaiters.has(channel)) this.emit("error", e);
+        if (!awaited) this.emit("error", e);
       },
     );
   }

@@ -596,3 +596,166 @@ test("ticket: a 401 from the ticket endpoint renews the session before the next 
   assert.deepEqual(renewed, ["expired"]);
   c.close();
 });
+
+test("refused upgrades: a fresh credential per try, backoff, one handshake_refused, connect() rejects", async () => {
+  const { FakeWebSocket, nth, sockets } = fakeSockets();
+  const asked = [];
+  let n = 0;
+  const c = new WsgateClient({
+    url: "ws://gw/ws",
+    transport: "subprotocol",
+    getToken: (ctx) => {
+      asked.push(ctx.reason);
+      return fakeJwt({ sub: "alice", n: ++n });
+    },
+    WebSocket: FakeWebSocket,
+    backoff: { ...FAST, maxDelayMs: 200, refusalsBeforeError: 3 },
+  });
+  const ev = record(c);
+  let settled = null;
+  const p = c.connect().then(
+    () => (settled = "resolved"),
+    (e) => (settled = e),
+  );
+  // A browser sees a 401/403 upgrade only as 1006 without open.
+  for (let i = 0; i < 3; i++) (await nth(i)).drop(1006);
+  await p;
+  assert.ok(settled instanceof WsgateError, "connect() rejected");
+  assert.equal(settled.reason, "handshake_refused");
+  assert.equal(settled.status, undefined, "a browser gives no status");
+  const errors = ev.filter((x) => x.t === "error").map((x) => x.e);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0], settled, "the event carries the error connect() rejected with");
+  assert.deepEqual(asked, ["connect", "refused", "refused"], "a fresh credential before every retry");
+  assert.deepEqual(
+    new Set(sockets.map((s) => s.protocols[1])).size,
+    3,
+    "never the same token twice",
+  );
+  const delays = ev.filter((x) => x.t === "close").map((x) => x.e.delayMs);
+  assert.deepEqual(delays, [50, 100, 200], "backed off");
+  // The client keeps trying; the error is not repeated, a new connect() settles at the next try.
+  assert.equal(c.state, "waiting");
+  const again = c.connect();
+  (await nth(3)).drop(1006);
+  await assert.rejects(again, (e) => e.reason === "handshake_refused");
+  assert.equal(ev.filter((x) => x.t === "error").length, 1, "reported once per run of refusals");
+  // An open ends the run: the next refusals are counted afresh.
+  const third = c.connect();
+  (await nth(4)).accept("jwt");
+  await third;
+  sockets[4].drop(1006);
+  for (let i = 5; i < 7; i++) (await nth(i)).drop(1006);
+  await nth(7);
+  assert.equal(ev.filter((x) => x.t === "error").length, 1, "two refusals after an open are under the limit");
+  (await nth(7)).drop(1006);
+  await until(() => ev.filter((x) => x.t === "error").length === 2, "second report");
+  assert.deepEqual(asked.slice(4), ["refused", "reconnect", "refused", "refused"]);
+  c.close();
+});
+
+test("refused upgrades: the default limit is 5, and ws's status is kept", async () => {
+  const { FakeWebSocket, nth } = fakeSockets();
+  const c = new WsgateClient({ url: "ws://gw/ws", transport: "cookie", WebSocket: FakeWebSocket, backoff: FAST });
+  const errors = [];
+  c.on("error", (e) => errors.push(e));
+  const p = c.connect();
+  for (let i = 0; i < 4; i++) (await nth(i)).refuse(403);
+  await nth(4);
+  assert.deepEqual(errors, [], "four refusals are not yet reported");
+  (await nth(4)).refuse(401);
+  await assert.rejects(p, (e) => e.reason === "handshake_refused" && e.status === 401);
+  assert.equal(errors.length, 1);
+  assert.match(errors[0].message, /5 attempts .*1006.*401/);
+  c.close();
+});
+
+test("refused upgrades: cookie and ticket renew the session before the next try", async () => {
+  const { FakeWebSocket, nth } = fakeSockets();
+  const renewed = [];
+  let tickets = 0;
+  const c = new WsgateClient({
+    url: "ws://gw/ws",
+    transport: "ticket",
+    getTicket: () => `t.${++tickets}.x`,
+    refreshSession: (ctx) => {
+      renewed.push(ctx.reason);
+    },
+    WebSocket: FakeWebSocket,
+    backoff: FAST,
+  });
+  void c.connect().catch(() => {});
+  (await nth(0)).drop(1006);
+  const s1 = await nth(1);
+  assert.deepEqual(renewed, ["refused"]);
+  assert.equal(new URL(s1.url).searchParams.get("ticket"), "t.2.x", "a new ticket");
+  c.close();
+});
+
+test("ticket request failures count as attempts that never opened", async () => {
+  const { FakeWebSocket } = fakeSockets();
+  const fetch = async () => ({ ok: false, status: 503, json: async () => ({ error: "store_unavailable" }) });
+  const c = new WsgateClient({
+    url: "ws://gw/ws",
+    transport: "ticket",
+    csrf: "c",
+    fetch,
+    WebSocket: FakeWebSocket,
+    backoff: { ...FAST, refusalsBeforeError: 2 },
+  });
+  const errors = [];
+  c.on("error", (e) => errors.push([e.reason, e.status]));
+  await assert.rejects(c.connect(), (e) => e.reason === "handshake_refused" && e.status === 503);
+  assert.deepEqual(errors, [
+    ["store_unavailable", 503],
+    ["store_unavailable", 503],
+    ["handshake_refused", 503],
+  ]);
+  c.close();
+});
+
+test("subscribe: a refusal is reported once: to the caller, or as an error when nobody waits", async () => {
+  const { FakeWebSocket, nth } = fakeSockets();
+  const c = new WsgateClient({ url: "ws://gw/ws", transport: "cookie", WebSocket: FakeWebSocket, backoff: FAST });
+  const errors = [];
+  c.on("error", (e) => errors.push(e.reason));
+  const p = c.connect();
+  const s0 = await nth(0);
+  s0.accept("");
+  await p;
+  const sub = c.subscribe("admin:secret", () => {});
+  s0.deliver({ type: "error", id: s0.frames()[0].id, reason: "forbidden" });
+  await assert.rejects(sub, (e) => e.reason === "forbidden");
+  await sleep(10);
+  assert.deepEqual(errors, [], "the rejected promise is the only report");
+  // Granted at first, refused on the re-subscribe after a reconnect: nobody waits, so an event.
+  const ok = c.subscribe("room:a", () => {});
+  s0.deliver({ type: "ack", id: s0.frames()[1].id });
+  await ok;
+  s0.drop(1006);
+  const s1 = await nth(1);
+  s1.accept("");
+  s1.deliver({ type: "error", id: s1.frames()[0].id, reason: "forbidden" });
+  await until(() => errors.length > 0, "error event");
+  await sleep(10);
+  assert.deepEqual(errors, ["forbidden"]);
+  assert.deepEqual(c.channels, []);
+  c.close();
+});
+
+test("refused upgrades: only ws's \"Unexpected server response\" gives a status", async () => {
+  const { FakeWebSocket, nth } = fakeSockets();
+  const c = new WsgateClient({
+    url: "ws://gw/ws",
+    transport: "cookie",
+    WebSocket: FakeWebSocket,
+    backoff: { ...FAST, refusalsBeforeError: 1 },
+  });
+  const p = c.connect();
+  const s = await nth(0);
+  // A network error naming an address: no status in it.
+  s.onerror?.({ message: "connect ECONNREFUSED 127.0.0.1:9" });
+  s.drop(1006);
+  await assert.rejects(p, (e) => e.reason === "handshake_refused" && e.status === undefined);
+  c.close();
+});

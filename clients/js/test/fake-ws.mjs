@@ -43,6 +43,12 @@ export function fakeSockets() {
     deliver(obj) {
       this.onmessage?.({ data: typeof obj === "string" ? obj : JSON.stringify(obj) });
     }
+    /** A refused upgrade as `ws` reports it (browsers: `drop(1006)`, no error detail). */
+    refuse(status) {
+      this.readyState = CLOSED;
+      this.onerror?.({ message: `Unexpected server response: ${status}` });
+      this.onclose?.({ code: 1006, reason: "" });
+    }
     drop(code, reason = "") {
       this.readyState = CLOSED;
       this.onclose?.({ code, reason });
