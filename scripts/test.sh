@@ -56,3 +56,10 @@ fi
 echo "== scripts/bench-smoke.sh"
 ./scripts/bench-smoke.sh
 # --- end benchmark smoke
+
+# --- packaging (issue 27): cargo install, the .deb installed with dpkg and
+# its systemd unit verified, `check --strict` on the installed config, the
+# release tarball and its checksums.
+echo "== scripts/package.sh"
+PROFILE=package-test ./scripts/package.sh
+# --- end packaging

@@ -35,6 +35,9 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write a commented production config and fresh secret files (mode
+    /// 0600) into DIR; existing files are kept.
+    Init { dir: PathBuf },
     /// Mint a token for tests and scripts; prints it alone on stdout.
     Token {
         #[arg(long)]
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Serve { config } => serve(config),
         Cmd::Check { config } => check(config),
+        Cmd::Init { dir } => init(&dir),
         Cmd::Token {
             sub,
             ttl,
@@ -106,6 +110,29 @@ fn config_path(arg: Option<PathBuf>) -> Option<PathBuf> {
 fn print_problems(problems: &[String]) {
     for p in problems {
         eprintln!("error: {p}");
+    }
+}
+
+fn init(dir: &Path) -> ExitCode {
+    match wsgate::init::init(dir) {
+        Ok(written) => {
+            for w in written {
+                match w {
+                    wsgate::init::Written::Created(p) => println!("created {}", p.display()),
+                    wsgate::init::Written::Kept(p) => println!("kept existing {}", p.display()),
+                }
+            }
+            let config = dir.join("wsgate.toml");
+            println!(
+                "next: edit issuer, audience and origins, then `wsgate check --config {}`",
+                config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsgate init: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
