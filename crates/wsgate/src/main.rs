@@ -30,10 +30,14 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate a config and print it with secrets redacted.
+    /// Validate a config, print the warnings `serve` would log (stderr)
+    /// and the effective config with secrets redacted (stdout).
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Exit 1 when there is any warning.
+        #[arg(long)]
+        strict: bool,
     },
     /// Mint a token for tests and scripts; prints it alone on stdout.
     Token {
@@ -67,7 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config } => serve(config),
-        Cmd::Check { config } => check(config),
+        Cmd::Check { config, strict } => check(config, strict),
         Cmd::Token {
             sub,
             ttl,
@@ -109,7 +113,7 @@ fn print_problems(problems: &[String]) {
     }
 }
 
-fn check(config: Option<PathBuf>) -> ExitCode {
+fn check(config: Option<PathBuf>, strict: bool) -> ExitCode {
     let Some(path) = config_path(config) else {
         eprintln!("error: no --config given and no wsgate.toml in the working directory");
         return ExitCode::from(2);
@@ -122,8 +126,20 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let redacted = cfg.redacted();
+    // Exactly what `serve` logs as `config_warning`.
+    let warnings = cfg.warnings();
     if let Err(problems) = App::new(cfg) {
         print_problems(&problems);
+        return ExitCode::from(1);
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "error: {} warning(s), and --strict treats warnings as errors",
+            warnings.len()
+        );
         return ExitCode::from(1);
     }
     print!("{redacted}");
