@@ -30,10 +30,14 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate a config and print it with secrets redacted.
+    /// Validate a config, print the warnings `serve` would log (stderr)
+    /// and the effective config with secrets redacted (stdout).
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Exit 1 when there is any warning.
+        #[arg(long)]
+        strict: bool,
     },
     /// Write a commented production config and fresh secret files (mode
     /// 0600) into DIR; existing files are kept.
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config } => serve(config),
-        Cmd::Check { config } => check(config),
+        Cmd::Check { config, strict } => check(config, strict),
         Cmd::Init { dir } => init(&dir),
         Cmd::Token {
             sub,
@@ -124,7 +128,7 @@ fn init(dir: &Path) -> ExitCode {
             }
             let config = dir.join("wsgate.toml");
             println!(
-                "next: edit issuer, audience and origins, then `wsgate check --config {}`",
+                "next: edit issuer, audience and origins, then `wsgate check --strict --config {}`",
                 config.display()
             );
             ExitCode::SUCCESS
@@ -136,7 +140,7 @@ fn init(dir: &Path) -> ExitCode {
     }
 }
 
-fn check(config: Option<PathBuf>) -> ExitCode {
+fn check(config: Option<PathBuf>, strict: bool) -> ExitCode {
     let Some(path) = config_path(config) else {
         eprintln!("error: no --config given and no wsgate.toml in the working directory");
         return ExitCode::from(2);
@@ -149,8 +153,20 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let redacted = cfg.redacted();
+    // Exactly what `serve` logs as `config_warning`.
+    let warnings = cfg.warnings();
     if let Err(problems) = App::new(cfg) {
         print_problems(&problems);
+        return ExitCode::from(1);
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "error: {} warning(s), and --strict treats warnings as errors",
+            warnings.len()
+        );
         return ExitCode::from(1);
     }
     print!("{redacted}");

@@ -1,14 +1,117 @@
-//! Key options beyond the source itself (issue 9, keys from identity
-//! providers): JWKS fetching and caching, an HS secret's previous secret
-//! kept for a rotation overlap, and `[[auth.issuers]]` for several issuers
-//! at once.
+//! `[[auth.keys]]` entries (and those of `[[auth.issuers]]`): where a key
+//! comes from, its pinned algorithm, and the options beyond the source
+//! (issue 9, keys from identity providers): JWKS fetching and caching, and
+//! an HS secret's previous secret kept for a rotation overlap.
 
-use super::{de, fmt_dur, Builder, KeyConfig, KeySource, RawKey};
-use jsonwebtoken::AlgorithmFamily;
-use serde::Deserialize;
+use super::build::{fmt_dur, Builder};
+use super::redact::SecretKeys;
+use super::{pem, urls, Secret};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
-use toml::{Table, Value};
+use wsgate_core::verify::{alg_name, parse_alg};
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// Pinned algorithm; always set except for JWKS sources, where it may be omitted.
+    pub alg: Option<Algorithm>,
+    pub kid: Option<String>,
+    pub source: KeySource,
+    /// Fetching and caching (JWKS sources; defaults otherwise).
+    pub jwks: JwksOptions,
+    /// HS secrets: the previous secret, accepted during a rotation overlap.
+    pub previous: Option<PreviousSecret>,
+}
+
+/// Where a verification key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// HS256/384/512 shared secret.
+    Secret(Secret),
+    /// A PEM public key, already read and checked for the key's algorithm.
+    PublicKeyPem { path: PathBuf, pem: Vec<u8> },
+    /// An `https://` JWK set (or `http://` on loopback).
+    JwksUrl(String),
+    /// A JWK set file, checked to hold a non-empty `keys` array.
+    JwksFile(PathBuf),
+}
+
+impl KeyConfig {
+    /// The key for `jsonwebtoken`; JWKS sources are loaded elsewhere.
+    pub fn decoding_key(&self) -> Result<DecodingKey, String> {
+        match &self.source {
+            KeySource::Secret(s) => match self.alg.map(Algorithm::family) {
+                // Refuse a secret under an asymmetric alg: that is the
+                // classic algorithm-confusion hole.
+                Some(AlgorithmFamily::Hmac) => Ok(DecodingKey::from_secret(s.expose())),
+                _ => Err("a secret key needs alg HS256, HS384 or HS512".into()),
+            },
+            KeySource::PublicKeyPem { pem, .. } => {
+                let alg = self
+                    .alg
+                    .ok_or_else(|| "alg is required for a public_key_file key".to_string())?;
+                pem::public_key_from_pem(alg, pem)
+            }
+            KeySource::JwksUrl(_) | KeySource::JwksFile(_) => {
+                Err("jwks keys are loaded by the key manager".into())
+            }
+        }
+    }
+}
+
+impl Serialize for KeyConfig {
+    /// As the file writes it: the source's own key, and the JWKS options
+    /// only for a `jwks_url` (they mean nothing to other sources).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(a) = self.alg {
+            m.serialize_entry("alg", alg_name(a))?;
+        }
+        if let Some(kid) = &self.kid {
+            m.serialize_entry("kid", kid)?;
+        }
+        match &self.source {
+            KeySource::Secret(sec) => SecretKeys {
+                key: "secret",
+                secret: Some(sec),
+                env_apart: false,
+                unset: None,
+            }
+            .write(&mut m)?,
+            KeySource::PublicKeyPem { path, .. } => m.serialize_entry("public_key_file", path)?,
+            KeySource::JwksUrl(url) => {
+                m.serialize_entry("jwks_url", url)?;
+                let j = &self.jwks;
+                if let Some(ca) = &j.ca_file {
+                    m.serialize_entry("ca_file", ca)?;
+                }
+                for (key, d) in [
+                    ("cache_min", j.cache_min),
+                    ("cache_max", j.cache_max),
+                    ("refetch_interval", j.refetch_interval),
+                    ("fetch_timeout", j.fetch_timeout),
+                ] {
+                    m.serialize_entry(key, &fmt_dur(d))?;
+                }
+            }
+            KeySource::JwksFile(path) => m.serialize_entry("jwks_file", path)?,
+        }
+        if let Some(p) = &self.previous {
+            SecretKeys {
+                key: "previous_secret",
+                secret: Some(&p.secret),
+                env_apart: false,
+                unset: None,
+            }
+            .write(&mut m)?;
+            m.serialize_entry("previous_until", &p.until_text)?;
+        }
+        m.end()
+    }
+}
 
 /// How a `jwks_url` / `jwks_file` source is fetched and cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,42 +142,31 @@ impl Default for JwksOptions {
 /// The secret an HS key had before a rotation, accepted until `until`.
 #[derive(Debug, Clone)]
 pub struct PreviousSecret {
-    pub secret: super::Secret,
+    pub secret: Secret,
     pub until: SystemTime,
     /// As written in the file (RFC 3339), for `wsgate check`.
     pub until_text: String,
 }
 
-/// One `[[auth.issuers]]` entry: tokens whose `iss` is one of `issuer`
-/// are verified with these keys and this audience only.
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    /// The exact `iss` values of one authority (usually one; Google writes
-    /// two spellings): its subjects are one namespace.
-    pub issuer: Vec<String>,
-    pub audience: Vec<String>,
-    pub keys: Vec<KeyConfig>,
-    /// Prepended to `sub` of this issuer's tokens, so that subjects of
-    /// different issuers cannot collide (`user:{sub}` channels, caps,
-    /// revocation by sub).
-    pub sub_prefix: String,
-}
-
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct RawIssuer {
-    #[serde(deserialize_with = "opt_string_or_list")]
-    issuer: Option<Vec<String>>,
-    #[serde(deserialize_with = "opt_string_or_list")]
-    audience: Option<Vec<String>>,
-    sub_prefix: String,
-    keys: Vec<RawKey>,
-}
-
-fn opt_string_or_list<'a, D: serde::Deserializer<'a>>(
-    d: D,
-) -> Result<Option<Vec<String>>, D::Error> {
-    de::string_or_list(d).map(Some)
+pub(super) struct RawKey {
+    alg: Option<String>,
+    kid: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    public_key_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    // Taken apart by RawExtras::take.
+    ca_file: Option<PathBuf>,
+    cache_min: Option<String>,
+    cache_max: Option<String>,
+    refetch_interval: Option<String>,
+    fetch_timeout: Option<String>,
+    previous_secret_env: Option<String>,
+    previous_secret_file: Option<PathBuf>,
+    previous_until: Option<String>,
 }
 
 /// The options of a `[[auth.keys]]` entry that are not its source.
@@ -102,6 +194,194 @@ impl RawExtras {
             previous_secret_file: raw.previous_secret_file.take(),
             previous_until: raw.previous_until.take(),
         }
+    }
+}
+
+fn hs_min_len(a: Algorithm) -> usize {
+    match a {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
+}
+
+impl Builder<'_> {
+    /// Builds `[[auth.keys]]`; raw indices are kept so messages match the
+    /// file even when an earlier entry failed.
+    pub(super) fn build_keys(&mut self, raw: Vec<RawKey>) -> Vec<KeyConfig> {
+        let mut keys: Vec<(usize, KeyConfig)> = Vec::new();
+        for (i, k) in raw.into_iter().enumerate() {
+            if let Some(k) = self.build_key(&format!("auth.keys[{i}]"), k) {
+                keys.push((i, k));
+            }
+        }
+        for (n, (i, k)) in keys.iter().enumerate() {
+            let dup = keys[..n]
+                .iter()
+                .any(|(_, o)| k.kid.is_some() && o.kid == k.kid && o.alg == k.alg);
+            if dup {
+                self.problem(format!(
+                    "auth.keys[{i}].kid: another key has kid {:?} and the same alg",
+                    k.kid.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// A JWK set holds public keys (symmetric ones are never taken from
+    /// it): pinned to an HS algorithm, no key of it would ever be used and
+    /// the node would never become ready.
+    fn check_jwks_alg(&mut self, at: &str, source: &str, alg: Option<Algorithm>) -> Option<()> {
+        match alg {
+            Some(a) if a.family() == AlgorithmFamily::Hmac => {
+                let via = self.via(&format!("{at}.alg"));
+                self.problem(format!(
+                    "{at}.alg: {} is a shared-secret algorithm, but {source} is a JWK set, whose                      keys are public keys (RS*, PS*, ES256, ES384, EdDSA); set the algorithm                      your identity provider signs with, or remove alg to take each key's own,                      or use secret_env / secret_file for an HS key{via}",
+                    alg_name(a)
+                ));
+                None
+            }
+            _ => Some(()),
+        }
+    }
+
+    pub(super) fn build_key(&mut self, at: &str, mut raw: RawKey) -> Option<KeyConfig> {
+        let extras = RawExtras::take(&mut raw);
+        let alg = match raw.alg.as_deref() {
+            None => None,
+            Some(s) => match parse_alg(s) {
+                Some(a) => Some(a),
+                None => {
+                    self.problem(format!(
+                        "{at}.alg: unknown algorithm {s:?}; expected HS256, HS384, HS512, RS256, \
+                         RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA{}",
+                        self.via(&format!("{at}.alg"))
+                    ));
+                    return None;
+                }
+            },
+        };
+        if raw.kid.as_deref() == Some("") {
+            self.problem(format!("{at}.kid: must not be empty"));
+        }
+        let given: Vec<&str> = [
+            ("secret_env", raw.secret_env.is_some()),
+            ("secret_file", raw.secret_file.is_some()),
+            ("public_key_file", raw.public_key_file.is_some()),
+            ("jwks_url", raw.jwks_url.is_some()),
+            ("jwks_file", raw.jwks_file.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
+        if given.is_empty() {
+            self.problem(format!(
+                "{at}: no key source; set one of secret_env, secret_file, public_key_file, \
+                 jwks_url, jwks_file"
+            ));
+            return None;
+        }
+        if given.len() > 1 {
+            self.problem(format!(
+                "{at}: {} are both set; give only one key source",
+                given.join(" and ")
+            ));
+            return None;
+        }
+        let source = if raw.secret_env.is_some() || raw.secret_file.is_some() {
+            let (secret, _) = self.resolve_secret(
+                &format!("{at}.secret"),
+                raw.secret_env,
+                raw.secret_file,
+                None,
+                true,
+            );
+            let secret = secret?;
+            match alg {
+                None => {
+                    self.problem(format!(
+                        "{at}.alg: required (HS256, HS384 or HS512 for a secret)"
+                    ));
+                    return None;
+                }
+                Some(a) if a.family() != AlgorithmFamily::Hmac => {
+                    self.problem(format!(
+                        "{at}: {} is an asymmetric algorithm and needs public_key_file, not a secret",
+                        alg_name(a)
+                    ));
+                    return None;
+                }
+                Some(a) => {
+                    let min = hs_min_len(a);
+                    if secret.len() < min {
+                        self.problem(format!(
+                            "{at}: the {} secret is {} bytes; at least {min} are required",
+                            alg_name(a),
+                            secret.len()
+                        ));
+                        return None;
+                    }
+                }
+            }
+            KeySource::Secret(secret)
+        } else if let Some(file) = raw.public_key_file {
+            let path = self.path(&file);
+            let Some(a) = alg else {
+                self.problem(format!(
+                    "{at}.alg: required (RS*, PS*, ES256, ES384 or EdDSA for a public key)"
+                ));
+                return None;
+            };
+            if a.family() == AlgorithmFamily::Hmac {
+                self.problem(format!(
+                    "{at}: {} uses a shared secret (secret_env or secret_file), not public_key_file",
+                    alg_name(a)
+                ));
+                return None;
+            }
+            let pem = match std::fs::read(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.problem(format!(
+                        "{at}.public_key_file: cannot read {}: {e}",
+                        path.display()
+                    ));
+                    return None;
+                }
+            };
+            if let Err(e) = pem::public_key_from_pem(a, &pem) {
+                self.problem(format!("{at}.public_key_file: {}: {e}", path.display()));
+                return None;
+            }
+            KeySource::PublicKeyPem { path, pem }
+        } else if let Some(url) = raw.jwks_url {
+            if let Err(e) = urls::check_jwks(&url) {
+                self.problem(format!("{at}.jwks_url: {e}"));
+                return None;
+            }
+            self.check_jwks_alg(at, "jwks_url", alg)?;
+            KeySource::JwksUrl(url)
+        } else if let Some(file) = raw.jwks_file {
+            let path = self.path(&file);
+            if let Err(e) = pem::check_jwks_file(&path) {
+                self.problem(format!("{at}.jwks_file: {}: {e}", path.display()));
+                return None;
+            }
+            self.check_jwks_alg(at, "jwks_file", alg)?;
+            KeySource::JwksFile(path)
+        } else {
+            return None;
+        };
+        let (jwks, previous) = self.key_extras(at, extras, &source, alg)?;
+        Some(KeyConfig {
+            alg,
+            kid: raw.kid,
+            source,
+            jwks,
+            previous,
+        })
     }
 }
 
@@ -231,7 +511,7 @@ impl Builder<'_> {
                         "{at}.previous_until: {text:?} is not an RFC 3339 time: {e}"
                     )),
                     Ok(until) => {
-                        let min = alg.map(super::hs_min_len).unwrap_or(32);
+                        let min = alg.map(hs_min_len).unwrap_or(32);
                         if alg.map(|a| a.family()) == Some(AlgorithmFamily::Hmac) && sec.len() < min
                         {
                             self.problem(format!(
@@ -250,130 +530,6 @@ impl Builder<'_> {
             }
         }
         (self.problems.len() == before).then_some((j, previous))
-    }
-
-    /// `auth_keys`: whether `[[auth.keys]]` are configured, an issuer of
-    /// their own whose subjects carry no prefix.
-    pub(super) fn build_issuers(
-        &mut self,
-        raw: Vec<RawIssuer>,
-        default_audience: &[String],
-        default_issuer: Option<&str>,
-        ticket_audience: &str,
-        auth_keys: bool,
-    ) -> Vec<IssuerConfig> {
-        let mut out: Vec<IssuerConfig> = Vec::new();
-        // Where each sub_prefix is used: (config location, prefix).
-        let mut prefixes: Vec<(String, String)> = Vec::new();
-        if auth_keys {
-            prefixes.push(("[[auth.keys]]".into(), String::new()));
-        }
-        for (i, r) in raw.into_iter().enumerate() {
-            let at = format!("auth.issuers[{i}]");
-            let issuer = r.issuer.unwrap_or_default();
-            if issuer.is_empty() || issuer.iter().any(String::is_empty) {
-                self.problem(format!(
-                    "{at}.issuer: required (the exact iss of its tokens, or a list of them)"
-                ));
-                continue;
-            }
-            for (n, iss) in issuer.iter().enumerate() {
-                if Some(iss.as_str()) == default_issuer
-                    || issuer[..n].contains(iss)
-                    || out.iter().any(|o| o.issuer.contains(iss))
-                {
-                    self.problem(format!(
-                        "{at}.issuer: {iss:?} is configured twice (auth.issuer or another \
-                         [[auth.issuers]])"
-                    ));
-                }
-            }
-            self.check_sub_prefix(&at, &r.sub_prefix, &prefixes);
-            prefixes.push((at.clone(), r.sub_prefix.clone()));
-            let audience = r.audience.unwrap_or_else(|| default_audience.to_vec());
-            for a in &audience {
-                if a.is_empty() {
-                    self.problem(format!("{at}.audience: must not contain an empty string"));
-                } else if a == ticket_audience {
-                    self.problem(format!("{at}.audience: contains the ticket audience {a:?}"));
-                }
-            }
-            if r.keys.is_empty() {
-                self.problem(format!(
-                    "{at}.keys: at least one [[auth.issuers.keys]] entry"
-                ));
-            }
-            let mut keys = Vec::new();
-            for (k, raw_key) in r.keys.into_iter().enumerate() {
-                if let Some(key) = self.build_key(&format!("{at}.keys[{k}]"), raw_key) {
-                    keys.push(key);
-                }
-            }
-            out.push(IssuerConfig {
-                issuer,
-                audience,
-                keys,
-                sub_prefix: r.sub_prefix,
-            });
-        }
-        out
-    }
-}
-
-impl Builder<'_> {
-    /// Subjects of two issuers must never be able to meet: no two may share
-    /// a `sub_prefix` (the empty one included), and no non-empty prefix may
-    /// begin another (issuer `t` could mint `|bob` and be issuer `t|`'s
-    /// `bob`). The empty prefix may start any other: it is the one issuer
-    /// whose subjects are taken as they are, presumably your own.
-    fn check_sub_prefix(&mut self, at: &str, prefix: &str, seen: &[(String, String)]) {
-        for (other, p) in seen {
-            let clash = if p == prefix {
-                Some("is also the sub_prefix of")
-            } else if !p.is_empty() && prefix.starts_with(p.as_str()) {
-                Some("begins with the sub_prefix of")
-            } else if !prefix.is_empty() && p.starts_with(prefix) {
-                Some("begins the sub_prefix of")
-            } else {
-                None
-            };
-            if let Some(how) = clash {
-                self.problem(format!(
-                    "{at}.sub_prefix: {prefix:?} {how} {other} ({p:?}): users of the two \
-                     issuers could share a sub (caps, user:{{sub}} channels, revocation by \
-                     sub); give each issuer its own prefix, or list the iss spellings of one \
-                     IdP in one entry (issuer = [..])"
-                ));
-            }
-        }
-    }
-}
-
-/// `wsgate check` rendering of the extras.
-pub(super) fn render_extras(kt: &mut Table, k: &KeyConfig) {
-    let s = |v: String| Value::String(v);
-    if matches!(k.source, KeySource::JwksUrl(_)) {
-        let j = &k.jwks;
-        if let Some(ca) = &j.ca_file {
-            kt.insert("ca_file".into(), s(ca.display().to_string()));
-        }
-        kt.insert("cache_min".into(), s(fmt_dur(j.cache_min)));
-        kt.insert("cache_max".into(), s(fmt_dur(j.cache_max)));
-        kt.insert("refetch_interval".into(), s(fmt_dur(j.refetch_interval)));
-        kt.insert("fetch_timeout".into(), s(fmt_dur(j.fetch_timeout)));
-    }
-    if let Some(p) = &k.previous {
-        match p.secret.source() {
-            super::SecretSource::Env(n) => {
-                kt.insert("previous_secret_env".into(), s(n.clone()));
-            }
-            super::SecretSource::File(f) => {
-                kt.insert("previous_secret_file".into(), s(f.display().to_string()));
-            }
-            _ => {}
-        }
-        kt.insert("previous_secret".into(), s("[redacted]".into()));
-        kt.insert("previous_until".into(), s(p.until_text.clone()));
     }
 }
 

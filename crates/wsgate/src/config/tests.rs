@@ -1,6 +1,10 @@
 use super::*;
-use jsonwebtoken::{EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header, Validation};
 use std::io::Write;
+use std::time::Duration;
+use toml::Value;
+use wsgate_core::verify::parse_alg;
+use wsgate_core::Transport;
 
 const HS32: &str = "0123456789abcdef0123456789abcdef";
 const KEY: &str = "[[auth.keys]]\nalg = \"HS256\"\nsecret_env = \"WSGATE_JWT_SECRET\"\n";
@@ -323,7 +327,7 @@ fn type_errors_name_the_key() {
     );
     assert_has(&p, "server.listen: invalid address");
     let p = errs(&format!("{KEY}[backend]\nkind = \"proxy\"\n"), &base_env());
-    assert_has(&p, "backend.kind: unknown variant `proxy`");
+    assert_has(&p, "backend.kind: unknown value \"proxy\"");
 }
 
 #[test]
@@ -374,7 +378,7 @@ fn env_override_of_unknown_key_is_an_error() {
     assert_has(&p, "WSGATE_SERVER____X: empty key");
     // Only one tls key: the table is incomplete.
     let p = errs(KEY, &with_env(&[("WSGATE_SERVER__TLS__CERT_FILE", "/x")]));
-    assert_has(&p, "server.tls: missing field `key_file`");
+    assert_has(&p, "server.tls.key_file: required");
 }
 
 #[test]
@@ -1410,4 +1414,141 @@ fn secret_errors_name_the_override() {
         &p,
         "auth.keys[0].secret_env: environment variable MISSING_VAR is not set (set by WSGATE_AUTH__KEYS__0__SECRET_ENV)",
     );
+}
+
+/// Issue 27: type errors say what the key takes, in words, and what the
+/// file holds instead.
+#[test]
+fn type_errors_speak_human() {
+    for (toml, needle) in [
+        (
+            "[limits]\nmax_connections = \"many\"\n",
+            "limits.max_connections: expected a whole number ≥ 0, got \"many\"",
+        ),
+        (
+            "[limits]\nmax_connections = -1\n",
+            "limits.max_connections: expected a whole number ≥ 0, got -1",
+        ),
+        (
+            "[limits]\nmax_connections = 5000000000\n",
+            "limits.max_connections: expected a whole number from 0 to 4294967295, got 5000000000",
+        ),
+        (
+            "[auth]\ncookie_csrf = \"yes\"\n",
+            "auth.cookie_csrf: expected true or false, got \"yes\"",
+        ),
+        (
+            "[limits]\nidle_timeout = 120\n",
+            "limits.idle_timeout: expected a duration string such as \"500ms\", \"30s\", \"5m\" or \"1h\", got 120",
+        ),
+        (
+            "[origins]\nallow = \"https://a.example\"\n",
+            "origins.allow: expected a list, got \"https://a.example\"",
+        ),
+        ("[server]\ntls = 5\n", "server.tls: expected a table, got 5"),
+        (
+            "[log]\nlevel = 1979-05-27\n",
+            "log.level: expected a string, got the date-time 1979-05-27 (quote it",
+        ),
+        (
+            "[[auth.keys]]\nalg = \"HS256\"\nkid = 7\n",
+            "auth.keys[1].kid: expected a string, got 7",
+        ),
+    ] {
+        let p = errs(&format!("{KEY}{toml}"), &base_env());
+        assert_has(&p, needle);
+        assert!(!p.iter().any(|l| l.contains("u32") || l.contains("invalid type")), "{p:?}");
+    }
+    // Through an override, the variable is named.
+    let p = errs(
+        KEY,
+        &with_env(&[("WSGATE_LIMITS__MAX_CONNECTIONS", "lots")]),
+    );
+    assert_has(
+        &p,
+        "limits.max_connections: expected a whole number ≥ 0, got \"lots\" (set by WSGATE_LIMITS__MAX_CONNECTIONS)",
+    );
+}
+
+/// Issue 27: an unknown key, section or value gets the nearest known one.
+#[test]
+fn unknown_names_get_a_did_you_mean() {
+    for (toml, needle) in [
+        (
+            "[server]\nlisen = \"127.0.0.1:1\"\n",
+            "server.lisen: unknown key; did you mean \"listen\"?",
+        ),
+        (
+            "[limits]\nmax_conections = 5\n",
+            "limits.max_conections: unknown key; did you mean \"max_connections\"?",
+        ),
+        (
+            "[[auth.keys]]\nalg = \"HS256\"\nsecret_evn = \"X\"\n",
+            "auth.keys[1].secret_evn: unknown key; did you mean \"secret_env\"?",
+        ),
+        (
+            "[serverz]\nlisten = 1\n",
+            "serverz: unknown section; did you mean [server]?",
+        ),
+        (
+            "[backend]\nkind = \"upstrem\"\n",
+            "backend.kind: unknown value \"upstrem\"; did you mean \"upstream\"?",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            "log.format: unknown value \"xml\"; expected one of \"json\" or \"human\"",
+        ),
+        (
+            "[auth]\ntransports = [\"berer\"]\n",
+            "unknown transport \"berer\"; expected bearer, subprotocol, ticket, cookie or query (did you mean \"bearer\"?)",
+        ),
+        (
+            "[server]\nzzz = 1\n",
+            "server.zzz: unknown key; expected one of listen, path,",
+        ),
+    ] {
+        assert_has(&errs(&format!("{KEY}{toml}"), &base_env()), needle);
+    }
+}
+
+/// Issue 27: a JWK set holds public keys, so an HS algorithm pinned on one
+/// never finds a key (the node never became ready): refused at load.
+#[test]
+fn hs_alg_with_a_jwk_set_is_refused() {
+    let set = secret_file(br#"{"keys":[{"kty":"oct","k":"AAAA"}]}"#);
+    for (alg, source) in [
+        (
+            "HS256",
+            "jwks_url = \"https://idp.example/jwks\"".to_string(),
+        ),
+        (
+            "HS512",
+            "jwks_url = \"http://127.0.0.1:9/jwks\"".to_string(),
+        ),
+        (
+            "HS384",
+            format!("jwks_file = {:?}", set.path().display().to_string()),
+        ),
+    ] {
+        let p = errs(&key_toml(alg, &source), &[]);
+        assert_has(
+            &p,
+            &format!("auth.keys[0].alg: {alg} is a shared-secret algorithm, but"),
+        );
+    }
+    let p = errs(
+        &format!(
+            "{ORIGINS}[[auth.issuers]]\nissuer = \"https://a/\"\n[[auth.issuers.keys]]\n\
+             alg = \"HS256\"\njwks_url = \"https://a/jwks\"\n"
+        ),
+        &[],
+    );
+    assert_has(&p, "auth.issuers[0].keys[0].alg: HS256 is a shared-secret");
+    // Asymmetric or no alg: fine.
+    for alg in ["alg = \"RS256\"\n", "alg = \"EdDSA\"\n", ""] {
+        ok(
+            &format!("{ORIGINS}[[auth.keys]]\n{alg}jwks_url = \"https://idp.example/jwks\"\n"),
+            &[],
+        );
+    }
 }

@@ -87,11 +87,14 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Binds both listeners.
+/// Binds both listeners; an error names the listener and its address.
 pub async fn bind(main: SocketAddr, admin: SocketAddr) -> std::io::Result<Bound> {
+    let named = |key: &'static str, addr: SocketAddr| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}"))
+    };
     Ok(Bound {
-        main: listen(main)?,
-        admin: listen(admin)?,
+        main: listen(main).map_err(named("server.listen", main))?,
+        admin: listen(admin).map_err(named("admin.listen", admin))?,
     })
 }
 
