@@ -7,13 +7,13 @@
 
 pub mod admission;
 pub mod app;
+pub mod auth_failures;
 pub mod backend;
 pub mod backlog;
 pub mod blocklist;
 pub mod clock;
 pub mod config;
 pub mod conn;
-pub mod dev;
 pub mod egress;
 pub mod keys;
 pub mod limiter;
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mint;
 pub mod outbox;
 pub mod readahead;
+pub mod registry;
 pub mod reload;
 pub mod revocations;
 pub mod server;

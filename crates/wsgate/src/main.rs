@@ -223,7 +223,8 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
 
 /// Dev mode banner on stderr (stdout carries the JSON logs).
 fn banner(app: &App, addr: std::net::SocketAddr, admin_addr: std::net::SocketAddr) {
-    let token = wsgate::dev::dev_token(app, "dev-user", &["user".to_string()]).unwrap_or_default();
+    let token =
+        wsgate::server::dev::dev_token(app, "dev-user", &["user".to_string()]).unwrap_or_default();
     let admin = app
         .config
         .admin

@@ -17,6 +17,7 @@
 use super::forwarded::{self, Forwarding};
 use super::{h2stream, multiplex};
 use crate::config::{AuthConfig, BackendConfig};
+use crate::metrics::Metrics;
 use crate::readahead::{delegate_async_write, ReadAhead};
 use crate::server::head::{read_head_untimed, Head, Rewind, MAX_HEADERS};
 use crate::server::upgrade::header_has_token;
@@ -35,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
 use wsgate_core::credential;
@@ -145,6 +147,13 @@ pub struct Upstream {
     pass_through: Vec<HeaderName>,
     timeout: Duration,
     schema: Option<jsonschema::Validator>,
+    /// Where the client's credential travels, to keep it from the upstream.
+    auth: AuthConfig,
+    /// The upstream socket is read as client sockets are: tungstenite's
+    /// own buffer small, socket reads of `read_chunk` through ReadAhead.
+    ws_config: WebSocketConfig,
+    read_chunk: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// Who the client is, as forwarded upstream.
@@ -156,10 +165,12 @@ pub struct Identity<'a> {
 
 impl Upstream {
     /// Reads the backend configuration; errors are startup errors.
-    /// `connections` counts the open HTTP/2 connections.
     pub fn load(
         cfg: &BackendConfig,
-        connections: prometheus_client::metrics::gauge::Gauge,
+        auth: &AuthConfig,
+        ws_config: WebSocketConfig,
+        read_chunk: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let url = cfg
             .upstream
@@ -242,13 +253,17 @@ impl Upstream {
                 multiplex::Pool::new(
                     cfg.upstream_http2_streams,
                     cfg.connect_timeout / 2,
-                    connections,
+                    metrics.upstream_http2_connections.clone(),
                 )
             }),
             identity_key,
             pass_through: cfg.forward_client_headers.clone(),
             timeout: cfg.connect_timeout,
             schema,
+            auth: auth.clone(),
+            ws_config,
+            read_chunk,
+            metrics,
         })
     }
 
@@ -266,17 +281,12 @@ impl Upstream {
     /// the application subprotocol the upstream chose, if any.
     pub async fn connect(
         &self,
-        app: &crate::app::App,
         client: &HeaderMap,
         query: Option<&str>,
         fwd: &Forwarding,
         who: &Identity<'_>,
     ) -> Result<(UpstreamWs, Option<String>), Reason> {
-        let auth = &app.config.auth;
-        // tungstenite's own buffer small, socket reads of read_buffer_bytes
-        // through ReadAhead, as on the client side.
-        let ws_config = app.client_ws_config;
-        let read_chunk = app.config.limits.read_buffer_bytes;
+        let auth = &self.auth;
         let req = self.request(auth, client, query, fwd, who, crate::clock::now_ms())?;
         let attempt = async {
             // Over HTTP/2: a connection the upstream is closing (GOAWAY,
@@ -324,9 +334,9 @@ impl Upstream {
             // Frames followed from the first byte after the 101, so that
             // the session can recycle this socket after a large message.
             let ws = WebSocketStream::from_raw_socket(
-                ReadAhead::new(tunnel, read_chunk).frames(),
+                ReadAhead::new(tunnel, self.read_chunk).frames(),
                 tokio_tungstenite::tungstenite::protocol::Role::Client,
-                Some(ws_config),
+                Some(self.ws_config),
             )
             .await;
             Ok((ws, protocol))
@@ -545,16 +555,17 @@ pub struct ClientRequest {
     pub forwarding: Forwarding,
 }
 
-/// Opens the upstream for an authenticated client, timing it.
+/// Opens the upstream (when one is configured) for an authenticated
+/// client, timing it.
 pub async fn open(
-    app: &crate::app::App,
+    up: Option<&Upstream>,
     headers: &HeaderMap,
     query: Option<&str>,
     fwd: &Forwarding,
     verified: &wsgate_core::verify::Verified,
     id: u64,
 ) -> Result<(Box<UpstreamWs>, Option<String>), Reason> {
-    let Some(up) = &app.upstream else {
+    let Some(up) = up else {
         return Err(Reason::UpstreamUnavailable);
     };
     let who = Identity {
@@ -563,8 +574,8 @@ pub async fn open(
         claims: &verified.claims,
     };
     let t0 = std::time::Instant::now();
-    let r = up.connect(app, headers, query, fwd, &who).await;
-    app.metrics
+    let r = up.connect(headers, query, fwd, &who).await;
+    up.metrics
         .upstream_connect
         .observe(t0.elapsed().as_secs_f64());
     r.map(|(ws, p)| (Box::new(ws), p))
@@ -955,7 +966,14 @@ mod tests {
         cfg.backend.identity_secret = Some(crate::config::Secret::new(
             b"0123456789abcdef0123456789abcdef".to_vec(),
         ));
-        let up = Upstream::load(&cfg.backend, Default::default()).unwrap();
+        let up = Upstream::load(
+            &cfg.backend,
+            &cfg.auth,
+            WebSocketConfig::default(),
+            4096,
+            Default::default(),
+        )
+        .unwrap();
         let claims = serde_json::Map::new();
         let who = Identity {
             sub: "u",
@@ -1009,7 +1027,14 @@ mod tests {
         };
         for h2 in [false, true] {
             cfg.backend.upstream_http2 = h2;
-            let up = Upstream::load(&cfg.backend, Default::default()).unwrap();
+            let up = Upstream::load(
+                &cfg.backend,
+                &cfg.auth,
+                WebSocketConfig::default(),
+                4096,
+                Default::default(),
+            )
+            .unwrap();
             let req = up
                 .request(&cfg.auth, &client, None, &fwd, &who, 1_000)
                 .unwrap();

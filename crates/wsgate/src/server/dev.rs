@@ -14,9 +14,9 @@
 //! The POSTs refuse a foreign `Origin` (a page elsewhere must not log the
 //! browser in as someone, or revoke anyone); CLI clients send none.
 
+use super::respond::{self, Body};
 use crate::app::App;
 use crate::clock::now_ms;
-use crate::server::respond::{self, Body};
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, ORIGIN, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -122,7 +122,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             match path.as_str() {
                 "/dev/login" => login(&app, req).await,
                 "/dev/logout" => logout(&app),
-                _ => crate::server::admin::revoke_request(&app, req).await,
+                _ => super::admin::revoke_request(&app, req).await,
             }
         }
         _ => respond::not_found(),
@@ -211,7 +211,7 @@ pub fn page() -> Response<Body> {
     asset(DEMO_PAGE, "text/html; charset=utf-8")
 }
 
-const DEMO_PAGE: &str = include_str!("dev_page.html");
+const DEMO_PAGE: &str = include_str!("../dev_page.html");
 /// The browser client, compiled from clients/js/src (scripts/e2e.sh checks it is current).
-const CLIENT_JS: &str = include_str!("../../../clients/js/dist/wsgate.js");
-const CLIENT_DTS: &str = include_str!("../../../clients/js/dist/wsgate.d.ts");
+const CLIENT_JS: &str = include_str!("../../../../clients/js/dist/wsgate.js");
+const CLIENT_DTS: &str = include_str!("../../../../clients/js/dist/wsgate.d.ts");
