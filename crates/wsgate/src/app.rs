@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::revocations::Revocations;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub struct App {
     pub store_ready: AtomicBool,
     /// Tickets: signer and verifier from the ticket secret, when enabled.
     pub tickets: Option<Tickets>,
+    /// Every task but the sessions', and the signal that stops the loops.
+    pub tasks: Tasks,
 }
 
 /// The ticket secret in its two uses.
@@ -164,7 +167,7 @@ impl App {
             &config.limits,
             metrics.buffered.clone(),
         ));
-        let store = crate::store::open(&config.store).map_err(|e| vec![e])?;
+        let store = crate::store::open(&config.store).map_err(|e| vec![e.to_string()])?;
         let tickets = config.tickets.enabled.then(|| {
             // Without a configured secret (memory store only, config
             // validation refuses it with Redis) tickets are this node's alone.
@@ -192,6 +195,7 @@ impl App {
                 ttl_ms: ms(config.tickets.ttl),
             }
         });
+        let tasks = Tasks::new();
         let upstream = if config.backend.kind == crate::config::BackendKind::Upstream {
             match Upstream::load(
                 &config.backend,
@@ -199,9 +203,10 @@ impl App {
                 client_ws_config,
                 config.limits.read_buffer_bytes,
                 metrics.clone(),
+                &tasks,
             ) {
                 Ok(u) => Some(u),
-                Err(e) => return Err(vec![e]),
+                Err(e) => return Err(vec![e.to_string()]),
             }
         } else {
             None
@@ -221,6 +226,7 @@ impl App {
             node_id.clone(),
             store.clone(),
             metrics.clone(),
+            tasks.clone(),
         ));
         let revocations = Arc::new(Revocations::new(
             store.is_shared(),
@@ -283,6 +289,7 @@ impl App {
             pending: crate::limiter::PendingHandshakes::default(),
             store_ready: AtomicBool::new(true),
             tickets,
+            tasks,
             config,
         }))
     }

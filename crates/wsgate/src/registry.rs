@@ -6,6 +6,7 @@
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Asks for a slot renewal now (the store came back).
     renew_now: tokio::sync::Notify,
+    /// Where slot releases run (shutdown waits for them).
+    tasks: Tasks,
 }
 
 #[derive(Default)]
@@ -155,6 +158,7 @@ impl Registry {
         node_id: String,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Self {
         Registry {
             active: AtomicUsize::new(0),
@@ -167,6 +171,7 @@ impl Registry {
             store,
             metrics,
             renew_now: tokio::sync::Notify::new(),
+            tasks,
         }
     }
 
@@ -348,7 +353,7 @@ impl Registry {
                 self.undo_later(sub, holder.clone());
                 let registry = self.clone();
                 let sub = sub.to_owned();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let _ = registry.store.release_user_slot(&sub, &holder).await;
                 });
                 Err(Reason::StoreUnavailable)
@@ -412,21 +417,19 @@ impl Drop for Slot {
         if let Some(holder) = self.lease.take() {
             g.leases.remove(&holder);
             // Drop cannot wait; if this fails the lease expires by itself.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let registry = self.registry.clone();
-                let sub = self.sub.clone();
-                rt.spawn(async move {
-                    if registry
-                        .store
-                        .release_user_slot(&sub, &holder)
-                        .await
-                        .is_err()
-                    {
-                        // Retried at the next renewals, else it lapses.
-                        registry.undo_later(&sub, holder);
-                    }
-                });
-            }
+            let registry = self.registry.clone();
+            let sub = self.sub.clone();
+            self.registry.tasks.spawn_if_runtime(async move {
+                if registry
+                    .store
+                    .release_user_slot(&sub, &holder)
+                    .await
+                    .is_err()
+                {
+                    // Retried at the next renewals, else it lapses.
+                    registry.undo_later(&sub, holder);
+                }
+            });
         }
         if let Some(n) = g.per_user.get_mut(&self.sub) {
             *n = n.saturating_sub(1);

@@ -17,10 +17,12 @@
 use super::forwarded::{self, Forwarding};
 use super::{h2stream, multiplex};
 use crate::config::{AuthConfig, BackendConfig};
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::readahead::{delegate_async_write, ReadAhead};
 use crate::server::head::{read_head_untimed, Head, Rewind, MAX_HEADERS};
 use crate::server::upgrade::header_has_token;
+use crate::tasks::Tasks;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::{self, HeaderName};
@@ -171,23 +173,28 @@ impl Upstream {
         ws_config: WebSocketConfig,
         read_chunk: usize,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+        tasks: &Tasks,
+    ) -> Result<Self> {
         let url = cfg
             .upstream
             .as_deref()
-            .ok_or("backend.upstream is required")?;
-        let uri: Uri = url.parse().map_err(|e| format!("backend.upstream: {e}"))?;
+            .ok_or_else(|| Error::config("backend.upstream is required"))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::config_because("backend.upstream", e))?;
         let secure = match uri.scheme_str() {
             Some("ws") => false,
             Some("wss") => true,
-            _ => return Err("backend.upstream: must be ws:// or wss://".into()),
+            _ => return Err(Error::config("backend.upstream: must be ws:// or wss://")),
         };
         let authority = uri
             .authority()
-            .ok_or("backend.upstream: no host")?
+            .ok_or_else(|| Error::config("backend.upstream: no host"))?
             .as_str()
             .to_owned();
-        let bracketed = uri.host().ok_or("backend.upstream: no host")?;
+        let bracketed = uri
+            .host()
+            .ok_or_else(|| Error::config("backend.upstream: no host"))?;
         let host = bracketed
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -205,8 +212,12 @@ impl Upstream {
             if cfg.upstream_http2 {
                 config.alpn_protocols = vec![b"h2".to_vec()];
             }
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| format!("backend.upstream: {host:?} is not a valid TLS name: {e}"))?;
+            let name = ServerName::try_from(host.clone()).map_err(|e| {
+                Error::config_because(
+                    format!("backend.upstream: {host:?} is not a valid TLS name"),
+                    e,
+                )
+            })?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
             None
@@ -218,17 +229,27 @@ impl Upstream {
         let schema = match &cfg.message_schema_file {
             None => None,
             Some(p) => {
-                let text = std::fs::read(p)
-                    .map_err(|e| format!("backend.message_schema_file: {}: {e}", p.display()))?;
-                let json: serde_json::Value = serde_json::from_slice(&text)
-                    .map_err(|e| format!("backend.message_schema_file: {}: {e}", p.display()))?;
+                let text = std::fs::read(p).map_err(|e| {
+                    Error::config_because(
+                        format!("backend.message_schema_file: {}", p.display()),
+                        e,
+                    )
+                })?;
+                let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    Error::config_because(
+                        format!("backend.message_schema_file: {}", p.display()),
+                        e,
+                    )
+                })?;
                 // Built without remote resolvers: a `$ref` to a URL is an
                 // error here, never a fetch.
                 let v = jsonschema::validator_for(&json).map_err(|e| {
-                    format!(
-                        "backend.message_schema_file: {}: not a valid JSON Schema: {e}",
+                    let context = format!(
+                        "backend.message_schema_file: {}: not a valid JSON Schema",
                         p.display()
-                    )
+                    );
+                    // The validator's error borrows the schema: its text.
+                    Error::config_because(context, e.to_string())
                 })?;
                 Some(v)
             }
@@ -236,7 +257,7 @@ impl Upstream {
         let scheme = scheme(cfg.upstream_http2, tls.is_some());
         let uri: Uri = format!("{scheme}://{authority}{path}")
             .parse()
-            .map_err(|e| format!("backend.upstream: {e}"))?;
+            .map_err(|e| Error::config_because("backend.upstream", e))?;
         Ok(Upstream {
             uri,
             literal: host
@@ -254,6 +275,7 @@ impl Upstream {
                     cfg.upstream_http2_streams,
                     cfg.connect_timeout / 2,
                     metrics.upstream_http2_connections.clone(),
+                    tasks.clone(),
                 )
             }),
             identity_key,
@@ -820,17 +842,19 @@ pub(super) fn fail(stage: &'static str, e: &dyn std::fmt::Display) -> Reason {
 
 /// The trust anchors for `wss://`: the configured CA file, else the
 /// system's roots.
-fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(p) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
                 .and_then(|it| it.collect())
-                .map_err(|e| format!("backend.upstream_ca_file: {}: {e}", p.display()))?;
+                .map_err(|e| {
+                    Error::config_because(format!("backend.upstream_ca_file: {}", p.display()), e)
+                })?;
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("backend.upstream_ca_file: {}: {e}", p.display()))?;
+                roots.add(c).map_err(|e| {
+                    Error::config_because(format!("backend.upstream_ca_file: {}", p.display()), e)
+                })?;
             }
         }
         None => {
@@ -841,7 +865,7 @@ fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Str
         }
     }
     if roots.is_empty() {
-        return Err("backend.upstream: no trusted root certificates for wss:// (set backend.upstream_ca_file)".into());
+        return Err(Error::config("backend.upstream: no trusted root certificates for wss:// (set backend.upstream_ca_file)"));
     }
     Ok(roots)
 }
@@ -972,6 +996,7 @@ mod tests {
             WebSocketConfig::default(),
             4096,
             Default::default(),
+            &Tasks::new(),
         )
         .unwrap();
         let claims = serde_json::Map::new();
@@ -1033,6 +1058,7 @@ mod tests {
                 WebSocketConfig::default(),
                 4096,
                 Default::default(),
+                &Tasks::new(),
             )
             .unwrap();
             let req = up

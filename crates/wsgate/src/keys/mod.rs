@@ -12,6 +12,7 @@ pub mod fetch;
 mod source;
 
 use crate::config::{Config, KeyConfig, KeySource, SecretSource};
+use crate::tasks::Tasks;
 use jsonwebtoken::DecodingKey;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -511,23 +512,20 @@ impl Keys {
 /// before the gateway says it is listening, so an early SIGHUP cannot take
 /// the default action (terminate).
 /// `source`: the config file to reload from (none in dev mode).
-pub fn start(keys: &Arc<Keys>, source: Option<&Path>) {
+pub fn start(keys: &Arc<Keys>, source: Option<&Path>, tasks: &Tasks) {
     for s in keys.state().sources.iter() {
-        tokio::spawn(s.clone().run(keys.metrics.clone()));
+        tasks.spawn_loop(s.clone().run(keys.metrics.clone()));
     }
     let Some(path) = source else {
         return; // dev mode: nothing to reload from
     };
-    tokio::spawn(run(
-        keys.clone(),
-        path.to_owned(),
-        crate::reload::Trigger::hook(),
-    ));
+    let trigger = crate::reload::Trigger::hook();
+    tasks.spawn_loop(run(keys.clone(), path.to_owned(), trigger, tasks.clone()));
 }
 
 /// Reloads keys on SIGHUP or when the config or a key file changes
 /// (checked every 5 s), like the TLS certificates.
-async fn run(keys: Arc<Keys>, path: PathBuf, mut trigger: crate::reload::Trigger) {
+async fn run(keys: Arc<Keys>, path: PathBuf, mut trigger: crate::reload::Trigger, tasks: Tasks) {
     // Stamps of a reload that failed: not retried until the files change again.
     let mut failed: Option<Vec<Option<SystemTime>>> = None;
     loop {
@@ -551,7 +549,7 @@ async fn run(keys: Arc<Keys>, path: PathBuf, mut trigger: crate::reload::Trigger
                     jwks_urls = st.sources.len() as u64,
                 );
                 for s in fresh {
-                    tokio::spawn(s.run(keys.metrics.clone()));
+                    tasks.spawn_loop(s.run(keys.metrics.clone()));
                 }
             }
             Err(problems) => {

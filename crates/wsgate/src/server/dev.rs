@@ -17,6 +17,7 @@
 use super::respond::{self, Body};
 use crate::app::App;
 use crate::clock::now_ms;
+use crate::error::Error;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, ORIGIN, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -53,7 +54,7 @@ pub struct DevSession {
 }
 
 /// Mints a dev token for `sub` with `roles`, carrying a fresh `csrf` claim.
-pub fn dev_token(app: &App, sub: &str, roles: &[String]) -> Result<String, String> {
+pub fn dev_token(app: &App, sub: &str, roles: &[String]) -> Result<String, Error> {
     dev_session(app, sub, roles, DEV_TTL_SECS).map(|s| s.token)
 }
 
@@ -63,8 +64,11 @@ pub fn dev_session(
     sub: &str,
     roles: &[String],
     ttl_secs: i64,
-) -> Result<DevSession, String> {
-    let key = app.dev_signer.as_ref().ok_or("not in dev mode")?;
+) -> Result<DevSession, Error> {
+    let key = app
+        .dev_signer
+        .as_ref()
+        .ok_or_else(|| Error::config("not in dev mode"))?;
     let now = now_ms() / 1000;
     let exp = now + ttl_secs;
     let csrf = crate::mint::random_id(16);

@@ -43,8 +43,9 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
-    /// Held, never sent: dropping it would stop the admin listener.
-    _admin_stop: watch::Sender<bool>,
+    /// Sent at the end of a shutdown: the admin listener serves /metrics
+    /// and /readyz until then.
+    admin_stop: watch::Sender<bool>,
 }
 
 impl Running {
@@ -101,41 +102,45 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     let addr = bound.main.local_addr()?;
     let admin_addr = bound.admin.local_addr()?;
     let (stop, stopped) = watch::channel(false);
+    let tasks = &app.tasks;
     if app.admission.blocklist.enabled() {
         app.admission.blocklist.watch(&bound.main)?;
-        tokio::spawn(expire_blocks(app.clone()));
+        tasks.spawn_loop(expire_blocks(app.clone()));
     }
-    tokio::spawn(watch_store(app.clone()));
-    tokio::spawn(prune_limiter(app.clone()));
-    tokio::spawn(prune_egress(app.egress.clone()));
-    tokio::spawn(crate::revocations::feed(crate::revocations::FeedHandles {
+    tasks.spawn_loop(watch_store(app.clone()));
+    tasks.spawn_loop(prune_limiter(app.clone()));
+    tasks.spawn_loop(prune_egress(app.egress.clone()));
+    tasks.spawn_loop(crate::revocations::feed(crate::revocations::FeedHandles {
         revocations: app.admission.revocations.clone(),
         store: app.store.clone(),
         registry: app.registry.clone(),
         metrics: app.metrics.clone(),
         node_id: app.node_id.clone(),
     }));
-    tokio::spawn(app.registry.clone().renew());
-    crate::keys::start(&app.admission.keys, app.config.source.as_deref());
+    tasks.spawn_loop(app.registry.clone().renew());
+    crate::keys::start(&app.admission.keys, app.config.source.as_deref(), tasks);
     if app.tls_main.is_some() || app.tls_admin.is_some() {
-        tokio::spawn(reload_certs(app.clone()));
+        tasks.spawn_loop(reload_certs(app.clone()));
     }
     if app.store.is_shared() {
-        tokio::spawn(
-            app.hub
-                .clone()
-                .relay(app.store.clone(), app.metrics.clone()),
-        );
+        let relay = app
+            .hub
+            .clone()
+            .relay(app.store.clone(), app.metrics.clone());
+        tasks.spawn_loop(relay);
     }
-    tokio::spawn(accept_loop(
+    // Tracked, not cut off: each stops on its own signal (`stop` below for
+    // the main listener; the admin one at the end of a shutdown).
+    tasks.spawn(accept_loop(
         app.clone(),
         bound.main,
         Listener::Main,
         stopped.clone(),
     ));
-    // The admin listener serves /metrics and /readyz until the process exits.
+    // The admin listener serves /metrics and /readyz until the end of the
+    // shutdown (its loop and connections stop with the tasks).
     let (admin_stop_tx, admin_stop) = watch::channel(false);
-    tokio::spawn(accept_loop(
+    tasks.spawn(accept_loop(
         app.clone(),
         bound.admin,
         Listener::Admin,
@@ -146,7 +151,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
         admin_addr,
         app,
         stop,
-        _admin_stop: admin_stop_tx,
+        admin_stop: admin_stop_tx,
     })
 }
 
@@ -203,7 +208,7 @@ async fn reload_certs(app: Arc<App>) {
                 Err(e) => tracing::error!(
                     event = "tls_reload_failed",
                     listener = name,
-                    error = e.as_str()
+                    error = %e
                 ),
             }
         }
@@ -259,7 +264,15 @@ async fn accept_loop(
                 // Inherited from the listener on Linux (see `listen`).
                 #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_conn(app.clone(), stream, peer, which));
+                let conn = serve_conn(app.clone(), stream, peer, which);
+                match which {
+                    // Counted by the registry once they are sessions, and
+                    // closed by the drain: not cut off by the shutdown.
+                    Listener::Main => {
+                        tokio::spawn(conn);
+                    }
+                    Listener::Admin => app.tasks.spawn_loop(conn),
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning;
@@ -628,18 +641,30 @@ pub async fn wait_for_shutdown(running: Running) {
         let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
         app.registry.drained(deadline).await;
     };
-    tokio::select! {
-        _ = drain => {}
+    let forced = tokio::select! {
+        _ = drain => false,
         _ = signals.next() => {
             tracing::warn!(event = "shutdown", phase = "forced");
+            true
         }
-    }
+    };
+    // The loops (store checks, feeds, renewals, both listeners) stop; what
+    // they started (slot releases above all) may finish, unless forced.
+    running.stop_accepting();
+    let _ = running.admin_stop.send(true);
+    let grace = if forced { Duration::ZERO } else { TASKS_GRACE };
+    let left = app.tasks.shutdown(grace).await;
     tracing::info!(
         event = "shutdown",
         phase = "done",
-        active = app.registry.active() as u64
+        active = app.registry.active() as u64,
+        tasks = left as u64
     );
 }
+
+/// How long the end of a shutdown waits for the gateway's own tasks (a slot
+/// release is bounded by the store's timeout, well within it).
+const TASKS_GRACE: Duration = Duration::from_secs(2);
 
 /// SIGTERM and SIGINT as one stream.
 struct Signals {
