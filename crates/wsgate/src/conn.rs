@@ -199,7 +199,7 @@ where
         Ok(t) if t.len() > app.config.auth.max_token_bytes => Err(Reason::TokenTooLarge),
         // The same steps as an upgrade: verification, then the revocation
         // check (503-equivalent while the set is not known).
-        Ok(t) => crate::admission::authenticate(app, &t).await,
+        Ok(t) => app.admission.authenticate(&t).await,
     };
     let verified = match verified {
         Ok(v) => v,
@@ -213,7 +213,7 @@ where
     let upstream = match &request {
         None => None,
         Some(r) => match crate::backend::upstream::open(
-            app,
+            app.upstream.as_ref(),
             &r.headers,
             r.query.as_deref(),
             &r.forwarding,
@@ -644,7 +644,7 @@ where
                             metrics.bytes_in.inc_by(t.len() as u64);
                             if let Some((reply, refreshed)) = control_message(&app, session, verified, id, t.as_str()) {
                                 if let (true, Some(h)) = (refreshed, hub.as_mut()) {
-                                    h.recheck(&app, verified);
+                                    h.recheck(&app.hub, verified);
                                 }
                                 client_out.push(reply);
                                 continue;
@@ -676,7 +676,7 @@ where
                         None
                     } else if let Some(h) = hub.as_mut() {
                         let answer = match &data {
-                            Message::Text(t) => h.handle(&app, verified, t.as_str()),
+                            Message::Text(t) => h.handle(&app.hub, verified, t.as_str()),
                             // The hub speaks JSON text only.
                             _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
                         };
@@ -847,7 +847,7 @@ where
         };
         session.close();
         if let Some(h) = hub.as_mut() {
-            h.leave(&app);
+            h.leave(&app.hub);
         }
         let grace = if ended.flush {
             CLOSE_GRACE
@@ -930,9 +930,10 @@ fn control_message(
         Ok(Some(t)) if t.len() > app.config.auth.max_token_bytes => Err(Reason::TokenTooLarge),
         // Refused while the revocation set is not known, like an upgrade.
         Ok(Some(t)) => app
-            .verifier
+            .admission
+            .keys
             .verify(t, now)
-            .and_then(|v| crate::admission::not_revoked(app, v)),
+            .and_then(|v| app.admission.not_revoked(v)),
     };
     let action = session.on_refresh(result.as_ref().map_err(|r| *r), now);
     let mut refreshed = false;

@@ -7,14 +7,15 @@
 
 pub mod admission;
 pub mod app;
+pub mod auth_failures;
 pub mod backend;
 pub mod backlog;
 pub mod blocklist;
 pub mod clock;
 pub mod config;
 pub mod conn;
-pub mod dev;
 pub mod egress;
+pub mod error;
 pub mod init;
 pub mod keys;
 pub mod limiter;
@@ -23,8 +24,10 @@ pub mod metrics;
 pub mod mint;
 pub mod outbox;
 pub mod readahead;
+pub mod registry;
 pub mod reload;
 pub mod revocations;
 pub mod server;
 pub mod store;
+pub mod tasks;
 pub mod tls;

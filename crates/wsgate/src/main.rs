@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use wsgate::app::App;
 use wsgate::config::{Config, LogFormat};
+use wsgate::error::Error;
 use wsgate::mint;
 
 // Measured (BENCHMARKS.md, "Allocator"): glibc malloc/free were ~15 % of the
@@ -266,7 +267,8 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
 
 /// Dev mode banner on stderr (stdout carries the JSON logs).
 fn banner(app: &App, addr: std::net::SocketAddr, admin_addr: std::net::SocketAddr) {
-    let token = wsgate::dev::dev_token(app, "dev-user", &["user".to_string()]).unwrap_or_default();
+    let token =
+        wsgate::server::dev::dev_token(app, "dev-user", &["user".to_string()]).unwrap_or_default();
     let admin = app
         .config
         .admin
@@ -294,12 +296,13 @@ fn token(
     secret_env: Option<String>,
     key_file: Option<PathBuf>,
     alg: Option<String>,
-) -> Result<String, String> {
-    let ttl = humantime::parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+) -> Result<String, Error> {
+    let ttl = humantime::parse_duration(ttl).map_err(|e| Error::config_because("--ttl", e))?;
     let (alg, key) = match key_file {
         Some(path) => {
             let alg = mint::alg(alg.as_deref().unwrap_or("RS256"))?;
-            let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| Error::config_because(path.display().to_string(), e))?;
             (alg, mint::encoding_key_from_pem(alg, &pem)?)
         }
         None => {
@@ -310,16 +313,16 @@ fn token(
                     | jsonwebtoken::Algorithm::HS384
                     | jsonwebtoken::Algorithm::HS512
             ) {
-                return Err(format!("{alg:?} needs --key-file"));
+                return Err(Error::config(format!("{alg:?} needs --key-file")));
             }
             let var = secret_env.unwrap_or_else(|| "WSGATE_JWT_SECRET".into());
             let secret = std::env::var(&var)
-                .map_err(|_| format!("environment variable {var} is not set"))?;
+                .map_err(|_| Error::config(format!("environment variable {var} is not set")))?;
             if secret.len() < mint::min_secret_len(alg) {
-                return Err(format!(
+                return Err(Error::config(format!(
                     "the secret in {var} is shorter than {} bytes",
                     mint::min_secret_len(alg)
-                ));
+                )));
             }
             (
                 alg,

@@ -1,11 +1,12 @@
 //! Minting tokens: `wsgate token` and dev-mode logins.
 
+use crate::error::{Error, Result};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 use wsgate_core::verify::parse_alg;
 
 /// Loads a private key PEM for `alg` (RS*/PS* RSA, ES* EC, EdDSA Ed25519).
-pub fn encoding_key_from_pem(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, String> {
+pub fn encoding_key_from_pem(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey> {
     let r = match alg {
         Algorithm::RS256
         | Algorithm::RS384
@@ -15,14 +16,17 @@ pub fn encoding_key_from_pem(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, 
         | Algorithm::PS512 => EncodingKey::from_rsa_pem(pem),
         Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
         Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
-        _ => return Err("HS algorithms take a secret, not a key file".into()),
+        _ => return Err(Error::config("HS algorithms take a secret, not a key file")),
     };
-    r.map_err(|e| format!("cannot load private key for {alg:?}: {e}"))
+    r.map_err(|e| {
+        let context = format!("cannot load private key for {alg:?}");
+        Error::config_because(context, e)
+    })
 }
 
 /// Parses `--alg`.
-pub fn alg(s: &str) -> Result<Algorithm, String> {
-    parse_alg(s).ok_or_else(|| format!("unsupported algorithm {s:?}"))
+pub fn alg(s: &str) -> Result<Algorithm> {
+    parse_alg(s).ok_or_else(|| Error::config(format!("unsupported algorithm {s:?}")))
 }
 
 /// Minimum HMAC secret size for an HS algorithm (RFC 7518 3.2).
@@ -35,12 +39,12 @@ pub fn min_secret_len(alg: Algorithm) -> usize {
 }
 
 /// Parses `--claim k=v`: v as JSON when it is JSON (`roles=["a"]`, `n=3`), else a string.
-pub fn claim_arg(s: &str) -> Result<(String, Value), String> {
+pub fn claim_arg(s: &str) -> Result<(String, Value)> {
     let (k, v) = s
         .split_once('=')
-        .ok_or_else(|| format!("--claim expects key=value, got {s:?}"))?;
+        .ok_or_else(|| Error::config(format!("--claim expects key=value, got {s:?}")))?;
     if k.is_empty() {
-        return Err("--claim key is empty".into());
+        return Err(Error::config("--claim key is empty"));
     }
     let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
     Ok((k.to_owned(), v))
@@ -52,10 +56,11 @@ pub fn sign(
     kid: Option<&str>,
     claims: &Map<String, Value>,
     key: &EncodingKey,
-) -> Result<String, String> {
+) -> Result<String> {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, key).map_err(|e| format!("cannot sign token: {e}"))
+    jsonwebtoken::encode(&header, claims, key)
+        .map_err(|e| Error::config_because("cannot sign token", e))
 }
 
 /// A random URL-safe string with `bytes` bytes of entropy (ids, CSRF values).

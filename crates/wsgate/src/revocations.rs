@@ -7,17 +7,83 @@
 //! stays known only while the store keeps confirming it: each answered
 //! ping on the revocation feed (everything announced before it has been
 //! delivered) extends it by `store.max_revocation_staleness`. Past that,
-//! [`crate::admission::not_revoked`] answers `503 store_unavailable` and
-//! `/readyz` is 503 until the feed is back and the set reloaded.
+//! the admission check (`Admission::not_revoked`) answers `503
+//! store_unavailable` and `/readyz` is 503 until the feed is back and the
+//! set reloaded.
 
-use crate::app::{App, Control};
 use crate::clock::now_ms;
-use crate::store::Feed;
+use crate::metrics::Metrics;
+use crate::registry::{Control, Registry};
+use crate::store::{Feed, Store};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use wsgate_core::revocation::RevocationSet;
+use wsgate_core::revocation::{Revocation, RevocationSet};
+use wsgate_core::verify::Verified;
 use wsgate_core::UnixMillis;
+
+/// The revocations in force on this node, whether they may be trusted, and
+/// the sessions a new one closes.
+pub struct Revocations {
+    set: RwLock<RevocationSet>,
+    freshness: Freshness,
+    /// Asks the feed to reload and write back (a revocation's write to the
+    /// store may not have landed, or the store lost the set).
+    resync: tokio::sync::Notify,
+    registry: Arc<Registry>,
+}
+
+impl Revocations {
+    /// `shared`: the store is shared with other nodes, so the set is unknown
+    /// until loaded and goes stale after `staleness` without confirmation.
+    pub fn new(shared: bool, staleness: Duration, registry: Arc<Registry>) -> Self {
+        Revocations {
+            set: RwLock::new(RevocationSet::new()),
+            freshness: if shared {
+                Freshness::new(staleness)
+            } else {
+                Freshness::always()
+            },
+            resync: tokio::sync::Notify::new(),
+            registry,
+        }
+    }
+
+    /// Whether the set may be trusted at `now`.
+    pub fn is_known(&self, now: UnixMillis) -> bool {
+        self.freshness.is_known(now)
+    }
+
+    /// Whether a verified token is revoked at `now`.
+    pub fn is_revoked(&self, v: &Verified, now: UnixMillis) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_revoked(v, now)
+    }
+
+    /// Has the feed reload the set and write back what the store lacks.
+    pub fn resync_soon(&self) {
+        self.resync.notify_one();
+    }
+
+    /// Adds a revocation to this node's set and closes matching sessions.
+    pub fn apply(&self, r: Revocation) -> usize {
+        let target = r.target.clone();
+        self.set
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r);
+        self.registry.signal(&target, Control::Revoke)
+    }
+
+    fn prune(&self, now: UnixMillis) {
+        self.set
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .prune(now);
+    }
+}
 
 /// Until when the revocation set counts as current.
 pub struct Freshness {
@@ -65,13 +131,24 @@ impl Freshness {
     }
 }
 
+/// What the feed task works with: the set it keeps, the store it follows,
+/// the slots it asks to renew after a reload.
+pub struct FeedHandles {
+    pub revocations: Arc<Revocations>,
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// This node's id: refreshes it announced itself are not taken twice.
+    pub node_id: String,
+}
+
 /// Keeps this node's revocations in step with the store: each announced
 /// revocation closes matching sessions; a resync (start, reconnect, or a
 /// revocation whose write may not have landed) reloads the whole set and
 /// writes back what the store lacks; each answered ping confirms it.
-pub async fn feed(app: Arc<App>) {
+pub async fn feed(h: FeedHandles) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    app.store.watch_revocations(tx);
+    h.store.watch_revocations(tx);
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     // Pings confirm only a set that was loaded once (a resync is handled
     // in line, so later pings always follow a completed reload).
@@ -79,71 +156,58 @@ pub async fn feed(app: Arc<App>) {
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
-            () = app.revocation_resync.notified() => Some(Feed::Resync),
+            () = h.revocations.resync.notified() => Some(Feed::Resync),
             _ = prune.tick() => {
-                app.egress.prune(now_ms());
-                app.revocations
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .prune(now_ms());
+                h.revocations.prune(now_ms());
                 continue;
             }
         };
         match ev {
             None => return,
             Some(Feed::Revoked(r)) => {
-                apply(&app, r);
+                h.revocations.apply(r);
             }
             Some(Feed::Alive(at)) => {
                 if synced {
-                    app.revocation_freshness.confirmed(at);
+                    h.revocations.freshness.confirmed(at);
                 }
             }
             Some(Feed::Refresh { node, target }) => {
                 // The node that took the call already asked its own sessions.
-                if node != app.node_id {
-                    app.registry.signal(&target, Control::Reauth);
+                if node != h.node_id {
+                    h.registry.signal(&target, Control::Reauth);
                 }
             }
             Some(Feed::Resync) => {
-                resync(&app).await;
+                resync(&h).await;
                 synced = true;
             }
         }
     }
 }
 
-/// Adds a revocation to this node's set and closes matching sessions.
-pub fn apply(app: &App, r: wsgate_core::revocation::Revocation) -> usize {
-    let target = r.target.clone();
-    app.revocations
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(r);
-    app.registry.signal(&target, Control::Revoke)
-}
-
 /// Reloads the whole set until the store has it complete, writing back
 /// what this node knows and the store lacks (a Redis restarted without
 /// persistence forgot it; a revocation's write may have timed out).
-async fn resync(app: &App) {
+async fn resync(h: &FeedHandles) {
+    let revocations = &h.revocations;
     let mut wait = Duration::from_millis(200);
     let mut vouch = false;
     loop {
         let started = now_ms();
-        match app.store.revocations(started, vouch).await {
+        match h.store.revocations(started, vouch).await {
             Ok(snapshot) => {
                 let n = snapshot.revocations.len();
                 let mut stored = RevocationSet::new();
                 for r in snapshot.revocations {
                     stored.insert(r.clone());
-                    apply(app, r);
+                    revocations.apply(r);
                 }
-                let wrote = write_back(app, &stored, started).await;
+                let wrote = write_back(h, &stored, started).await;
                 if snapshot.complete {
-                    app.revocation_freshness.confirmed(started);
+                    revocations.freshness.confirmed(started);
                     // The store may have come back without this node's slots.
-                    app.slots_resync.notify_one();
+                    h.registry.renew_soon();
                     tracing::info!(event = "revocations_loaded", count = n as u64);
                     return;
                 }
@@ -152,7 +216,7 @@ async fn resync(app: &App) {
                 // the store's on its next load; others wait for such a node
                 // (or for store.revocation_writeback_wait).
                 let lost_at = snapshot.incomplete_since.unwrap_or(i64::MAX);
-                if !vouch && wrote && app.revocation_freshness.was_known_at(lost_at) {
+                if !vouch && wrote && revocations.freshness.was_known_at(lost_at) {
                     vouch = true;
                     continue;
                 }
@@ -163,7 +227,7 @@ async fn resync(app: &App) {
                 );
             }
             Err(e) => {
-                app.metrics.store_errors.inc();
+                h.metrics.store_errors.inc();
                 tracing::warn!(event = "store_error", op = "revocations", error = %e);
             }
         }
@@ -174,9 +238,10 @@ async fn resync(app: &App) {
 
 /// Writes back the revocations this node knows that `stored` lacks; true
 /// when every write succeeded.
-async fn write_back(app: &App, stored: &RevocationSet, now: UnixMillis) -> bool {
-    let known = app
+async fn write_back(h: &FeedHandles, stored: &RevocationSet, now: UnixMillis) -> bool {
+    let known = h
         .revocations
+        .set
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .entries();
@@ -185,9 +250,9 @@ async fn write_back(app: &App, stored: &RevocationSet, now: UnixMillis) -> bool 
         .into_iter()
         .filter(|r| r.until > now && !stored.covers(r))
     {
-        if let Err(e) = app.store.revoke(&r).await {
+        if let Err(e) = h.store.revoke(&r).await {
             ok = false;
-            app.metrics.store_errors.inc();
+            h.metrics.store_errors.inc();
             tracing::warn!(event = "store_error", op = "revoke_repair", error = %e);
         }
     }

@@ -6,6 +6,7 @@
 //! logged) on reload.
 
 use crate::config::TlsConfig;
+use crate::error::{Error, Kind, Result, Side};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -29,31 +30,42 @@ fn modified(p: &Path) -> Option<SystemTime> {
 }
 
 /// Loads a certificate chain and its private key, checking they belong together.
-pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey> {
+    let bad = |context: String, e: rustls::pki_types::pem::Error| {
+        Error::because(Kind::Config, Side::Internal, context, e)
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+        .map_err(|e| bad(cert_file.display().to_string(), e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(cert_file.display().to_string(), e))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", cert_file.display()));
+        let context = format!("{}: no certificate found", cert_file.display());
+        return Err(Error::explain(Kind::Config, Side::Internal, context));
     }
     let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("{}: no usable private key: {e}", key_file.display()))?;
-    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| format!("{}: unsupported private key: {e}", key_file.display()))?;
+        .map_err(|e| bad(format!("{}: no usable private key", key_file.display()), e))?;
+    let tls_error =
+        |context: String, e: rustls::Error| Error::because(Kind::Tls, Side::Internal, context, e);
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
+        tls_error(
+            format!("{}: unsupported private key", key_file.display()),
+            e,
+        )
+    })?;
     let ck = CertifiedKey::new(certs, signer);
     ck.keys_match().map_err(|e| {
-        format!(
-            "{} does not match the certificate in {}: {e}",
+        let context = format!(
+            "{} does not match the certificate in {}",
             key_file.display(),
             cert_file.display()
-        )
+        );
+        tls_error(context, e)
     })?;
     Ok(ck)
 }
 
 impl ReloadingCert {
-    pub fn load(cfg: &TlsConfig) -> Result<Arc<Self>, String> {
+    pub fn load(cfg: &TlsConfig) -> Result<Arc<Self>> {
         let ck = load_pair(&cfg.cert_file, &cfg.key_file)?;
         Ok(Arc::new(ReloadingCert {
             stamps: Mutex::new((modified(&cfg.cert_file), modified(&cfg.key_file))),
@@ -64,7 +76,7 @@ impl ReloadingCert {
     }
 
     /// Reloads now; on failure the current pair stays in use.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<()> {
         let stamps = (modified(&self.cert_file), modified(&self.key_file));
         let ck = load_pair(&self.cert_file, &self.key_file)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
@@ -96,7 +108,7 @@ pub struct Tls {
 }
 
 impl Tls {
-    pub fn load(cfg: &TlsConfig) -> Result<Self, String> {
+    pub fn load(cfg: &TlsConfig) -> Result<Self> {
         let cert = ReloadingCert::load(cfg)?;
         let acceptor = cert.acceptor();
         Ok(Tls { cert, acceptor })

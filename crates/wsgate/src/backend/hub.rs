@@ -10,8 +10,9 @@
 //! while the node is past its total, is marked slow and closed rather than
 //! letting memory grow.
 
-use crate::app::App;
 use crate::backlog::Backlog;
+use crate::metrics::Metrics;
+use crate::store::{HubFeed, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -45,6 +46,8 @@ struct SubscriberState {
 pub struct Hub {
     grants: Vec<Grant>,
     backlog: Arc<Backlog>,
+    /// This node's id, in its announcements (its own come back to it).
+    node_id: String,
     channels: RwLock<HashMap<String, HashMap<u64, Subscriber>>>,
     /// With a shared store: publishes to announce to the other nodes, in
     /// order, through one relay task.
@@ -122,26 +125,59 @@ fn send_all(subs: &HashMap<u64, Subscriber>, msg: &Utf8Bytes, backlog: &Backlog)
 }
 
 impl Hub {
-    pub fn new(grants: Vec<Grant>, backlog: Arc<Backlog>) -> Self {
+    pub fn new(grants: Vec<Grant>, backlog: Arc<Backlog>, node_id: String) -> Self {
         Hub {
             grants,
             backlog,
+            node_id,
             channels: RwLock::new(HashMap::new()),
             outbound: std::sync::OnceLock::new(),
         }
     }
 
-    /// Connects the hub to the other nodes (shared store only).
-    pub fn set_outbound(&self, tx: mpsc::Sender<String>) {
-        let _ = self.outbound.set(tx);
+    /// Hub fan-out across nodes (shared store only): this node's publishes
+    /// go out through the store in order; announcements from other nodes
+    /// are delivered here.
+    pub async fn relay(self: Arc<Self>, store: Arc<dyn Store>, metrics: Arc<Metrics>) {
+        let (out_tx, mut out_rx) = mpsc::channel::<String>(4096);
+        let _ = self.outbound.set(out_tx);
+        let (in_tx, mut in_rx) = mpsc::channel(4096);
+        store.watch_hub(in_tx);
+        loop {
+            tokio::select! {
+                Some(msg) = out_rx.recv() => {
+                    if let Err(e) = store.hub_publish(&msg).await {
+                        metrics.store_errors.inc();
+                        tracing::warn!(event = "store_error", op = "hub_publish", error = %e);
+                    }
+                }
+                Some(feed) = in_rx.recv() => {
+                    let msg = match feed {
+                        HubFeed::Message(m) => m,
+                        HubFeed::Gap => {
+                            let told = self.gap();
+                            tracing::info!(event = "hub_gap", subscribers = told as u64);
+                            continue;
+                        }
+                    };
+                    let Ok(a) = serde_json::from_str::<Announcement>(&msg) else {
+                        continue;
+                    };
+                    if a.node != self.node_id {
+                        self.deliver(&a.channel, &a.data, a.from.as_deref());
+                    }
+                }
+                else => return,
+            }
+        }
     }
 
     /// Publishes: delivers here, and announces to the other nodes when the
     /// store is shared. Returns the deliveries made on this node.
-    pub fn publish(&self, node: &str, channel: &str, data: &Value, from: Option<&str>) -> usize {
+    pub fn publish(&self, channel: &str, data: &Value, from: Option<&str>) -> usize {
         if let Some(out) = self.outbound.get() {
             let a = Announcement {
-                node: node.to_owned(),
+                node: self.node_id.clone(),
                 channel: channel.to_owned(),
                 data: data.clone(),
                 from: from.map(str::to_owned),
@@ -280,11 +316,10 @@ impl HubSession {
 
     /// Handles one client text message; returns the answer, if any.
     /// Bad input is answered `bad_request` and never closes the socket.
-    pub fn handle(&mut self, app: &App, v: &Verified, text: &str) -> Option<String> {
+    pub fn handle(&mut self, hub: &Hub, v: &Verified, text: &str) -> Option<String> {
         let Some(req) = decode(text) else {
             return Some(error(&None, "bad_request"));
         };
-        let hub = &app.hub;
         let channel = match (&req.kind[..], req.channel.as_deref()) {
             ("subscribe" | "unsubscribe" | "publish", Some(c)) if grants::valid_channel(c) => c,
             _ => return Some(error(&req.id, "bad_request")),
@@ -316,33 +351,29 @@ impl HubSession {
                 let Some(data) = req.data.as_ref() else {
                     return Some(error(&req.id, "bad_request"));
                 };
-                hub.publish(&app.node_id, channel, data, Some(&v.sub));
+                hub.publish(channel, data, Some(&v.sub));
                 ack(&req.id)
             }
         }
     }
 
     /// After a refresh changed the claims: drops channels no longer granted.
-    pub fn recheck(&mut self, app: &App, v: &Verified) {
+    pub fn recheck(&mut self, hub: &Hub, v: &Verified) {
         let lost: Vec<String> = self
             .channels
             .iter()
-            .filter(|c| !app.hub.allowed(v, Action::Subscribe, c))
+            .filter(|c| !hub.allowed(v, Action::Subscribe, c))
             .cloned()
             .collect();
         for c in lost {
             self.channels.remove(&c);
-            app.hub.remove(&c, self.id);
+            hub.remove(&c, self.id);
         }
     }
 
     /// Leaves every channel (the socket is closing) and lets go of the
     /// deliveries still queued for it.
-    pub fn leave(&mut self, app: &App) {
-        self.leave_hub(&app.hub);
-    }
-
-    fn leave_hub(&mut self, hub: &Hub) {
+    pub fn leave(&mut self, hub: &Hub) {
         for c in self.channels.drain() {
             hub.remove(&c, self.id);
         }
@@ -362,7 +393,7 @@ mod tests {
             ..Default::default()
         };
         let backlog = Backlog::new(&limits, Default::default());
-        Hub::new(Vec::new(), Arc::new(backlog))
+        Hub::new(Vec::new(), Arc::new(backlog), "test".into())
     }
 
     fn deliver(h: &Hub, size: usize) -> usize {
@@ -423,9 +454,9 @@ mod tests {
         assert_eq!(deliver(&h, 2000), 1, "only the one that holds nothing");
         assert!(behind.is_slow() && !caught_up.is_slow());
         let mut behind = behind;
-        behind.leave_hub(&h);
+        behind.leave(&h);
         let mut caught_up = caught_up;
-        caught_up.leave_hub(&h);
+        caught_up.leave(&h);
         assert_eq!(h.backlog.held(), 0, "everything let go");
     }
 

@@ -16,6 +16,7 @@
 use super::coalesce::Coalesce;
 use super::h2stream::Stream;
 use super::upstream::{chosen_protocol, fail, Io};
+use crate::tasks::Tasks;
 use bytes::Bytes;
 use http::{header, Request};
 use prometheus_client::metrics::gauge::Gauge;
@@ -68,6 +69,8 @@ pub struct Pool {
     /// How long a new connection may take to allow extended CONNECT.
     settings_wait: Duration,
     open: Gauge,
+    /// Where the connection tasks run (stopped at the end of a shutdown).
+    tasks: Tasks,
 }
 
 /// One stream's place on a connection, given back when dropped (with the
@@ -88,8 +91,14 @@ impl Drop for Slot {
 }
 
 impl Pool {
-    pub fn new(streams_per_conn: usize, settings_wait: Duration, open: Gauge) -> Self {
+    pub fn new(
+        streams_per_conn: usize,
+        settings_wait: Duration,
+        open: Gauge,
+        tasks: Tasks,
+    ) -> Self {
         Pool {
+            tasks,
             conns: std::sync::Mutex::new(Vec::new()),
             dialing: tokio::sync::Mutex::new(()),
             streams_per_conn: streams_per_conn.max(1),
@@ -176,7 +185,7 @@ impl Pool {
         // The connection task: h2 reads and writes frames only while it is
         // polled. It ends with the connection, or when a ping goes
         // unanswered (dropping the connection fails its streams).
-        tokio::spawn(async move {
+        self.tasks.spawn_loop(async move {
             let mut enabled_tx = Some(enabled_tx);
             let driven = std::future::poll_fn(|cx| {
                 let r = std::pin::Pin::new(&mut conn).poll(cx);

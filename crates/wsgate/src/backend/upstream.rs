@@ -17,9 +17,12 @@
 use super::forwarded::{self, Forwarding};
 use super::{h2stream, multiplex};
 use crate::config::{AuthConfig, BackendConfig};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::readahead::{delegate_async_write, ReadAhead};
 use crate::server::head::{read_head_untimed, Head, Rewind, MAX_HEADERS};
 use crate::server::upgrade::header_has_token;
+use crate::tasks::Tasks;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::{self, HeaderName};
@@ -35,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
 use wsgate_core::credential;
@@ -145,6 +149,13 @@ pub struct Upstream {
     pass_through: Vec<HeaderName>,
     timeout: Duration,
     schema: Option<jsonschema::Validator>,
+    /// Where the client's credential travels, to keep it from the upstream.
+    auth: AuthConfig,
+    /// The upstream socket is read as client sockets are: tungstenite's
+    /// own buffer small, socket reads of `read_chunk` through ReadAhead.
+    ws_config: WebSocketConfig,
+    read_chunk: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// Who the client is, as forwarded upstream.
@@ -156,27 +167,34 @@ pub struct Identity<'a> {
 
 impl Upstream {
     /// Reads the backend configuration; errors are startup errors.
-    /// `connections` counts the open HTTP/2 connections.
     pub fn load(
         cfg: &BackendConfig,
-        connections: prometheus_client::metrics::gauge::Gauge,
-    ) -> Result<Self, String> {
+        auth: &AuthConfig,
+        ws_config: WebSocketConfig,
+        read_chunk: usize,
+        metrics: Arc<Metrics>,
+        tasks: &Tasks,
+    ) -> Result<Self> {
         let url = cfg
             .upstream
             .as_deref()
-            .ok_or("backend.upstream is required")?;
-        let uri: Uri = url.parse().map_err(|e| format!("backend.upstream: {e}"))?;
+            .ok_or_else(|| Error::config("backend.upstream is required"))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::config_because("backend.upstream", e))?;
         let secure = match uri.scheme_str() {
             Some("ws") => false,
             Some("wss") => true,
-            _ => return Err("backend.upstream: must be ws:// or wss://".into()),
+            _ => return Err(Error::config("backend.upstream: must be ws:// or wss://")),
         };
         let authority = uri
             .authority()
-            .ok_or("backend.upstream: no host")?
+            .ok_or_else(|| Error::config("backend.upstream: no host"))?
             .as_str()
             .to_owned();
-        let bracketed = uri.host().ok_or("backend.upstream: no host")?;
+        let bracketed = uri
+            .host()
+            .ok_or_else(|| Error::config("backend.upstream: no host"))?;
         let host = bracketed
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -194,8 +212,12 @@ impl Upstream {
             if cfg.upstream_http2 {
                 config.alpn_protocols = vec![b"h2".to_vec()];
             }
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| format!("backend.upstream: {host:?} is not a valid TLS name: {e}"))?;
+            let name = ServerName::try_from(host.clone()).map_err(|e| {
+                Error::config_because(
+                    format!("backend.upstream: {host:?} is not a valid TLS name"),
+                    e,
+                )
+            })?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
             None
@@ -207,17 +229,27 @@ impl Upstream {
         let schema = match &cfg.message_schema_file {
             None => None,
             Some(p) => {
-                let text = std::fs::read(p)
-                    .map_err(|e| format!("backend.message_schema_file: {}: {e}", p.display()))?;
-                let json: serde_json::Value = serde_json::from_slice(&text)
-                    .map_err(|e| format!("backend.message_schema_file: {}: {e}", p.display()))?;
+                let text = std::fs::read(p).map_err(|e| {
+                    Error::config_because(
+                        format!("backend.message_schema_file: {}", p.display()),
+                        e,
+                    )
+                })?;
+                let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    Error::config_because(
+                        format!("backend.message_schema_file: {}", p.display()),
+                        e,
+                    )
+                })?;
                 // Built without remote resolvers: a `$ref` to a URL is an
                 // error here, never a fetch.
                 let v = jsonschema::validator_for(&json).map_err(|e| {
-                    format!(
-                        "backend.message_schema_file: {}: not a valid JSON Schema: {e}",
+                    let context = format!(
+                        "backend.message_schema_file: {}: not a valid JSON Schema",
                         p.display()
-                    )
+                    );
+                    // The validator's error borrows the schema: its text.
+                    Error::config_because(context, e.to_string())
                 })?;
                 Some(v)
             }
@@ -225,7 +257,7 @@ impl Upstream {
         let scheme = scheme(cfg.upstream_http2, tls.is_some());
         let uri: Uri = format!("{scheme}://{authority}{path}")
             .parse()
-            .map_err(|e| format!("backend.upstream: {e}"))?;
+            .map_err(|e| Error::config_because("backend.upstream", e))?;
         Ok(Upstream {
             uri,
             literal: host
@@ -242,13 +274,18 @@ impl Upstream {
                 multiplex::Pool::new(
                     cfg.upstream_http2_streams,
                     cfg.connect_timeout / 2,
-                    connections,
+                    metrics.upstream_http2_connections.clone(),
+                    tasks.clone(),
                 )
             }),
             identity_key,
             pass_through: cfg.forward_client_headers.clone(),
             timeout: cfg.connect_timeout,
             schema,
+            auth: auth.clone(),
+            ws_config,
+            read_chunk,
+            metrics,
         })
     }
 
@@ -266,17 +303,12 @@ impl Upstream {
     /// the application subprotocol the upstream chose, if any.
     pub async fn connect(
         &self,
-        app: &crate::app::App,
         client: &HeaderMap,
         query: Option<&str>,
         fwd: &Forwarding,
         who: &Identity<'_>,
     ) -> Result<(UpstreamWs, Option<String>), Reason> {
-        let auth = &app.config.auth;
-        // tungstenite's own buffer small, socket reads of read_buffer_bytes
-        // through ReadAhead, as on the client side.
-        let ws_config = app.client_ws_config;
-        let read_chunk = app.config.limits.read_buffer_bytes;
+        let auth = &self.auth;
         let req = self.request(auth, client, query, fwd, who, crate::clock::now_ms())?;
         let attempt = async {
             // Over HTTP/2: a connection the upstream is closing (GOAWAY,
@@ -324,9 +356,9 @@ impl Upstream {
             // Frames followed from the first byte after the 101, so that
             // the session can recycle this socket after a large message.
             let ws = WebSocketStream::from_raw_socket(
-                ReadAhead::new(tunnel, read_chunk).frames(),
+                ReadAhead::new(tunnel, self.read_chunk).frames(),
                 tokio_tungstenite::tungstenite::protocol::Role::Client,
-                Some(ws_config),
+                Some(self.ws_config),
             )
             .await;
             Ok((ws, protocol))
@@ -545,16 +577,17 @@ pub struct ClientRequest {
     pub forwarding: Forwarding,
 }
 
-/// Opens the upstream for an authenticated client, timing it.
+/// Opens the upstream (when one is configured) for an authenticated
+/// client, timing it.
 pub async fn open(
-    app: &crate::app::App,
+    up: Option<&Upstream>,
     headers: &HeaderMap,
     query: Option<&str>,
     fwd: &Forwarding,
     verified: &wsgate_core::verify::Verified,
     id: u64,
 ) -> Result<(Box<UpstreamWs>, Option<String>), Reason> {
-    let Some(up) = &app.upstream else {
+    let Some(up) = up else {
         return Err(Reason::UpstreamUnavailable);
     };
     let who = Identity {
@@ -563,8 +596,8 @@ pub async fn open(
         claims: &verified.claims,
     };
     let t0 = std::time::Instant::now();
-    let r = up.connect(app, headers, query, fwd, &who).await;
-    app.metrics
+    let r = up.connect(headers, query, fwd, &who).await;
+    up.metrics
         .upstream_connect
         .observe(t0.elapsed().as_secs_f64());
     r.map(|(ws, p)| (Box::new(ws), p))
@@ -809,17 +842,19 @@ pub(super) fn fail(stage: &'static str, e: &dyn std::fmt::Display) -> Reason {
 
 /// The trust anchors for `wss://`: the configured CA file, else the
 /// system's roots.
-fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(p) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
                 .and_then(|it| it.collect())
-                .map_err(|e| format!("backend.upstream_ca_file: {}: {e}", p.display()))?;
+                .map_err(|e| {
+                    Error::config_because(format!("backend.upstream_ca_file: {}", p.display()), e)
+                })?;
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("backend.upstream_ca_file: {}: {e}", p.display()))?;
+                roots.add(c).map_err(|e| {
+                    Error::config_because(format!("backend.upstream_ca_file: {}", p.display()), e)
+                })?;
             }
         }
         None => {
@@ -830,7 +865,7 @@ fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Str
         }
     }
     if roots.is_empty() {
-        return Err("backend.upstream: no trusted root certificates for wss:// (set backend.upstream_ca_file)".into());
+        return Err(Error::config("backend.upstream: no trusted root certificates for wss:// (set backend.upstream_ca_file)"));
     }
     Ok(roots)
 }
@@ -955,7 +990,15 @@ mod tests {
         cfg.backend.identity_secret = Some(crate::config::Secret::new(
             b"0123456789abcdef0123456789abcdef".to_vec(),
         ));
-        let up = Upstream::load(&cfg.backend, Default::default()).unwrap();
+        let up = Upstream::load(
+            &cfg.backend,
+            &cfg.auth,
+            WebSocketConfig::default(),
+            4096,
+            Default::default(),
+            &Tasks::new(),
+        )
+        .unwrap();
         let claims = serde_json::Map::new();
         let who = Identity {
             sub: "u",
@@ -1009,7 +1052,15 @@ mod tests {
         };
         for h2 in [false, true] {
             cfg.backend.upstream_http2 = h2;
-            let up = Upstream::load(&cfg.backend, Default::default()).unwrap();
+            let up = Upstream::load(
+                &cfg.backend,
+                &cfg.auth,
+                WebSocketConfig::default(),
+                4096,
+                Default::default(),
+                &Tasks::new(),
+            )
+            .unwrap();
             let req = up
                 .request(&cfg.auth, &client, None, &fwd, &who, 1_000)
                 .unwrap();

@@ -11,8 +11,8 @@
 pub mod fetch;
 mod source;
 
-use crate::app::App;
 use crate::config::{Config, KeyConfig, KeySource, SecretSource};
+use crate::tasks::Tasks;
 use jsonwebtoken::DecodingKey;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use source::JwksSource;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use wsgate_core::verify::{unverified_issuer, ClaimRules, Verified, Verifier, VerifyKey};
@@ -511,24 +511,21 @@ impl Keys {
 /// Starts the JWKS sources and the reload task. SIGHUP is hooked here,
 /// before the gateway says it is listening, so an early SIGHUP cannot take
 /// the default action (terminate).
-pub fn start(app: Arc<App>) {
-    let keys = &app.verifier;
+/// `source`: the config file to reload from (none in dev mode).
+pub fn start(keys: &Arc<Keys>, source: Option<&Path>, tasks: &Tasks) {
     for s in keys.state().sources.iter() {
-        tokio::spawn(s.clone().run(keys.metrics.clone()));
+        tasks.spawn_loop(s.clone().run(keys.metrics.clone()));
     }
-    if app.config.source.is_none() {
+    let Some(path) = source else {
         return; // dev mode: nothing to reload from
-    }
-    tokio::spawn(run(app, crate::reload::Trigger::hook()));
+    };
+    let trigger = crate::reload::Trigger::hook();
+    tasks.spawn_loop(run(keys.clone(), path.to_owned(), trigger, tasks.clone()));
 }
 
 /// Reloads keys on SIGHUP or when the config or a key file changes
 /// (checked every 5 s), like the TLS certificates.
-async fn run(app: Arc<App>, mut trigger: crate::reload::Trigger) {
-    let keys = &app.verifier;
-    let Some(path) = app.config.source.clone() else {
-        return;
-    };
+async fn run(keys: Arc<Keys>, path: PathBuf, mut trigger: crate::reload::Trigger, tasks: Tasks) {
     // Stamps of a reload that failed: not retried until the files change again.
     let mut failed: Option<Vec<Option<SystemTime>>> = None;
     loop {
@@ -552,7 +549,7 @@ async fn run(app: Arc<App>, mut trigger: crate::reload::Trigger) {
                     jwks_urls = st.sources.len() as u64,
                 );
                 for s in fresh {
-                    tokio::spawn(s.run(keys.metrics.clone()));
+                    tasks.spawn_loop(s.run(keys.metrics.clone()));
                 }
             }
             Err(problems) => {

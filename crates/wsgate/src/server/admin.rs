@@ -4,12 +4,10 @@
 //! Failed calls are charged to their address ([`failures`]): past a burst
 //! the address is answered `429` without its token being looked at.
 
-pub mod failures;
-
 use super::respond::{self, Body};
 use crate::app::{App, Control};
+use crate::auth_failures::{self as failures, Failure};
 use crate::clock::now_ms;
-use failures::Failure;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -141,7 +139,7 @@ async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
     if !wsgate_core::grants::valid_channel(channel) {
         return bad("channel names are 1-200 printable ASCII characters");
     }
-    let delivered = app.hub.publish(&app.node_id, channel, data, None);
+    let delivered = app.hub.publish(channel, data, None);
     respond::json(StatusCode::OK, &json!({"delivered": delivered}))
 }
 
@@ -204,13 +202,13 @@ async fn revoke(app: &Arc<App>, target: Target) -> Response<Body> {
         at: now,
         until: now.saturating_add(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
     };
-    let closed = crate::revocations::apply(app, r.clone());
+    let closed = app.admission.revocations.apply(r.clone());
     app.metrics.revocations.inc();
     if let Err(e) = app.store.revoke(&r).await {
         app.metrics.store_errors.inc();
         tracing::warn!(event = "store_error", op = "revoke", error = %e);
         // Written back by the feed's resync once the store answers.
-        app.revocation_resync.notify_one();
+        app.admission.revocations.resync_soon();
         let stored = match e {
             crate::store::StoreError::Unconfirmed(_) => "unknown",
             _ => "no",

@@ -2,6 +2,7 @@
 //! then hyper for HTTP/1.1 and the upgrade.
 
 pub mod admin;
+pub mod dev;
 pub mod direct;
 pub mod head;
 pub mod peer;
@@ -42,8 +43,9 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
-    /// Held, never sent: dropping it would stop the admin listener.
-    _admin_stop: watch::Sender<bool>,
+    /// Sent at the end of a shutdown: the admin listener serves /metrics
+    /// and /readyz until then.
+    admin_stop: watch::Sender<bool>,
 }
 
 impl Running {
@@ -103,30 +105,45 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
     let addr = bound.main.local_addr()?;
     let admin_addr = bound.admin.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    if app.blocklist.enabled() {
-        app.blocklist.watch(&bound.main)?;
-        tokio::spawn(expire_blocks(app.clone()));
+    let tasks = &app.tasks;
+    if app.admission.blocklist.enabled() {
+        app.admission.blocklist.watch(&bound.main)?;
+        tasks.spawn_loop(expire_blocks(app.clone()));
     }
-    tokio::spawn(watch_store(app.clone()));
-    tokio::spawn(prune_limiter(app.clone()));
-    tokio::spawn(crate::revocations::feed(app.clone()));
-    tokio::spawn(renew_leases(app.clone()));
-    crate::keys::start(app.clone());
+    tasks.spawn_loop(watch_store(app.clone()));
+    tasks.spawn_loop(prune_limiter(app.clone()));
+    tasks.spawn_loop(prune_egress(app.egress.clone()));
+    tasks.spawn_loop(crate::revocations::feed(crate::revocations::FeedHandles {
+        revocations: app.admission.revocations.clone(),
+        store: app.store.clone(),
+        registry: app.registry.clone(),
+        metrics: app.metrics.clone(),
+        node_id: app.node_id.clone(),
+    }));
+    tasks.spawn_loop(app.registry.clone().renew());
+    crate::keys::start(&app.admission.keys, app.config.source.as_deref(), tasks);
     if app.tls_main.is_some() || app.tls_admin.is_some() {
-        tokio::spawn(reload_certs(app.clone()));
+        tasks.spawn_loop(reload_certs(app.clone()));
     }
     if app.store.is_shared() {
-        tokio::spawn(hub_relay(app.clone()));
+        let relay = app
+            .hub
+            .clone()
+            .relay(app.store.clone(), app.metrics.clone());
+        tasks.spawn_loop(relay);
     }
-    tokio::spawn(accept_loop(
+    // Tracked, not cut off: each stops on its own signal (`stop` below for
+    // the main listener; the admin one at the end of a shutdown).
+    tasks.spawn(accept_loop(
         app.clone(),
         bound.main,
         Listener::Main,
         stopped.clone(),
     ));
-    // The admin listener serves /metrics and /readyz until the process exits.
+    // The admin listener serves /metrics and /readyz until the end of the
+    // shutdown (its loop and connections stop with the tasks).
     let (admin_stop_tx, admin_stop) = watch::channel(false);
-    tokio::spawn(accept_loop(
+    tasks.spawn(accept_loop(
         app.clone(),
         bound.admin,
         Listener::Admin,
@@ -137,7 +154,7 @@ pub fn serve(app: Arc<App>, bound: Bound) -> std::io::Result<Running> {
         admin_addr,
         app,
         stop,
-        _admin_stop: admin_stop_tx,
+        admin_stop: admin_stop_tx,
     })
 }
 
@@ -160,7 +177,7 @@ async fn watch_store(app: Arc<App>) {
         // goes unnoticed by the feed: look for the completeness mark, and
         // have the feed reload and write back when it is gone.
         if ok && matches!(app.store.revocations_intact().await, Ok(false)) {
-            app.revocation_resync.notify_one();
+            app.admission.revocations.resync_soon();
         }
         if ok != was_ok {
             if ok {
@@ -173,42 +190,6 @@ async fn watch_store(app: Arc<App>) {
         }
         app.store_ready
             .store(ok, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Hub fan-out across nodes: this node's publishes go out through the store
-/// in order; announcements from other nodes are delivered here.
-async fn hub_relay(app: Arc<App>) {
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<String>(4096);
-    app.hub.set_outbound(out_tx);
-    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel(4096);
-    app.store.watch_hub(in_tx);
-    loop {
-        tokio::select! {
-            Some(msg) = out_rx.recv() => {
-                if let Err(e) = app.store.hub_publish(&msg).await {
-                    app.metrics.store_errors.inc();
-                    tracing::warn!(event = "store_error", op = "hub_publish", error = %e);
-                }
-            }
-            Some(feed) = in_rx.recv() => {
-                let msg = match feed {
-                    crate::store::HubFeed::Message(m) => m,
-                    crate::store::HubFeed::Gap => {
-                        let told = app.hub.gap();
-                        tracing::info!(event = "hub_gap", subscribers = told as u64);
-                        continue;
-                    }
-                };
-                let Ok(a) = serde_json::from_str::<crate::backend::hub::Announcement>(&msg) else {
-                    continue;
-                };
-                if a.node != app.node_id {
-                    app.hub.deliver(&a.channel, &a.data, a.from.as_deref());
-                }
-            }
-            else => return,
-        }
     }
 }
 
@@ -230,38 +211,9 @@ async fn reload_certs(app: Arc<App>) {
                 Err(e) => tracing::error!(
                     event = "tls_reload_failed",
                     listener = name,
-                    error = e.as_str()
+                    error = %e
                 ),
             }
-        }
-    }
-}
-
-/// Renews this node's cluster-wide per-user slots well before they lapse,
-/// re-creating any the store forgot (a Redis restarted without
-/// persistence), and takes back slots whose grab or release had no
-/// confirmed outcome. Runs every third of the lease and after each
-/// revocation resync (the store may just have come back), so after a
-/// fault the counts match this node's live sockets within one period.
-async fn renew_leases(app: Arc<App>) {
-    let lease = crate::app::USER_SLOT_LEASE;
-    let mut tick = tokio::time::interval(lease / 3);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = app.slots_resync.notified() => {}
-        }
-        for (sub, holder) in app.registry.undo_due() {
-            if let Err(e) = app.store.release_user_slot(&sub, &holder).await {
-                app.metrics.store_errors.inc();
-                tracing::warn!(event = "store_error", op = "release_user_slot", error = %e);
-                break;
-            }
-        }
-        let held = app.registry.leases();
-        if let Err(e) = app.store.renew_user_slots(&held, lease).await {
-            app.metrics.store_errors.inc();
-            tracing::warn!(event = "store_error", op = "renew_user_slots", error = %e);
         }
     }
 }
@@ -271,7 +223,16 @@ async fn prune_limiter(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        app.limiter.retain_recent();
+        app.admission.limiter.retain_recent();
+    }
+}
+
+/// Forgets egress meters of users gone quiet (every minute).
+async fn prune_egress(egress: Arc<crate::egress::Egress>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        egress.prune(crate::clock::now_ms());
     }
 }
 
@@ -280,11 +241,11 @@ async fn expire_blocks(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let (ended, change) = app.blocklist.expire(std::time::Instant::now());
+        let (ended, change) = app.admission.blocklist.expire(std::time::Instant::now());
         for key in ended {
             tracing::info!(event = "address_unblocked", address = %key);
         }
-        crate::admission::apply_blocks(&app, change);
+        app.admission.apply_blocks(change);
     }
 }
 
@@ -306,7 +267,15 @@ async fn accept_loop(
                 // Inherited from the listener on Linux (see `listen`).
                 #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_conn(app.clone(), stream, peer, which));
+                let conn = serve_conn(app.clone(), stream, peer, which);
+                match which {
+                    // Counted by the registry once they are sessions, and
+                    // closed by the drain: not cut off by the shutdown.
+                    Listener::Main => {
+                        tokio::spawn(conn);
+                    }
+                    Listener::Admin => app.tasks.spawn_loop(conn),
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning;
@@ -353,7 +322,7 @@ async fn serve_proxied(app: Arc<App>, mut stream: TcpStream, addr: SocketAddr, d
     // spoof any address with a PROXY header. The balancer itself is a
     // trusted proxy, so not held to the pending cap: that is applied to
     // the client the header names, below, before TLS.
-    if !app.trusted_proxies.contains(addr.ip()) {
+    if !app.admission.trusted_proxies.contains(addr.ip()) {
         return;
     }
     let (source, rest) = match proxy::read(&mut stream, deadline).await {
@@ -500,7 +469,7 @@ fn over_pending_cap(app: &App, peer: Peer, which: Listener) {
     // Only a direct peer's own address may be blocked in the kernel (the
     // cap applies only to peers that are no trusted proxy).
     if which == Listener::Main && !app.config.server.proxy_protocol {
-        crate::admission::count_refusal(app, peer.ip());
+        app.admission.count_refusal(peer.ip());
     }
     upgrade::log_early_rejection(peer.ip(), Reason::RateLimited);
     app.metrics.handshake(Err(Reason::RateLimited), None);
@@ -522,11 +491,11 @@ where
         Head::Complete(buf)
             if capped
                 && which == Listener::Main
-                && app.limiter.is_limited(peer.ip())
+                && app.admission.limiter.is_limited(peer.ip())
                 && head::is_get_of(&buf, &app.config.server.path) =>
         {
             if !app.config.server.proxy_protocol {
-                crate::admission::count_refusal(&app, peer.ip());
+                app.admission.count_refusal(peer.ip());
             }
             return refuse_early(&app, &mut stream, peer.ip(), Reason::RateLimited).await;
         }
@@ -595,13 +564,13 @@ async fn route(
         (Listener::Main, "/v1/tickets") => tickets::handle(&app, req, peer).await,
         (Listener::Main, "/") if app.config.dev_mode => {
             if req.method() == Method::GET {
-                crate::dev::page()
+                dev::page()
             } else {
                 respond::method_not_allowed("GET")
             }
         }
         (Listener::Main, p) if app.config.dev_mode && p.starts_with("/dev/") => {
-            crate::dev::handle(app, req).await
+            dev::handle(app, req).await
         }
         _ => respond::not_found(),
     }
@@ -633,13 +602,13 @@ fn readyz(app: &App) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "store_unavailable"}),
         )
-    } else if !app.revocation_freshness.is_known(crate::clock::now_ms()) {
+    } else if !app.admission.revocations.is_known(crate::clock::now_ms()) {
         // Upgrades would be refused: not loaded yet, or gone stale.
         respond::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "revocations_unknown"}),
         )
-    } else if !app.verifier.has_keys() {
+    } else if !app.admission.keys.has_keys() {
         respond::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "no_keys"}),
@@ -670,23 +639,35 @@ pub async fn wait_for_shutdown(running: Running) {
     let drain = async {
         tokio::time::sleep(cfg.shutdown_grace).await;
         running.stop_accepting();
-        let n = app.registry.signal_all(crate::app::Control::Drain);
+        let n = app.registry.signal_all(crate::registry::Control::Drain);
         tracing::info!(event = "shutdown", phase = "closing", sessions = n as u64);
         let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
         app.registry.drained(deadline).await;
     };
-    tokio::select! {
-        _ = drain => {}
+    let forced = tokio::select! {
+        _ = drain => false,
         _ = signals.next() => {
             tracing::warn!(event = "shutdown", phase = "forced");
+            true
         }
-    }
+    };
+    // The loops (store checks, feeds, renewals, both listeners) stop; what
+    // they started (slot releases above all) may finish, unless forced.
+    running.stop_accepting();
+    let _ = running.admin_stop.send(true);
+    let grace = if forced { Duration::ZERO } else { TASKS_GRACE };
+    let left = app.tasks.shutdown(grace).await;
     tracing::info!(
         event = "shutdown",
         phase = "done",
-        active = app.registry.active() as u64
+        active = app.registry.active() as u64,
+        tasks = left as u64
     );
 }
+
+/// How long the end of a shutdown waits for the gateway's own tasks (a slot
+/// release is bounded by the store's timeout, well within it).
+const TASKS_GRACE: Duration = Duration::from_secs(2);
 
 /// SIGTERM and SIGINT as one stream.
 struct Signals {

@@ -31,7 +31,7 @@ impl Peer {
     /// A TCP peer: a trusted proxy's headers are read, anyone else is the
     /// client and capped.
     pub fn direct(app: &App, addr: SocketAddr) -> Self {
-        let trusted = app.trusted_proxies.contains(addr.ip());
+        let trusted = app.admission.trusted_proxies.contains(addr.ip());
         Peer {
             addr,
             headers: trusted,
@@ -47,8 +47,8 @@ impl Peer {
     /// that setting a client-written `X-Forwarded-For` would reach the
     /// gateway as the client wrote it.
     pub fn proxied(app: &App, source: IpAddr, port: u16) -> Self {
-        let headers =
-            app.config.server.proxy_protocol_forwarded && app.trusted_proxies.contains(source);
+        let headers = app.config.server.proxy_protocol_forwarded
+            && app.admission.trusted_proxies.contains(source);
         Peer {
             addr: SocketAddr::new(source, port),
             headers,
@@ -74,10 +74,10 @@ impl Peer {
 
     /// The proxies whose forwarding headers may name this connection's
     /// client: `trusted_proxies`, or none at all. Passed to
-    /// [`wsgate_core::client_ip`] in place of `app.trusted_proxies`.
+    /// [`wsgate_core::client_ip`] in place of `app.admission.trusted_proxies`.
     pub fn proxies<'a>(&self, app: &'a App) -> &'a TrustedProxies {
         if self.headers {
-            &app.trusted_proxies
+            &app.admission.trusted_proxies
         } else {
             &NO_PROXIES
         }

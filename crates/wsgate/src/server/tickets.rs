@@ -4,7 +4,6 @@
 use super::peer::Peer;
 use super::respond::{self, reject, Body};
 use super::upgrade::{self, Attempt};
-use crate::admission;
 use crate::app::App;
 use crate::clock::now_ms;
 use http::header::{
@@ -52,7 +51,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: Peer) -> Response<B
             attempt.origin = origin.map(upgrade::logged_origin);
             // Charged before any verification, like an upgrade: the mint is
             // no cheaper way to test stolen or guessed tokens.
-            let minted = match admission::charge(app, ip, peer.ip()) {
+            let minted = match app.admission.charge(ip, peer.ip()) {
                 Ok(()) => issue(app, tickets, &req, verdict, &mut attempt).await,
                 Err(r) => Err(r),
             };
@@ -126,11 +125,11 @@ async fn issue(
     if cred.transport == Transport::Cookie && verdict != OriginVerdict::Allowed {
         return Err(Reason::OriginNotAllowed);
     }
-    let session = admission::verify(app, &cred.token).await?;
+    let session = app.admission.verify(&cred.token).await?;
     attempt.sub = Some(session.sub.clone());
     // A revoked session mints nothing (and its tickets carry its `iat`, so
     // a revocation made after the mint still refuses them at redemption).
-    let session = admission::not_revoked(app, session)?;
+    let session = app.admission.not_revoked(session)?;
     if cred.transport == Transport::Cookie {
         let sent = headers.get("x-csrf-token").map(|v| v.as_bytes());
         let want = session.claims.get("csrf").and_then(|v| v.as_str());

@@ -3,7 +3,6 @@
 
 use super::peer::Peer;
 use super::respond::{reject, Body};
-use crate::admission;
 use crate::app::{App, Slot};
 use crate::backend::forwarded::Forwarding;
 use crate::backend::upstream::{self, ClientRequest, UpstreamWs};
@@ -359,7 +358,7 @@ async fn decide<B>(
     if app.is_draining() {
         return Err(Reason::Draining);
     }
-    admission::charge(app, a.ip, peer.ip())?;
+    app.admission.charge(a.ip, peer.ip())?;
     let origin = origin_header(headers)?;
     let verdict = app.origins.check(origin);
     if verdict == OriginVerdict::Denied {
@@ -398,14 +397,14 @@ async fn decide<B>(
     let verified = if cred.transport == Transport::Ticket {
         // Before the ticket is spent: a redemption refused for want of the
         // revocation set must not use it up.
-        admission::revocations_known(app)?;
+        app.admission.revocations_known()?;
         redeem_ticket(app, &cred.token).await?
     } else {
-        admission::verify(app, &cred.token).await?
+        app.admission.verify(&cred.token).await?
     };
     // Known before the revocation check, so a revoked attempt logs its sub.
     a.sub = Some(verified.sub.clone());
-    let verified = admission::not_revoked(app, verified)?;
+    let verified = app.admission.not_revoked(verified)?;
     if cred.transport == Transport::Cookie && app.config.auth.cookie_csrf {
         let sent = credential::query_value(query, "csrf");
         let want = verified.claims.get("csrf").and_then(|v| v.as_str());
@@ -423,8 +422,15 @@ async fn decide<B>(
         // Boxed: inline, this 2.7 KiB future tripled every request's
         // future, upstream mode or not (hyper boxes and moves it).
         let fwd = forwarding(app, req, peer, a.ip);
-        let (ws, chosen) =
-            Box::pin(upstream::open(app, headers, query, &fwd, &verified, id)).await?;
+        let (ws, chosen) = Box::pin(upstream::open(
+            app.upstream.as_ref(),
+            headers,
+            query,
+            &fwd,
+            &verified,
+            id,
+        ))
+        .await?;
         (Some(ws), chosen)
     } else {
         (None, None)
@@ -453,7 +459,9 @@ async fn redeem_ticket(app: &App, token: &str) -> Result<Verified, Reason> {
     let ticket = match tickets.verifier.verify(token, now) {
         Ok(t) => t,
         // A session token in the ticket param: tell the client what is wrong.
-        Err(_) if app.verifier.verify(token, now).is_ok() => return Err(Reason::TicketRequired),
+        Err(_) if app.admission.keys.verify(token, now).is_ok() => {
+            return Err(Reason::TicketRequired)
+        }
         Err(r) => return Err(r),
     };
     let spend_for = crate::clock::until(

@@ -10,6 +10,7 @@
 pub mod memory;
 pub mod redis;
 
+use crate::error::{Error, Kind, Side};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,7 +212,7 @@ pub fn revocation_from_json(s: &str) -> Option<Revocation> {
 /// Opens the store named by `store.url` (`memory://` or `redis://...`).
 /// Never blocks on the network: a Redis that is down at startup is
 /// connected to lazily, and requests fail closed until it answers.
-pub fn open(c: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, String> {
+pub fn open(c: &crate::config::StoreConfig) -> crate::error::Result<Arc<dyn Store>> {
     let url = c.url.as_str();
     if url.starts_with("memory://") {
         Ok(Arc::new(memory::MemoryStore::new(
@@ -223,6 +224,7 @@ pub fn open(c: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, String> {
                 .with_writeback_wait(c.revocation_writeback_wait),
         ))
     } else {
-        Err(format!("store.url: unsupported scheme in {url:?}"))
+        let context = format!("store.url: unsupported scheme in {url:?}");
+        Err(Error::explain(Kind::Config, Side::Store, context))
     }
 }

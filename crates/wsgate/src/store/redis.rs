@@ -16,6 +16,7 @@
 //!   jitter.
 
 use super::{Feed, Snapshot, Store, StoreError};
+use crate::error::{Kind, Side};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -128,13 +129,13 @@ impl RedisStore {
     /// first ticket. Without it, on a fresh Redis (or a new key prefix) the
     /// first ticket used would set the epoch itself, after its own issue
     /// time, and be refused. If Redis is down the ping just fails.
-    pub fn new(url: &str, key_prefix: &str) -> Result<Self, String> {
+    pub fn new(url: &str, key_prefix: &str) -> crate::error::Result<Self> {
         let secrets = url_secrets(url);
         let client = Client::open(url).map_err(|e| {
-            format!(
-                "store.url: not a usable redis URL: {}",
-                scrub(e.to_string(), &secrets)
-            )
+            // The cause is scrubbed text: redis's error may quote the URL.
+            let context = "store.url: not a usable redis URL";
+            let cause = scrub(e.to_string(), &secrets);
+            crate::error::Error::because(Kind::Config, Side::Store, context, cause)
         })?;
         let inner = Arc::new(Inner {
             client,
@@ -825,7 +826,8 @@ mod tests {
         assert_eq!(s.inner.epoch_key, "p:epoch");
         let e = RedisStore::new("redis://:hunter2@127.0.0.1:6379/notadb", "p:")
             .err()
-            .expect("bad db");
+            .expect("bad db")
+            .to_string();
         assert!(e.starts_with("store.url:"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
     }

@@ -14,9 +14,10 @@
 //! The POSTs refuse a foreign `Origin` (a page elsewhere must not log the
 //! browser in as someone, or revoke anyone); CLI clients send none.
 
+use super::respond::{self, Body};
 use crate::app::App;
 use crate::clock::now_ms;
-use crate::server::respond::{self, Body};
+use crate::error::Error;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, ORIGIN, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -53,7 +54,7 @@ pub struct DevSession {
 }
 
 /// Mints a dev token for `sub` with `roles`, carrying a fresh `csrf` claim.
-pub fn dev_token(app: &App, sub: &str, roles: &[String]) -> Result<String, String> {
+pub fn dev_token(app: &App, sub: &str, roles: &[String]) -> Result<String, Error> {
     dev_session(app, sub, roles, DEV_TTL_SECS).map(|s| s.token)
 }
 
@@ -63,8 +64,11 @@ pub fn dev_session(
     sub: &str,
     roles: &[String],
     ttl_secs: i64,
-) -> Result<DevSession, String> {
-    let key = app.dev_signer.as_ref().ok_or("not in dev mode")?;
+) -> Result<DevSession, Error> {
+    let key = app
+        .dev_signer
+        .as_ref()
+        .ok_or_else(|| Error::config("not in dev mode"))?;
     let now = now_ms() / 1000;
     let exp = now + ttl_secs;
     let csrf = crate::mint::random_id(16);
@@ -122,7 +126,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             match path.as_str() {
                 "/dev/login" => login(&app, req).await,
                 "/dev/logout" => logout(&app),
-                _ => crate::server::admin::revoke_request(&app, req).await,
+                _ => super::admin::revoke_request(&app, req).await,
             }
         }
         _ => respond::not_found(),
@@ -211,7 +215,7 @@ pub fn page() -> Response<Body> {
     asset(DEMO_PAGE, "text/html; charset=utf-8")
 }
 
-const DEMO_PAGE: &str = include_str!("dev_page.html");
+const DEMO_PAGE: &str = include_str!("../dev_page.html");
 /// The browser client, compiled from clients/js/src (scripts/e2e.sh checks it is current).
-const CLIENT_JS: &str = include_str!("../../../clients/js/dist/wsgate.js");
-const CLIENT_DTS: &str = include_str!("../../../clients/js/dist/wsgate.d.ts");
+const CLIENT_JS: &str = include_str!("../../../../clients/js/dist/wsgate.js");
+const CLIENT_DTS: &str = include_str!("../../../../clients/js/dist/wsgate.d.ts");
