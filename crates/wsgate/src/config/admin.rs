@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 const DEFAULT_ADMIN_TOKEN_ENV: &str = "WSGATE_ADMIN_TOKEN";
 /// Admin tokens shorter than this are a config error: guessing one must be
-/// hopeless even without the failure limit (server/admin/failures.rs).
+/// hopeless even without the failure limit (auth_failures.rs).
 pub const MIN_ADMIN_TOKEN: usize = 32;
 
 /// `[admin]`: metrics and the admin API.
