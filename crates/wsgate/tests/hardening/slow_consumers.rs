@@ -310,38 +310,57 @@ async fn many_sockets_of_one_user_cannot_pass_the_node_total() {
         ws.send(Message::binary(vec![b'h'; HUGE])).await.unwrap();
         clients.push(ws);
     }
-    // At most three fit; the others are closed as they fall behind.
-    let five = slow_reached(&gw, "client", 5.0, Duration::from_secs(5))
+    // At most three fit; the others are closed as they fall behind — by the
+    // node-wide budget, well before the 30 s write timeout could (the bound
+    // leaves room for a debug build on a loaded 2-core machine).
+    let five = slow_reached(&gw, "client", 5.0, Duration::from_secs(20))
         .await
         .expect("the sockets past the total closed");
-    assert!(five - t0 < Duration::from_secs(5));
+    assert!(five - t0 < Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(slow_clients(&gw).await, 5.0, "those within it stay");
     let held = metric(&gw, "wsgate_buffered_bytes").await;
     assert!(held > 0.0 && held <= 20_000_000.0, "{held}");
-    // Reading again: those past the total get `1013` (after their echo if
-    // they read while the gateway still flushes them), the others their
+    // Reading again: those past the total are closed — with `1013` (after
+    // their echo if they read while the gateway still flushes them), or, when
+    // the gateway closed while their 6 MB were still arriving, by the
+    // kernel's reset (a socket closed with unread input sends RST, which
+    // discards the close frame queued before it). The others get their
     // echo whole and stay open.
+    #[derive(Debug, PartialEq)]
+    enum End {
+        Open,
+        Closed(u16, String),
+        Reset,
+    }
     let outcomes = futures_util::future::join_all(clients.iter_mut().map(|ws| async move {
-        let (mut echoed, mut code) = (false, None);
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
-            match m {
-                Message::Binary(b) => echoed = b.len() == HUGE,
-                Message::Close(f) => code = f.map(|f| (u16::from(f.code), f.reason.to_string())),
-                _ => {}
+        let mut echoed = false;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => echoed = b.len() == HUGE,
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    let f = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    let (code, text) = f.unwrap_or((1005, String::new()));
+                    return (echoed, End::Closed(code, text));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) => return (echoed, End::Reset),
+                Err(_) => return (echoed, End::Open),
             }
         }
-        (echoed, code)
     }))
     .await;
-    let slow = Some((1013, "slow consumer".to_owned()));
+    let slow = End::Closed(1013, "slow consumer".to_owned());
     assert_eq!(
-        outcomes.iter().filter(|(_, c)| *c == slow).count(),
+        outcomes
+            .iter()
+            .filter(|(echoed, e)| *e == slow || (*e == End::Reset && !echoed))
+            .count(),
         5,
         "{outcomes:?}"
     );
     assert_eq!(
-        outcomes.iter().filter(|o| **o == (true, None)).count(),
+        outcomes.iter().filter(|o| **o == (true, End::Open)).count(),
         3,
         "{outcomes:?}"
     );
