@@ -250,12 +250,14 @@ impl Session {
 
     /// Whether buffer recycling is already scheduled (large messages seen
     /// meanwhile need no [`Event::LargeMessage`]).
+    #[inline]
     pub fn recycle_armed(&self) -> bool {
         self.timers.get(Timer::Recycle).is_some()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called
     /// (perhaps already past); `None` once closed.
+    #[inline]
     pub fn poll_timeout(&self) -> Option<MonoMillis> {
         if self.is_closed() {
             return None;
@@ -401,7 +403,9 @@ impl Session {
         }
     }
 
-    /// The next thing to do, in the order decided; `None` when done.
+    /// The next thing to do, in the order decided; `None` when done (the
+    /// common case, checked after every frame: one test).
+    #[inline]
     pub fn poll(&mut self) -> Option<Action> {
         if self.actions == 0 {
             return None;

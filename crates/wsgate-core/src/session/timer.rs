@@ -42,6 +42,7 @@ impl TimerTable {
         self.at[t as usize] = UNSET;
     }
 
+    #[inline]
     pub fn get(&self, t: Timer) -> Option<MonoMillis> {
         Some(self.at[t as usize]).filter(|&at| at != UNSET)
     }
@@ -52,6 +53,7 @@ impl TimerTable {
     }
 
     /// The earliest deadline of all.
+    #[inline]
     pub fn next(&self) -> Option<MonoMillis> {
         Some(self.at.iter().copied().fold(UNSET, MonoMillis::min)).filter(|&at| at != UNSET)
     }
