@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client_ip;
+pub mod close_reason;
 pub mod control;
 pub mod credential;
 pub mod grants;
@@ -19,6 +20,7 @@ pub mod session;
 pub mod ticket;
 pub mod verify;
 
+pub use close_reason::CloseReason;
 pub use credential::{Credential, Transport};
 pub use reason::Reason;
 

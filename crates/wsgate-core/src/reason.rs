@@ -235,11 +235,18 @@ impl std::fmt::Display for Reason {
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    /// A close frame without a code; never sent.
+    pub const NO_STATUS: u16 = 1005;
+    /// Logged for a connection lost without a close; never sent (RFC 6455 7.4.1).
+    pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// A failed TLS handshake; never sent.
+    pub const TLS_FAILED: u16 = 1015;
     pub const AUTH_FAILED: u16 = 4001;
     pub const EXPIRED: u16 = 4401;
     pub const REVOKED: u16 = 4403;

@@ -1,10 +1,13 @@
-//! The per-connection task: one select loop over client frames and the
-//! session's timers, driven by the pure [`Session`] state machine.
+//! The per-connection task: first-message auth, then one select loop that
+//! turns what the sockets, the backend, the admin controls and one timer
+//! did into events for the pure [`Session`] state machine
+//! (wsgate_core::session), and its actions into I/O. It decides nothing:
+//! every close carries a [`CloseReason`] the session chose.
 
 use crate::app::{App, Control, Controls, SessionInfo, Slot};
 use crate::backend::hub::HubSession;
 use crate::backend::upstream::UpstreamWs;
-use crate::clock::{now_ms, until};
+use crate::clock::now_ms;
 use crate::outbox::{self, Io, Outbox};
 use crate::readahead::ReadAhead;
 use futures_util::{SinkExt, StreamExt};
@@ -21,9 +24,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use wsgate_core::close_reason::{relayable, CloseReason, PeerClose, WireError};
 use wsgate_core::control::{self, Classified};
 use wsgate_core::reason::close;
-use wsgate_core::session::{Action, Session};
+use wsgate_core::session::{
+    Action, Event, MessageRate, MonoMillis, Notice, Now, Session, SocketLimits,
+};
 use wsgate_core::verify::Verified;
 use wsgate_core::Transport;
 
@@ -58,9 +64,10 @@ impl SessionStart {
     ) -> Self {
         let mut verified = verified;
         keep_needed_claims(app, &mut verified);
-        let now = now_ms();
+        let now = now();
         let session = Session::new(
             app.session_policy,
+            socket_limits(app, upstream.is_some()),
             verified.sub.clone(),
             verified.exp_ms,
             now,
@@ -75,7 +82,7 @@ impl SessionStart {
                 ip,
                 origin,
                 transport: transport.as_str(),
-                connected_at: now,
+                connected_at: now.wall,
                 deadline: session.deadline(),
             },
             control.clone(),
@@ -148,7 +155,8 @@ where
 {
     use wsgate_core::Reason;
     let deadline = app.config.auth.first_message_timeout;
-    let mut rate = MessageRate::new(app.config.limits.messages_per_sec);
+    let per_sec = app.config.limits.messages_per_sec;
+    let mut rate = MessageRate::new(per_sec, mono_now());
     let outcome = tokio::time::timeout(deadline, async {
         loop {
             match ws.next().await {
@@ -156,8 +164,8 @@ where
                 // Pings may come first, within the message rate (each one
                 // costs a pong); anything else is not an auth message.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                    if !rate.allow(tokio::time::Instant::now()) {
-                        return Err(NoAuth::Closed(close::RATE_LIMITED, "message rate exceeded"));
+                    if !rate.allow(per_sec, mono_now()) {
+                        return Err(NoAuth::Closed(CloseReason::RateLimited));
                     }
                 }
                 Some(Ok(_)) => return Err(NoAuth::Refused(Reason::MissingToken)),
@@ -170,21 +178,14 @@ where
         }
     })
     .await
-    .unwrap_or(Err(NoAuth::Closed(
-        close::AUTH_FAILED,
-        "authentication timeout",
-    )));
+    .unwrap_or(Err(NoAuth::Closed(CloseReason::AuthTimeout)));
     // Decided either way: closing sockets no longer hold the pending cap.
     drop(guard);
     let text = match outcome {
         Ok(t) => t,
         Err(NoAuth::Gone) => return None,
         Err(NoAuth::Refused(reason)) => return fail(app, ws, ip, reason).await,
-        Err(NoAuth::Closed(code, reason)) => {
-            close_with(ws, frame(code, reason.into())).await;
-            log_unauthenticated_close(app, ip, code, reason);
-            return None;
-        }
+        Err(NoAuth::Closed(why)) => return refuse(app, ws, ip, why).await,
     };
     // The first message must be an auth message, however it is spelled;
     // one that cannot be read one way only is refused (control.rs).
@@ -239,14 +240,12 @@ where
         slot,
         upstream,
     );
-    let ok = Action::SendAuthOk {
-        sub: start.verified.sub.clone(),
+    let ok = Notice::AuthOk {
         exp: start.session.exp_secs(),
     };
-    if let Some(m) = action_message(&ok) {
-        if tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await.is_err() {
-            return None;
-        }
+    let m = notice_message(ok, start.session.sub());
+    if tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await.is_err() {
+        return None;
     }
     Some(start)
 }
@@ -255,13 +254,14 @@ where
 enum NoAuth {
     /// The peer left: nothing to answer.
     Gone,
-    /// Answered `auth_fail` with this reason, then closed 4001.
+    /// Answered `auth_fail` with this reason, then closed.
     Refused(wsgate_core::Reason),
-    /// Closed with this code and reason, unanswered (timeout, rate).
-    Closed(u16, &'static str),
+    /// Closed unanswered (timeout, rate).
+    Closed(CloseReason),
 }
 
-/// Answers `auth_fail` and closes 4001.
+/// Answers `auth_fail`, then closes as [`Reason::first_message_close`]
+/// says (wsgate_core::Reason).
 async fn fail<S>(
     app: &App,
     ws: &mut WebSocketStream<S>,
@@ -271,140 +271,102 @@ async fn fail<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(m) = action_message(&Action::SendAuthFail { reason }) {
-        let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
-    }
-    let (code, text) = reason.first_message_close();
-    close_with(ws, frame(code, text.into())).await;
-    log_unauthenticated_close(app, ip, code, reason.code());
-    None
+    let m = notice_message(Notice::AuthFail { reason }, "");
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(m)).await;
+    refuse(app, ws, ip, CloseReason::AuthFailed(reason)).await
 }
 
-/// The close line of a socket that never authenticated.
-fn log_unauthenticated_close(app: &App, ip: IpAddr, code: u16, reason: &str) {
-    app.metrics.close(code);
+/// Closes a socket that never authenticated, and logs it.
+async fn refuse<S>(
+    app: &App,
+    ws: &mut WebSocketStream<S>,
+    ip: IpAddr,
+    why: CloseReason,
+) -> Option<SessionStart>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(f) = close_frame(why.client(), &None) {
+        close_with(ws, f).await;
+    }
+    app.metrics.close(why.code());
     tracing::info!(
         event = "close",
-        code,
-        reason,
+        code = why.code(),
+        reason = why.log_reason(),
         transport = Transport::FirstMessage.as_str(),
         ip = %ip,
     );
+    None
 }
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Feeds the egress monitor; logs and counts an alert once per user and
-/// minute. Returns whether this socket must close (`egress_alert_close`).
-fn egress_exceeded(app: &App, meter: &mut crate::egress::Meter, sub: &str, n: u64) -> bool {
-    use crate::egress::Verdict;
-    match meter.record(&app.egress, sub, n, now_ms()) {
-        None | Some(Verdict::Ok) => false,
-        Some(Verdict::Alert { bytes }) => {
-            app.metrics.egress_alerts.inc();
-            tracing::warn!(
-                event = "egress_alert",
-                sub,
-                bytes_this_minute = bytes,
-                limit = app.egress.limit(),
-                action = if app.config.limits.egress_alert_close {
-                    "close"
-                } else {
-                    "log"
-                },
-            );
-            app.config.limits.egress_alert_close
-        }
-        Some(Verdict::Over) => app.config.limits.egress_alert_close,
+/// The monotonic clock sessions run on (wsgate_core::session::Now): whole
+/// milliseconds since the process's first reading.
+fn mono_epoch() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(tokio::time::Instant::now)
+}
+
+fn mono_now() -> MonoMillis {
+    let epoch = mono_epoch();
+    let ms = tokio::time::Instant::now()
+        .saturating_duration_since(epoch)
+        .as_millis();
+    MonoMillis::try_from(ms).unwrap_or(MonoMillis::MAX)
+}
+
+/// When the timer for `at` fires: a millisecond late, so that neither clock,
+/// each read in whole milliseconds, finds it not yet due.
+fn mono_instant(at: MonoMillis) -> tokio::time::Instant {
+    mono_epoch() + Duration::from_millis(at.saturating_add(1))
+}
+
+/// Both clocks, for the session's decisions that are not per frame.
+fn now() -> Now {
+    Now {
+        mono: mono_now(),
+        wall: now_ms(),
     }
 }
 
-/// Per-socket message rate: `per_sec` with a burst of twice that (SPEC 2).
-struct MessageRate {
-    per_sec: f64,
-    burst: f64,
-    tokens: f64,
-    last: tokio::time::Instant,
-}
-
-impl MessageRate {
-    fn new(per_sec: u32) -> Self {
-        let per_sec = f64::from(per_sec);
-        MessageRate {
-            per_sec,
-            burst: per_sec * 2.0,
-            tokens: per_sec * 2.0,
-            last: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Takes one message's token; `false` when the rate is exceeded
-    /// (the config guarantees a rate above 0).
-    fn allow(&mut self, now: tokio::time::Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
+/// The session's keep-alive and traffic limits.
+fn socket_limits(app: &App, upstream: bool) -> SocketLimits {
+    let l = &app.config.limits;
+    let ms = |d: Duration| MonoMillis::try_from(d.as_millis()).unwrap_or(MonoMillis::MAX);
+    SocketLimits {
+        idle_timeout_ms: ms(l.idle_timeout),
+        ping_interval_ms: ms(l.ping_interval),
+        messages_per_sec: l.messages_per_sec,
+        egress_alert_close: l.egress_alert_close,
+        upstream,
     }
 }
 
-/// Why the session ended: the log line's code and reason, and the close
-/// frames still to send on each side.
-struct Ended {
-    code: u16,
-    reason: &'static str,
-    /// Close frame for the client; `None` when the client is gone or has
-    /// already closed (tungstenite answered its close).
-    client: Option<CloseFrame>,
-    /// Close frame for the upstream; `None` when it closed first.
-    upstream: Option<CloseFrame>,
-    /// Deliver what is queued before closing (a peer closed in order).
-    flush: bool,
-}
-
-impl Ended {
-    /// The gateway ends the session: both sides get `code`.
-    fn by_gateway(code: u16, reason: &'static str) -> Self {
-        Ended {
-            code,
-            reason,
-            client: Some(frame(code, reason.into())),
-            upstream: Some(frame(code, reason.into())),
-            flush: false,
-        }
-    }
-
-    /// The client went away without a close frame.
-    fn client_lost() -> Self {
-        Ended {
-            code: 1006,
-            reason: "connection lost",
-            client: None,
-            upstream: Some(frame(close::GOING_AWAY, "client gone".into())),
-            flush: false,
-        }
+/// The frame one side gets: the session's own, or the other peer's close
+/// relayed (but a reserved code, see [`relayable`]).
+fn close_frame(side: PeerClose, peer: &Option<CloseFrame>) -> Option<CloseFrame> {
+    match side {
+        PeerClose::Send { code, text } => Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(text),
+        }),
+        PeerClose::Relay => Some(match peer {
+            Some(f) if relayable(u16::from(f.code)) => f.clone(),
+            _ => CloseFrame {
+                code: CloseCode::from(close::NORMAL),
+                reason: Utf8Bytes::default(),
+            },
+        }),
+        PeerClose::Skip => None,
     }
 }
 
-fn frame(code: u16, reason: Utf8Bytes) -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason,
-    }
-}
-
-/// A close received from one peer, as relayed to the other: the reserved
-/// codes (1005 no code, 1006, 1015) are never sent on the wire.
-fn relayed(f: &Option<CloseFrame>) -> CloseFrame {
-    match f {
-        Some(f) if !matches!(u16::from(f.code), 1005 | 1006 | 1015) => f.clone(),
-        _ => frame(close::NORMAL, Utf8Bytes::default()),
-    }
+/// The code of a peer's close (`NO_STATUS`: it carried none).
+fn peer_code(f: &Option<CloseFrame>) -> u16 {
+    f.as_ref().map_or(close::NO_STATUS, |f| u16::from(f.code))
 }
 
 /// Per-session traffic counters for the close line.
@@ -414,30 +376,30 @@ struct Traffic {
     bytes_out: u64,
 }
 
-/// Queues a data message for the client, with accounting and the egress
-/// monitor; returns why the session must end, if it must.
+/// Queues a data message for the client, with accounting; the egress
+/// monitor's verdict goes to the session.
 fn to_client(
     app: &App,
     out: &mut Outbox,
     t: &mut Traffic,
     meter: &mut crate::egress::Meter,
-    sub: &str,
+    session: &mut Session,
     m: Message,
-) -> Option<Ended> {
+) {
     let n = m.len() as u64;
     out.push(m);
     t.bytes_out += n;
     app.metrics.messages_out.inc();
     app.metrics.bytes_out.inc_by(n);
-    egress_exceeded(app, meter, sub, n).then(|| Ended::by_gateway(close::POLICY, "egress limit"))
+    if app.egress.enabled() {
+        if let Some(v) = meter.record(&app.egress, session.sub(), n, now_ms()) {
+            session.handle(Event::Egress(v), now());
+        }
+    }
 }
 
-/// How long a socket that carried a large message (over tungstenite's base
-/// buffer) must be quiet before its WebSocket is recycled.
-const RECYCLE_AFTER: Duration = Duration::from_secs(1);
-
 /// Whether the client's WebSocket can be replaced by a fresh one over the
-/// same stream (see the timer branch in [`run`]): tungstenite keeps its
+/// same stream (on [`Action::Recycle`], in [`run`]): tungstenite keeps its
 /// read and write buffers at the largest size any message made them (one
 /// 1 MiB message: 2 MiB held for the socket's life), a fresh one starts
 /// with the small base buffer again. Only where nothing is lost: the read
@@ -510,13 +472,17 @@ fn slowed(signal: &mut SlowSignal) -> impl Future<Output = ()> + '_ {
     })
 }
 
-/// Runs a session until it closes.
+/// Runs a session until it closes: select → event → [`Session`] → actions.
+///
+/// Every decision is the session's (wsgate_core::session); this loop only
+/// turns what the sockets, the backend, the admin controls and the one
+/// timer did into events, and the session's actions into I/O.
 ///
 /// This future is what every idle socket holds, so it is kept small: the
 /// socket stays one WebSocket (no split halves behind a lock), `start`'s
 /// fields are used in place (a moved-from argument keeps its space in the
-/// future), one timer serves the deadline, the warning and the pings, and
-/// backend state is boxed or absent.
+/// future), one timer serves all the session's deadlines, and backend state
+/// is boxed or absent.
 // Not an async fn on purpose: see the comment in the body.
 #[allow(clippy::manual_async_fn)]
 pub fn run<S>(
@@ -543,24 +509,13 @@ where
         let mut traffic = Traffic::default();
         let metrics = &app.metrics;
         metrics.connections_active.inc();
-        let limits = &app.config.limits;
-        let mut rate = MessageRate::new(limits.messages_per_sec);
-        // One timer for the session's deadline/warning and the next ping,
-        // re-armed only when one of them moves (not per message).
+        // One timer for all the session's deadlines, re-armed only when the
+        // earliest moves (not per message).
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
-        // Re-armed when the session's wake-up moves; set to None whenever
-        // next_ping or recycle_at move.
-        let mut armed_for = None;
-        let mut next_ping = tokio::time::Instant::now() + limits.ping_interval;
-        // When to give back the buffers a large message grew (see recycle).
-        let mut recycle_at: Option<tokio::time::Instant> = None;
+        let mut armed = None;
+        // A message over the base buffer crossed the client's socket.
         let mut large_in = false;
-        let mut last_seen = tokio::time::Instant::now();
-        // Upstream keep-alive: ping rounds since the upstream last sent
-        // anything (a message, a pong). Counted, not timed: no clock read
-        // per relayed message.
-        let mut upstream_quiet: u32 = 0;
         let mut meter = crate::egress::Meter::new(&app.egress);
         let sessions_gauge = metrics.sessions(transport);
         sessions_gauge.inc();
@@ -568,252 +523,204 @@ where
         let mut up: Option<Upstream> = upstream.take().map(|u| (u, Outbox::new()));
         let relay = app.upstream.as_ref().filter(|_| up.is_some());
         let mut hub = (up.is_none() && app.config.backend.kind == crate::config::BackendKind::Hub)
-            .then(|| Box::new(app.hub.session(id, limits.outgoing_queue)));
+            .then(|| Box::new(app.hub.session(id, app.config.limits.outgoing_queue)));
         let mut hub_slow: SlowSignal = hub
             .as_ref()
             .map(|h| Box::pin(h.slow_signal().notified_owned()));
-        let mut ended = loop {
-            let Some(wake) = session.next_wakeup() else {
-                break Ended::by_gateway(close::EXPIRED, "token expired");
-            };
-            if recycle_at.is_none()
+        let (reason, peer_close) = 'session: loop {
+            if !session.recycle_armed()
                 && (std::mem::take(&mut large_in)
                     | client_out.take_large()
                     | up.as_mut().is_some_and(|(_, o)| o.take_large()))
             {
-                recycle_at = Some(tokio::time::Instant::now() + RECYCLE_AFTER);
-                armed_for = None;
+                session.handle(Event::LargeMessage, now());
             }
-            if armed_for != Some(wake) {
-                let deadline =
-                    tokio::time::Instant::now() + until(wake, now_ms()) + Duration::from_millis(1);
-                let at = deadline.min(next_ping).min(recycle_at.unwrap_or(next_ping));
-                timer.as_mut().reset(at);
-                armed_for = Some(wake);
+            let Some(wake) = session.poll_timeout() else {
+                break (session.close_reason().unwrap_or(CloseReason::Expired), None);
+            };
+            if armed != Some(wake) {
+                timer.as_mut().reset(mono_instant(wake));
+                armed = Some(wake);
             }
+            // As before the state machine: notices sent on a timer count in
+            // the close line's bytes_out, answers to the client do not.
+            let mut timed = false;
             // Backpressure: read a side only while what it produces has room.
             let read_backend = client_out.has_room(&app.backlog);
             let read_client =
                 read_backend && up.as_ref().is_none_or(|(_, o)| o.has_room(&app.backlog));
-            tokio::select! {
-                ev = outbox::io(&mut ws, &mut client_out, read_client, &app.backlog), if read_client || client_out.busy() => {
-                    let msg = match ev {
-                        Io::Wrote(Ok(())) => {
-                            if let Some(h) = hub.as_mut() {
-                                h.written();
-                            }
-                            continue;
+            // Each branch feeds the session; a peer's close frame is kept to
+            // be relayed to the other side.
+            let peer_close: Option<CloseFrame> = tokio::select! {
+                ev = outbox::io(&mut ws, &mut client_out, read_client, &app.backlog), if read_client || client_out.busy() => match ev {
+                    Io::Wrote(Ok(())) => {
+                        if let Some(h) = hub.as_mut() {
+                            h.written();
                         }
-                        Io::Wrote(Err(_)) => break Ended::client_lost(),
-                        Io::Slow => {
-                            metrics.slow_clients.inc();
-                            break Ended {
-                                upstream: Some(frame(close::TRY_AGAIN_LATER, "client slow".into())),
-                                ..Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer")
-                            };
-                        }
-                        Io::Read(msg) => msg,
-                    };
-                    last_seen = tokio::time::Instant::now();
-                    large_in |= matches!(&msg, Some(Ok(m)) if m.len() > outbox::LARGE);
-                    // Every frame counts, pings and pongs too: each costs
-                    // work here (a ping, a pong to write) like a message.
-                    if matches!(&msg, Some(Ok(m)) if !m.is_close()) && !rate.allow(last_seen) {
-                        break Ended::by_gateway(close::RATE_LIMITED, "message rate exceeded");
-                    }
-                    let data = match msg {
-                        None => break Ended::client_lost(),
-                        Some(Ok(Message::Close(f))) => {
-                            // tungstenite queued the answer; it is flushed below.
-                            break Ended {
-                                code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
-                                reason: "closed by client",
-                                client: None,
-                                upstream: Some(relayed(&f)),
-                                flush: true,
-                            };
-                        }
-                        // Answered by tungstenite (the pong goes out with the
-                        // next read or write). Not relayed: the upstream has
-                        // its own keep-alive, and relaying would let a client
-                        // make the gateway send one ping per ping it gets.
-                        Some(Ok(Message::Ping(_))) => continue,
-                        Some(Ok(Message::Text(t))) => {
-                            traffic.bytes_in += t.len() as u64;
-                            metrics.messages_in.inc();
-                            metrics.bytes_in.inc_by(t.len() as u64);
-                            if let Some((reply, refreshed)) = control_message(&app, session, verified, id, t.as_str()) {
-                                if let (true, Some(h)) = (refreshed, hub.as_mut()) {
-                                    h.recheck(&app.hub, verified);
-                                }
-                                client_out.push(reply);
-                                continue;
-                            }
-                            if relay.is_some_and(|r| !r.message_allowed(t.as_str())) {
-                                metrics.schema_rejections.inc();
-                                break Ended::by_gateway(close::INVALID_PAYLOAD, "message does not match the schema");
-                            }
-                            Message::Text(t)
-                        }
-                        Some(Ok(Message::Binary(b))) => {
-                            traffic.bytes_in += b.len() as u64;
-                            metrics.messages_in.inc();
-                            metrics.bytes_in.inc_by(b.len() as u64);
-                            Message::Binary(b)
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => {
-                            let (code, reason) = error_close(&e);
-                            break if code == 1006 {
-                                Ended::client_lost()
-                            } else {
-                                Ended::by_gateway(code, reason)
-                            };
-                        }
-                    };
-                    let reply = if let Some((_, o)) = up.as_mut() {
-                        o.push(data);
                         None
-                    } else if let Some(h) = hub.as_mut() {
-                        let answer = match &data {
-                            Message::Text(t) => h.handle(&app.hub, verified, t.as_str()),
-                            // The hub speaks JSON text only.
-                            _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
-                        };
-                        answer.map(|a| Message::Text(a.into()))
-                    } else {
-                        Some(data)
-                    };
-                    if let Some(m) = reply {
-                        if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
-                            break e;
+                    }
+                    Io::Wrote(Err(_)) | Io::Read(None) => {
+                        session.handle(Event::ClientError(WireError::Lost), now());
+                        None
+                    }
+                    Io::Slow => {
+                        metrics.slow_clients.inc();
+                        session.handle(Event::ClientSlow, now());
+                        None
+                    }
+                    Io::Read(Some(Err(e))) => {
+                        session.handle(Event::ClientError(wire_error(&e)), now());
+                        None
+                    }
+                    Io::Read(Some(Ok(Message::Close(f)))) => {
+                        // tungstenite queued the answer; it is flushed below.
+                        session.handle(Event::ClientClosed { code: peer_code(&f) }, now());
+                        f
+                    }
+                    // Every frame counts against the rate, pings and pongs
+                    // too: each costs work here (a pong to write) like a message.
+                    Io::Read(Some(Ok(m))) => {
+                        large_in |= m.len() > outbox::LARGE;
+                        if !session.on_client_frame(mono_now()) {
+                            None
+                        } else {
+                            let data = match m {
+                                Message::Text(t) => {
+                                    traffic.bytes_in += t.len() as u64;
+                                    metrics.messages_in.inc();
+                                    metrics.bytes_in.inc_by(t.len() as u64);
+                                    if let Some((reply, refreshed)) = control_message(&app, session, verified, id, t.as_str()) {
+                                        if let (true, Some(h)) = (refreshed, hub.as_mut()) {
+                                            h.recheck(&app.hub, verified);
+                                        }
+                                        client_out.push(reply);
+                                        None
+                                    } else if relay.is_some_and(|r| !r.message_allowed(t.as_str())) {
+                                        metrics.schema_rejections.inc();
+                                        session.handle(Event::SchemaRejected, now());
+                                        None
+                                    } else {
+                                        Some(Message::Text(t))
+                                    }
+                                }
+                                Message::Binary(b) => {
+                                    traffic.bytes_in += b.len() as u64;
+                                    metrics.messages_in.inc();
+                                    metrics.bytes_in.inc_by(b.len() as u64);
+                                    Some(Message::Binary(b))
+                                }
+                                // A ping is answered by tungstenite (the pong
+                                // goes out with the next read or write). Not
+                                // relayed: the upstream has its own keep-alive,
+                                // and relaying would let a client make the
+                                // gateway send one ping per ping it gets.
+                                _ => None,
+                            };
+                            let reply = match (data, up.as_mut(), hub.as_mut()) {
+                                (None, ..) => None,
+                                (Some(data), Some((_, o)), _) => {
+                                    o.push(data);
+                                    None
+                                }
+                                (Some(data), None, Some(h)) => {
+                                    let answer = match &data {
+                                        Message::Text(t) => h.handle(&app.hub, verified, t.as_str()),
+                                        // The hub speaks JSON text only.
+                                        _ => Some(r#"{"type":"error","id":null,"reason":"bad_request"}"#.to_owned()),
+                                    };
+                                    answer.map(|a| Message::Text(a.into()))
+                                }
+                                (Some(data), None, None) => Some(data),
+                            };
+                            if let Some(m) = reply {
+                                to_client(&app, &mut client_out, &mut traffic, &mut meter, session, m);
+                            }
+                            None
                         }
                     }
-                }
+                },
                 ev = upstream_io(&mut up, read_backend, &app.backlog), if up.as_ref().is_some_and(|(_, o)| read_backend || o.busy()) => match ev {
-                    Io::Wrote(Ok(())) => {}
+                    Io::Wrote(Ok(())) => None,
                     Io::Slow => {
                         metrics.slow_upstreams.inc();
                         tracing::warn!(event = "upstream_error", stage = "relay", id, error = "the upstream read nothing within limits.write_timeout");
-                        break Ended {
-                            upstream: Some(frame(close::TRY_AGAIN_LATER, "slow consumer".into())),
-                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream slow")
-                        };
+                        session.handle(Event::UpstreamSlow, now());
+                        None
                     }
-                    Io::Wrote(Err(_)) => {
-                        break Ended {
-                            upstream: None,
-                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                        };
+                    Io::Wrote(Err(_)) | Io::Read(None) => {
+                        session.handle(Event::UpstreamError(WireError::Lost), now());
+                        None
                     }
                     Io::Read(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
-                        upstream_quiet = 0;
+                        session.on_upstream_frame();
                         large_in |= m.len() > outbox::LARGE;
-                        if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, m) {
-                            break e;
-                        }
+                        to_client(&app, &mut client_out, &mut traffic, &mut meter, session, m);
+                        None
                     }
                     Io::Read(Some(Ok(Message::Close(f)))) => {
-                        break Ended {
-                            code: f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
-                            reason: "closed by upstream",
-                            client: Some(relayed(&f)),
-                            upstream: None,
-                            flush: true,
-                        };
+                        session.handle(Event::UpstreamClosed { code: peer_code(&f) }, now());
+                        f
                     }
                     // A ping (answered by tungstenite) or a pong: the
                     // upstream is alive; neither is relayed.
-                    Io::Read(Some(Ok(_))) => upstream_quiet = 0,
-                    Io::Read(None) => {
-                        break Ended {
-                            upstream: None,
-                            ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                        };
+                    Io::Read(Some(Ok(_))) => {
+                        session.on_upstream_frame();
+                        None
                     }
                     Io::Read(Some(Err(e))) => {
                         tracing::warn!(event = "upstream_error", stage = "relay", id, error = %e);
-                        let (code, reason) = error_close(&e);
-                        if code == 1006 {
-                            // The connection went away (a reset, EOF without a
-                            // close frame, a lost HTTP/2 connection): as when it
-                            // ends cleanly, the client may come back.
-                            break Ended {
-                                upstream: None,
-                                ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                            };
-                        }
-                        break Ended {
-                            upstream: Some(frame(code, reason.into())),
-                            client: Some(frame(close::INTERNAL, "upstream error".into())),
-                            ..Ended::by_gateway(close::INTERNAL, "upstream error")
-                        };
+                        // A connection that went away (a reset, EOF without a
+                        // close frame, a lost HTTP/2 connection) is lost, as
+                        // when it ends cleanly: the client may come back.
+                        session.handle(Event::UpstreamError(wire_error(&e)), now());
+                        None
                     }
                 },
                 Some(d) = next_delivery(&mut hub), if read_backend => {
-                    if let Some(e) = to_client(&app, &mut client_out, &mut traffic, &mut meter, &verified.sub, Message::Text(d)) {
-                        break e;
-                    }
+                    to_client(&app, &mut client_out, &mut traffic, &mut meter, session, Message::Text(d));
+                    None
                 }
                 _ = slowed(&mut hub_slow) => {
                     metrics.slow_clients.inc();
-                    break Ended::by_gateway(close::TRY_AGAIN_LATER, "slow consumer");
+                    session.handle(Event::ClientSlow, now());
+                    None
                 }
-                c = control.recv() => match c {
-                    Control::Revoke => break Ended::by_gateway(close::REVOKED, "session revoked"),
-                    Control::Drain => break Ended::by_gateway(close::GOING_AWAY, "server shutting down"),
-                    Control::Reauth => {
-                        if let Some(m) = session.force_reauth(now_ms()).as_ref().and_then(action_message) {
+                c = control.recv() => {
+                    match c {
+                        Control::Revoke => session.handle(Event::Revoke, now()),
+                        Control::Drain => session.handle(Event::Drain, now()),
+                        Control::Reauth => {
+                            session.handle(Event::Reauth, now());
                             app.registry.set_deadline(id, session.deadline());
-                            client_out.push(m);
                         }
                     }
-                },
+                    None
+                }
                 () = &mut timer => {
                     // Fired: re-armed next time round, whichever it was for.
-                    armed_for = None;
-                    let now = tokio::time::Instant::now();
-                    if now >= next_ping {
-                        if last_seen.elapsed() >= limits.idle_timeout {
-                            break Ended::by_gateway(close::IDLE, "idle timeout");
-                        }
+                    armed = None;
+                    timed = true;
+                    // Rounds in which the upstream could not be read (the
+                    // client's queue full) do not count as its silence.
+                    session.handle_timeout(now(), client_out.has_room(&app.backlog));
+                    None
+                }
+            };
+            while let Some(action) = session.poll() {
+                match action {
+                    Action::PingClient => client_out.push(Message::Ping(Default::default())),
+                    Action::PingUpstream => {
                         if let Some((_, o)) = up.as_mut() {
-                            // Rounds in which we could not read it (the
-                            // client's queue full) do not count against it.
-                            if client_out.has_room(&app.backlog) {
-                                upstream_quiet = upstream_quiet.saturating_add(1);
-                            }
-                            // The current round is not over: silent for at
-                            // least (quiet - 1) whole intervals.
-                            if limits
-                                .ping_interval
-                                .checked_mul(upstream_quiet.saturating_sub(1))
-                                .is_none_or(|silent| silent >= limits.idle_timeout)
-                            {
-                                tracing::warn!(event = "upstream_error", stage = "keepalive", id, error = "no frame and no pong within idle_timeout");
-                                break Ended {
-                                    upstream: None,
-                                    ..Ended::by_gateway(close::TRY_AGAIN_LATER, "upstream lost")
-                                };
-                            }
                             o.push(Message::Ping(Default::default()));
                         }
-                        // A peer that does not read is caught by write_timeout
-                        // (outbox.rs) once something waits for it; one that reads
-                        // nothing at all, by idle_timeout too.
-                        client_out.push(Message::Ping(Default::default()));
-                        next_ping = now + limits.ping_interval;
                     }
-                    if recycle_at.is_some_and(|t| now >= t) {
-                        recycle_at = if last_seen.elapsed() < RECYCLE_AFTER {
-                            // Still talking: wait for a quiet second.
-                            Some(last_seen + RECYCLE_AFTER)
-                        } else if recyclable(&mut ws, &client_out).await
+                    Action::Recycle => {
+                        let done = recyclable(&mut ws, &client_out).await
                             && match up.as_mut() {
                                 None => true,
                                 Some((uws, o)) => recyclable(&mut **uws, o).await,
-                            }
-                        {
+                            };
+                        if done {
                             // Both sides at once: a large message grew the
                             // buffers of the socket it crossed on each side.
                             // Boxed: this await's state would otherwise sit
@@ -821,40 +728,62 @@ where
                             ws = Box::pin(recycled(ws, Role::Server, app.client_ws_config)).await;
                             metrics.ws_recycles.inc();
                             if let Some((uws, o)) = up.take() {
-                                let fresh = Box::pin(recycled(*uws, Role::Client, app.client_ws_config)).await;
+                                let fresh =
+                                    Box::pin(recycled(*uws, Role::Client, app.client_ws_config))
+                                        .await;
                                 up = Some((Box::new(fresh), o));
                                 metrics.ws_recycles.inc();
                             }
-                            None
-                        } else {
-                            Some(now + RECYCLE_AFTER)
-                        };
-                    }
-                    // Nothing when the ping woke us, or a hair early (monotonic
-                    // vs wall clock).
-                    match session.on_tick(now_ms()) {
-                        Some(Action::Close { code, reason }) => break Ended::by_gateway(code, reason),
-                        Some(other) => {
-                            if let Some(m) = action_message(&other) {
-                                traffic.bytes_out += m.len() as u64;
-                                client_out.push(m);
-                            }
                         }
-                        None => {}
+                        session.handle(Event::Recycled { done }, now());
+                    }
+                    Action::Notify(n) => {
+                        let m = notice_message(n, session.sub());
+                        if timed {
+                            traffic.bytes_out += m.len() as u64;
+                        }
+                        client_out.push(m);
+                    }
+                    Action::EgressAlert { bytes } => {
+                        metrics.egress_alerts.inc();
+                        tracing::warn!(
+                            event = "egress_alert",
+                            sub = session.sub(),
+                            bytes_this_minute = bytes,
+                            limit = app.egress.limit(),
+                            action = if app.config.limits.egress_alert_close {
+                                "close"
+                            } else {
+                                "log"
+                            },
+                        );
+                    }
+                    Action::Close(reason) => {
+                        if reason == CloseReason::UpstreamSilent {
+                            tracing::warn!(
+                                event = "upstream_error",
+                                stage = "keepalive",
+                                id,
+                                error = "no frame and no pong within idle_timeout"
+                            );
+                        }
+                        break 'session (reason, peer_close);
                     }
                 }
             }
         };
-        session.close();
         if let Some(h) = hub.as_mut() {
             h.leave(&app.hub);
         }
-        let grace = if ended.flush {
+        // A peer that closed in order gets what was queued for it first.
+        let grace = if reason.flush() {
             CLOSE_GRACE
         } else {
             Duration::ZERO
         };
-        let (client_frame, upstream_frame) = (ended.client.take(), ended.upstream.take());
+        let client_frame = close_frame(reason.client(), &peer_close);
+        let upstream_frame = close_frame(reason.upstream(), &peer_close);
+        drop(peer_close);
         // Boxed: the closing handshakes' state is large and needed once per
         // socket; inline it would sit in every idle session's future.
         Box::pin(async move {
@@ -885,12 +814,12 @@ where
         .await;
         metrics.connections_active.dec();
         sessions_gauge.dec();
-        metrics.close(ended.code);
+        metrics.close(reason.code());
         tracing::info!(
             event = "close",
             id = id,
-            code = ended.code,
-            reason = ended.reason,
+            code = reason.code(),
+            reason = reason.log_reason(),
             sub = verified.sub.as_str(),
             transport = transport.as_str(),
             ip = %ip,
@@ -906,6 +835,7 @@ where
 /// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.
 /// A successful refresh replaces the session's identity: its claims (fewer
 /// roles apply at once), `jti` and `sid` (revocations of the new token hit).
+/// Returns the answer and whether the identity changed.
 fn control_message(
     app: &App,
     session: &mut Session,
@@ -923,7 +853,7 @@ fn control_message(
         Classified::Auth(t) => Ok(t),
     };
     // Only now: no clock read per relayed message.
-    let now = now_ms();
+    let now = now();
     let result = match token.as_ref().map(|t| t.as_deref()) {
         Err(r) => Err(*r),
         Ok(None | Some("")) => Err(Reason::MissingToken),
@@ -932,46 +862,40 @@ fn control_message(
         Ok(Some(t)) => app
             .admission
             .keys
-            .verify(t, now)
+            .verify(t, now.wall)
             .and_then(|v| app.admission.not_revoked(v)),
     };
-    let action = session.on_refresh(result.as_ref().map_err(|r| *r), now);
-    let mut refreshed = false;
-    if let (Action::SendAuthOk { .. }, Ok(v)) = (&action, result) {
+    let notice = session.refresh(result.as_ref().map_err(|r| *r), now);
+    let refreshed = matches!(notice, Notice::AuthOk { .. });
+    if let (true, Ok(v)) = (refreshed, result) {
         *verified = v;
         keep_needed_claims(app, verified);
         app.registry.update(id, verified, session.deadline());
-        refreshed = true;
     }
-    action_message(&action).map(|m| (m, refreshed))
+    Some((notice_message(notice, session.sub()), refreshed))
 }
 
-/// The JSON message an action sends, if any.
-fn action_message(a: &Action) -> Option<Message> {
-    let v = match a {
-        Action::SendExpiring { exp } => serde_json::json!({"type": "auth_expiring", "exp": exp}),
-        Action::SendAuthOk { sub, exp } => {
-            serde_json::json!({"type": "auth_ok", "sub": sub, "exp": exp})
-        }
-        Action::SendAuthFail { reason } => {
+/// The JSON message of a notice (`sub`: the session's, for `auth_ok`).
+fn notice_message(n: Notice, sub: &str) -> Message {
+    let v = match n {
+        Notice::Expiring { exp } => serde_json::json!({"type": "auth_expiring", "exp": exp}),
+        Notice::AuthOk { exp } => serde_json::json!({"type": "auth_ok", "sub": sub, "exp": exp}),
+        Notice::AuthFail { reason } => {
             serde_json::json!({"type": "auth_fail", "reason": reason.code()})
         }
-        Action::Close { .. } => return None,
     };
-    Some(Message::Text(v.to_string().into()))
+    Message::Text(v.to_string().into())
 }
 
-/// Maps a read error to the close code we answer with (1006: just drop).
-fn error_close(e: &WsError) -> (u16, &'static str) {
+/// What a read or write error means for the socket.
+fn wire_error(e: &WsError) -> WireError {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            (close::TOO_BIG, "message too big")
-        }
-        WsError::Capacity(_) => (close::TOO_BIG, "frame too big"),
-        WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid utf-8"),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => (1006, "connection lost"),
-        WsError::Protocol(_) => (1002, "protocol error"),
-        _ => (1006, "connection lost"),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => WireError::MessageTooBig,
+        WsError::Capacity(_) => WireError::FrameTooBig,
+        WsError::Utf8(_) => WireError::InvalidUtf8,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => WireError::Lost,
+        WsError::Protocol(_) => WireError::Protocol,
+        _ => WireError::Lost,
     }
 }
 

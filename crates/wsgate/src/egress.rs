@@ -5,23 +5,18 @@
 //! `egress_alert_close` closes the sockets that keep sending.
 //!
 //! Sockets add their bytes in batches (see [`Meter`]), so the shared map is
-//! touched about once a second per busy socket, not per message.
+//! touched about once a second per busy socket, not per message. What a
+//! verdict means for the socket (alert, close) is the session's decision
+//! (`wsgate_core::session`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wsgate_core::UnixMillis;
 
-/// What crossing the threshold means for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Under the threshold (or monitoring off).
-    Ok,
-    /// This addition crossed it: alert once for this user and minute.
-    Alert { bytes: u64 },
-    /// Already over it this minute.
-    Over,
-}
+/// What crossing the threshold means for the caller; the session decides
+/// what follows (wsgate_core::session).
+pub use wsgate_core::session::EgressVerdict as Verdict;
 
 struct Window {
     minute: i64,
