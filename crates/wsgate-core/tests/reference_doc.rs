@@ -110,6 +110,10 @@ fn the_close_constants_read_from_the_source_are_the_code_s() {
         let real = match name.as_str() {
             "NORMAL" => close::NORMAL,
             "GOING_AWAY" => close::GOING_AWAY,
+            "PROTOCOL" => close::PROTOCOL,
+            "NO_STATUS" => close::NO_STATUS,
+            "ABNORMAL" => close::ABNORMAL,
+            "TLS_FAILED" => close::TLS_FAILED,
             "INVALID_PAYLOAD" => close::INVALID_PAYLOAD,
             "POLICY" => close::POLICY,
             "TOO_BIG" => close::TOO_BIG,
@@ -128,7 +132,7 @@ fn the_close_constants_read_from_the_source_are_the_code_s() {
     }
     assert_eq!(
         found.len(),
-        12,
+        16,
         "close constants read from reason.rs: {found:?}"
     );
 }
@@ -162,5 +166,46 @@ fn every_close_code_is_in_the_reference() {
                 "{r:?} closes with {code}, which is not a close constant"
             );
         }
+    }
+}
+
+/// Every `CloseReason` has its row under "Close causes", with the code and
+/// the log reason the code gives it.
+#[test]
+fn every_close_cause_is_in_the_reference() {
+    use wsgate_core::CloseReason;
+    let rows = table("Close causes");
+    let row = |label: &str| {
+        rows.iter()
+            .find(|r| r.first().map(String::as_str) == Some(&format!("`{label}`")))
+            .unwrap_or_else(|| panic!("docs/reference.md (\"Close causes\") lacks `{label}`"))
+    };
+    for c in CloseReason::ALL {
+        let r = row(c.metric_label());
+        match c {
+            // The peer's own code.
+            CloseReason::ClientClosed(_) | CloseReason::UpstreamClosed(_) => {}
+            _ => assert!(
+                r[1].contains(&format!("`{}`", c.code())),
+                "{c:?}: code {} not in {:?}",
+                c.code(),
+                r[1]
+            ),
+        }
+        if !matches!(c, CloseReason::AuthFailed(_)) {
+            assert!(
+                r[2].contains(c.log_reason()),
+                "{c:?}: reason {:?} not in {:?}",
+                c.log_reason(),
+                r[2]
+            );
+        }
+    }
+    let labels: BTreeSet<String> = CloseReason::ALL
+        .iter()
+        .map(|c| format!("`{}`", c.metric_label()))
+        .collect();
+    for r in &rows {
+        assert!(labels.contains(&r[0]), "stale close cause {:?}", r[0]);
     }
 }
