@@ -255,7 +255,7 @@ impl Auth {
             self.transport,
             minted.as_ref().and_then(|m| m.csrf.as_deref()),
         ) {
-            // SPEC: a cookie upgrade under `cookie_csrf` names the claim in the query.
+            // docs/tickets.md: a cookie upgrade under `cookie_csrf` names the claim in the query.
             let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
             let sep = if pq.contains('?') { '&' } else { '?' };
             let mut parts = uri.into_parts();

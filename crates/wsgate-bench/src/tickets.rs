@@ -39,7 +39,7 @@ use crate::common::{
 use crate::http1;
 use crate::tokens::{TokenArgs, TokenSource};
 
-/// The path tickets are minted on (SPEC 4).
+/// The path tickets are minted on (docs/reference.md).
 const MINT_PATH: &str = "/v1/tickets";
 
 /// `--replay-check`: how many of the first round trips get a replay attempt.
@@ -163,7 +163,7 @@ struct Report {
     stopped_by: &'static str,
 }
 
-/// The mint's answer (SPEC 4).
+/// The mint's answer (docs/reference.md).
 #[derive(Deserialize)]
 struct MintBody {
     ticket: String,

@@ -1,4 +1,4 @@
-//! Which client text messages are in-band control messages (SPEC 5.2, 5.3):
+//! Which client text messages are in-band control messages (docs/reference.md):
 //! `{"type":"auth","token":...}` is consumed by the gateway, everything else
 //! goes to the backend.
 //!

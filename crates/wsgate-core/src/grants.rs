@@ -1,4 +1,4 @@
-//! Hub permissions from claims (SPEC 6): which channels a session may
+//! Hub permissions from claims (docs/reference.md): which channels a session may
 //! subscribe to and publish on.
 //!
 //! In a pattern `*` matches any run of characters and `{sub}` stands for

@@ -78,7 +78,7 @@ impl Reason {
         self as usize
     }
 
-    /// The stable reason code of SPEC 3 (JSON `error`, log `reason`, metric label).
+    /// The stable reason code (docs/reference.md) (JSON `error`, log `reason`, metric label).
     pub const fn code(self) -> &'static str {
         match self {
             // A wrong version is still a bad upgrade on the wire; only the status differs.
@@ -154,7 +154,7 @@ impl Reason {
         }
     }
 
-    /// Close code and text when first-message auth (SPEC 5.2) ends in this
+    /// Close code and text when first-message auth (docs/reference.md) ends in this
     /// refusal: `4001` for anything about the credential; the service
     /// codes when the gateway could not decide (store or upstream away:
     /// `1013`, try again) or is shutting down (`1001`), so a client does not
@@ -231,7 +231,7 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// WebSocket close codes of SPEC 5.1.
+/// WebSocket close codes (docs/reference.md, "Close codes").
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;

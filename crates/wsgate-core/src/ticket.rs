@@ -1,4 +1,4 @@
-//! Single-use tickets (SPEC 4): what a ticket carries and what a redeemed
+//! Single-use tickets (docs/reference.md): what a ticket carries and what a redeemed
 //! ticket means. Signing and single use are the caller's (jsonwebtoken and
 //! the store); this module is the policy.
 

@@ -138,7 +138,7 @@ impl Drop for Unauthenticated {
     }
 }
 
-/// First-message auth (SPEC 5.2): the first frame must be
+/// First-message auth (docs/reference.md): the first frame must be
 /// `{"type":"auth","token":...}` within `first_message_timeout`; nothing is
 /// forwarded before. Returns the session, or `None` once the socket is
 /// closed (4001; 4429 for pings past the message rate).
@@ -832,7 +832,7 @@ where
     }
 }
 
-/// Consumes `{"type":"auth",...}` (SPEC 5.3); other text is data.
+/// Consumes `{"type":"auth",...}` (docs/reference.md); other text is data.
 /// A successful refresh replaces the session's identity: its claims (fewer
 /// roles apply at once), `jti` and `sid` (revocations of the new token hit).
 /// Returns the answer and whether the identity changed.

@@ -1,5 +1,5 @@
 //! Structured logs: one JSON object per line with `ts`, `level` and the
-//! event's fields flattened (SPEC 7), or tracing's human format.
+//! event's fields flattened (docs/reference.md), or tracing's human format.
 //!
 //! Call sites never pass a token or a query string; this module only
 //! formats what it is given.
@@ -60,7 +60,7 @@ impl Visit for Fields {
     }
 }
 
-/// Fields every line of an event carries (SPEC 7).
+/// Fields every line of an event carries (docs/reference.md).
 fn required_fields(event: Option<&str>) -> &'static [&'static str] {
     match event {
         Some("handshake") => &[
@@ -114,7 +114,7 @@ where
             .or_insert_with(|| Value::String("log".into()))
             .as_str()
             .map(str::to_owned);
-        // SPEC 7 fields are always present (null when not applicable) so
+        // The documented fields are always present (null when not applicable) so
         // log pipelines can rely on the shape.
         for f in required_fields(event_name.as_deref()) {
             fields.0.entry(*f).or_insert(Value::Null);

@@ -1,4 +1,4 @@
-//! `wsgate serve | check | token` (SPEC 1).
+//! `wsgate serve | check | token` (docs/reference.md).
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};

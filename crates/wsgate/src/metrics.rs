@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC 7), served on the admin listener at `/metrics`.
+//! Prometheus metrics (docs/reference.md), served on the admin listener at `/metrics`.
 //!
 //! Label values come from closed sets (reason codes, transport names, close
 //! codes, directions): never a sub, jti, IP or channel, so cardinality is

@@ -1,4 +1,4 @@
-//! First-message auth (SPEC 5.2) over real sockets.
+//! First-message auth (docs/reference.md) over real sockets.
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! The channel hub (SPEC 6) over real sockets.
+//! The channel hub (docs/reference.md) over real sockets.
 
 mod common;
 use common::*;

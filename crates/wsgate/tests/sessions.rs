@@ -1,4 +1,4 @@
-//! Revocation, admin refresh and the session list (SPEC 5.4), on one node
+//! Revocation, admin refresh and the session list (docs/reference.md), on one node
 //! and across three nodes sharing a real Redis.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Single-use tickets (SPEC 4) over real sockets, on the memory store and
+//! Single-use tickets (docs/reference.md) over real sockets, on the memory store and
 //! on real Redis (shared 127.0.0.1:6379, or a test's own redis-server).
 
 mod common;

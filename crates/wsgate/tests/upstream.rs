@@ -1,4 +1,4 @@
-//! The upstream backend (SPEC 6) against a real upstream WebSocket server
+//! The upstream backend (docs/reference.md) against a real upstream WebSocket server
 //! started by each test on 127.0.0.1.
 // Test helpers: a failed setup step should panic on the spot.
 #![allow(clippy::unwrap_used, clippy::result_large_err)]

@@ -119,7 +119,7 @@ pub enum Event {
     UpstreamSlow,
 }
 
-/// A JSON message the gateway sends the client (SPEC 5.3).
+/// A JSON message the gateway sends the client (docs/reference.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
     /// `{"type":"auth_expiring","exp":exp}`.

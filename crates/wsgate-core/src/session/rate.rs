@@ -1,4 +1,4 @@
-//! Per-socket message rate: `per_sec` with a burst of twice that (SPEC 2).
+//! Per-socket message rate: `per_sec` with a burst of twice that (docs/reference.md).
 
 use super::MonoMillis;
 

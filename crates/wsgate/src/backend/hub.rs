@@ -1,4 +1,4 @@
-//! The built-in channel hub (SPEC 6): subscribe, unsubscribe, publish with
+//! The built-in channel hub (docs/reference.md): subscribe, unsubscribe, publish with
 //! claim-based grants, and deliveries to every subscriber on this node.
 //!
 //! A delivery is serialised once and shared (`Utf8Bytes`) by all its

@@ -1,4 +1,4 @@
-//! Where authenticated traffic goes (SPEC 6): `echo` and the channel
+//! Where authenticated traffic goes (docs/reference.md): `echo` and the channel
 //! `hub` are served here; `upstream` relays to another WebSocket service.
 
 mod coalesce;

@@ -1,4 +1,4 @@
-//! The `upstream` backend (SPEC 6): one WebSocket to `backend.upstream` per
+//! The `upstream` backend (docs/reference.md): one WebSocket to `backend.upstream` per
 //! accepted client, opened before the client's `101` so that a refusing or
 //! silent upstream becomes `502`/`504` and never a half-open tunnel.
 //!
@@ -289,7 +289,7 @@ impl Upstream {
         })
     }
 
-    /// Whether a client text message may be forwarded (SPEC 6 schema).
+    /// Whether a client text message may be forwarded (`backend.message_schema_file`).
     pub fn message_allowed(&self, text: &str) -> bool {
         match &self.schema {
             None => true,

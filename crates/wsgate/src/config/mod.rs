@@ -98,7 +98,7 @@ impl Config {
         Ok(c)
     }
 
-    /// Dev mode (SPEC 1): loopback listeners, a random HS256 key
+    /// Dev mode (docs/reference.md): loopback listeners, a random HS256 key
     /// (`auth.keys[0]`), local origins, hub backend, memory store, random
     /// ticket secret. `WSGATE_` overrides apply; listeners stay on loopback.
     pub fn dev(env_vars: &[(String, String)]) -> Result<Config, Vec<String>> {

@@ -172,7 +172,7 @@ fn defaults() {
         .any(|w| w.contains("WSGATE_TICKET_SECRET is not set")));
 }
 
-const SPEC_EXAMPLE: &str = r#"
+const EXAMPLE_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:8080"
 path = "/ws"                      # the WebSocket endpoint
@@ -255,7 +255,7 @@ fn spec_example_parses() {
         ),
         ("WSGATE_TICKET_SECRET", &ticket),
     ]);
-    let c = ok(SPEC_EXAMPLE, &e);
+    let c = ok(EXAMPLE_CONFIG, &e);
     assert_eq!(c.auth.issuer.as_deref(), Some("https://auth.example"));
     assert_eq!(c.auth.audience, vec!["api".to_string()]);
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The admin API (SPEC 5.4) on the admin listener: revoke, refresh, list.
+//! The admin API (docs/reference.md) on the admin listener: revoke, refresh, list.
 //! Every call needs `Authorization: Bearer <admin token>`, compared in
 //! constant time; with no admin token configured the API refuses all calls.
 //! Failed calls are charged to their address ([`failures`]): past a burst

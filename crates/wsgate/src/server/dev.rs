@@ -1,4 +1,4 @@
-//! Dev mode (SPEC 1): the demo page, the browser client it uses, and the
+//! Dev mode (docs/reference.md): the demo page, the browser client it uses, and the
 //! `/dev/*` helpers behind it. Never enabled when a config file is given;
 //! dev mode listens on loopback only.
 //!

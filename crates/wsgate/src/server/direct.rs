@@ -1,7 +1,7 @@
 //! Upgrades answered without hyper's connection machinery.
 //!
 //! A WebSocket upgrade is one request on a fresh connection, and a refused
-//! one closes it (SPEC 3: `Connection: close`): there is no keep-alive to
+//! one closes it (`Connection: close`, docs/reference.md): there is no keep-alive to
 //! serve. So when the first head on the main listener is `GET <server.path>`,
 //! the head [`read_head`](super::head::read_head) already buffered is parsed
 //! once with httparse (hyper's own parser), decided exactly as on hyper's

@@ -1,4 +1,4 @@
-//! `POST /v1/tickets` (SPEC 4): a session credential in, a single-use,
+//! `POST /v1/tickets` (docs/reference.md): a session credential in, a single-use,
 //! short-lived ticket out, with CORS for the allowed origins only.
 
 use super::peer::Peer;
@@ -182,7 +182,7 @@ async fn issue(
 }
 
 /// The log line of a refused ticket request: the fields of a refused
-/// upgrade's (SPEC 7), never the credential.
+/// upgrade's (docs/reference.md), never the credential.
 fn log_refusal(a: &Attempt, reason: Reason) {
     tracing::info!(
         event = "ticket_refused",

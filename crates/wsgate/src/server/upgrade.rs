@@ -1,4 +1,4 @@
-//! The upgrade pipeline of SPEC 3. Each step passes or yields a [`Reason`];
+//! The upgrade pipeline (docs/reference.md, "Refusals before 101"). Each step passes or yields a [`Reason`];
 //! only when all pass is `101` written and the session task started.
 
 use super::peer::Peer;
@@ -30,7 +30,7 @@ use wsgate_core::origin::OriginVerdict;
 use wsgate_core::verify::Verified;
 use wsgate_core::Reason;
 
-/// What the log line of one attempt says (SPEC 7). Never a token.
+/// What the log line of one attempt says (docs/reference.md). Never a token.
 pub struct Attempt {
     pub ip: IpAddr,
     pub origin: Option<String>,
@@ -77,7 +77,7 @@ enum Admission {
         slot: Slot,
         upstream: Option<Box<UpstreamWs>>,
     },
-    /// First-message auth (SPEC 5.2): authenticated after 101, or closed
+    /// First-message auth (docs/reference.md): authenticated after 101, or closed
     /// 4001. Keeps the request when the upstream is opened after auth.
     Pending(conn::Unauthenticated, Option<ClientRequest>),
 }
@@ -107,7 +107,7 @@ pub(super) enum Answer {
 pub(super) enum Next {
     /// Authenticated on the upgrade: the session, already registered.
     Session(SessionStart),
-    /// First-message auth (SPEC 5.2): authenticated after 101, or closed
+    /// First-message auth (docs/reference.md): authenticated after 101, or closed
     /// 4001. Keeps the request when the upstream is opened after auth.
     Pending {
         guard: conn::Unauthenticated,
@@ -125,7 +125,7 @@ pub type ClientIo = Box<dyn ClientStream>;
 pub trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ClientStream for T {}
 
-/// Decides an upgrade request (SPEC 3), counts it and logs it.
+/// Decides an upgrade request (docs/reference.md), counts it and logs it.
 pub(super) async fn answer<B>(app: &Arc<App>, req: &Request<B>, peer: Peer) -> Answer {
     let started = Instant::now();
     let ip = wsgate_core::client_ip::client_ip(peer.ip(), req.headers(), peer.proxies(app));

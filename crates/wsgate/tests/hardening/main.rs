@@ -1,6 +1,6 @@
 //! The hardening suite: one test per known attack on JWT verifiers and
 //! WebSocket servers, each against the real gateway over real sockets,
-//! each asserting the exact refusal (status + SPEC reason code, or close
+//! each asserting the exact refusal (status + reason code, or close
 //! code). `docs/security.md` lists every attack with the test covering it;
 //! keep the two in step. Every gateway's logs are also checked for leaked
 //! tokens when it is dropped (tests/common). Attacks grouped by area live
@@ -121,7 +121,7 @@ impl Raw {
             .and_then(|v| v["error"].as_str().map(str::to_string))
     }
 
-    /// Asserts the SPEC refusal: status, JSON reason, `Connection: close`.
+    /// Asserts the documented refusal: status, JSON reason, `Connection: close`.
     fn refused(&self, status: u16, code: &str) {
         assert_eq!(
             (self.status, self.error().as_deref()),
