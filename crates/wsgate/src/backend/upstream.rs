@@ -982,6 +982,19 @@ mod tests {
         assert!(header_safe_sub("é").starts_with("b64:"));
     }
 
+    /// The upstream of `cfg` with default socket settings.
+    fn load(cfg: &crate::config::Config) -> Upstream {
+        Upstream::load(
+            &cfg.backend,
+            &cfg.auth,
+            WebSocketConfig::default(),
+            4096,
+            Default::default(),
+            &Tasks::new(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn identity_headers_and_the_cookie_are_never_indexed() {
         let mut cfg = crate::config::Config::dev(&[]).unwrap();
@@ -990,15 +1003,7 @@ mod tests {
         cfg.backend.identity_secret = Some(crate::config::Secret::new(
             b"0123456789abcdef0123456789abcdef".to_vec(),
         ));
-        let up = Upstream::load(
-            &cfg.backend,
-            &cfg.auth,
-            WebSocketConfig::default(),
-            4096,
-            Default::default(),
-            &Tasks::new(),
-        )
-        .unwrap();
+        let up = load(&cfg);
         let claims = serde_json::Map::new();
         let who = Identity {
             sub: "u",
@@ -1052,15 +1057,7 @@ mod tests {
         };
         for h2 in [false, true] {
             cfg.backend.upstream_http2 = h2;
-            let up = Upstream::load(
-                &cfg.backend,
-                &cfg.auth,
-                WebSocketConfig::default(),
-                4096,
-                Default::default(),
-                &Tasks::new(),
-            )
-            .unwrap();
+            let up = load(&cfg);
             let req = up
                 .request(&cfg.auth, &client, None, &fwd, &who, 1_000)
                 .unwrap();
