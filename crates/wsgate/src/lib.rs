@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod dev;
 pub mod egress;
+pub mod http_head;
 pub mod keys;
 pub mod limiter;
 pub mod log;
