@@ -24,7 +24,7 @@ def parse(line, hz):
         n = max(r["opened"], 1)
         value = sum(parts) / n
         split = " + ".join(f"{p / n:.0f}" for p in parts)
-        detail = f"{r['opened']} sockets open; bytes per process: {split}"
+        detail = f"{r['opened']} sockets open; bytes per process, in start order: {split}"
     else:
         ticks = [
             tuple(int(a) - int(b) for a, b in zip(x.split("/"), y.split("/")))
@@ -40,7 +40,7 @@ def parse(line, hz):
             tls = r.get("tls") or {}
             detail = (f"{r['rate_per_s']:.0f}/s, p50 {r['latency_us']['p50_us']} µs, "
                       f"{tls.get('resumed', 0)} of {r['accepted']} resumed")
-        detail += f"; user+kernel µs per process: {split}"
+        detail += f"; user+kernel µs per process, in start order: {split}"
     return int(rnd), figure, setup, value, detail
 
 

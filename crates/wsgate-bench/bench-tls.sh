@@ -93,11 +93,14 @@ cat "$T/cert.pem" "$T/key.pem" >"$T/haproxy.pem"
 WSGATE_JWT_SECRET=$(random_hex 32)
 export WSGATE_JWT_SECRET
 sed -e "s|CERT_FILE|$T/cert.pem|; s|KEY_FILE|$T/key.pem|" "$here/configs/tls.toml" >"$T/wsgate.toml"
-# The plain reference plus TLS on its listener, and room for the idle sockets.
+# The plain reference plus TLS on its listener, and room for the idle
+# sockets: two descriptors per client, within the open-file limit.
+maxconn=$(( ($(ulimit -n) - 100) / 2 ))
+[ "$maxconn" -gt "$IDLE" ] || die "IDLE=$IDLE needs an open-file limit above $((2 * IDLE + 100)) for HAProxy"
 sed -e 's|^    bind "${HAPROXY_LISTEN}"$|    bind "${HAPROXY_LISTEN}" ssl crt "${HAPROXY_CRT}" alpn http/1.1 curves X25519:P-256|' \
-    -e 's|^    maxconn 8000$|    maxconn 60000|' \
+    -e "s|^    maxconn 8000\$|    maxconn $maxconn|" \
     "$here/references/haproxy/haproxy.cfg" >"$T/haproxy.cfg"
-grep -q 'ssl crt' "$T/haproxy.cfg" && grep -q 'maxconn 60000' "$T/haproxy.cfg" \
+grep -q 'ssl crt' "$T/haproxy.cfg" && grep -q "maxconn $maxconn" "$T/haproxy.cfg" \
     || die "could not derive the TLS variant of references/haproxy/haproxy.cfg"
 export HAPROXY_LISTEN=$HAPROXY_ADDR HAPROXY_UPSTREAM=$ECHO_ADDR HAPROXY_CRT=$T/haproxy.pem
 if [ "$HAPROXY" != 0 ]; then
