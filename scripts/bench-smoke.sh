@@ -34,3 +34,5 @@ run proxy env ROUNDS=1 DURATION=1s CONNECTIONS=20 "$B/bench-proxy.sh"
 run fanout env SIZES=300 PUBLISHES=3 "$B/bench-fanout.sh"
 run storm env CONNECTIONS=300 TTL=5 "$B/bench-storm.sh"
 run memory env CONNECTIONS=300 "$B/bench-memory.sh"
+# wss:// against the TLS ceiling (and HAProxy when it is installed).
+run tls env SMOKE=1 "$B/bench-tls.sh"

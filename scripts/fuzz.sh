@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"
 RSS_LIMIT_MB="${WSGATE_FUZZ_RSS_MB:-2048}"
 # WSGATE_FUZZ_TARGETS="a b" runs only those.
-read -r -a TARGETS <<< "${WSGATE_FUZZ_TARGETS:-credential upgrade_head client_ip verify_token verify_claims config hub_message control_message}"
+read -r -a TARGETS <<< "${WSGATE_FUZZ_TARGETS:-credential upgrade_head http_head client_ip verify_token verify_claims config hub_message control_message}"
 export RUSTC_BOOTSTRAP=1
 FLAGS=(-O -a --sanitizer none)
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
@@ -32,7 +32,7 @@ fi
 # default, tokens at 8 KiB).
 max_len() {
   case "$1" in
-    credential | upgrade_head | client_ip) echo 20000 ;;
+    credential | upgrade_head | http_head | client_ip) echo 20000 ;;
     verify_token) echo 10000 ;;
     config) echo 8192 ;;
     *) echo 4096 ;;

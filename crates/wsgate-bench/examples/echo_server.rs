@@ -6,7 +6,7 @@
 //! "plain Rust echo server" baseline for wsgate's BENCHMARKS.md.
 //!
 //! ```text
-//! cargo run --release -p wsgate-bench --example echo_server -- 127.0.0.1:9001 [READ_BUFFER_BYTES] [h2]
+//! cargo run --release -p wsgate-bench --example echo_server -- 127.0.0.1:9001 [READ_BUFFER_BYTES] [h2 | tls CERT KEY]
 //! ```
 //!
 //! tungstenite allocates (and touches) a 128 KiB read buffer per socket by
@@ -20,6 +20,12 @@
 //! the WebSocket configuration are the same in both modes. A separate mode,
 //! not a sniff of the first bytes: peeking would add a syscall to every
 //! HTTP/1.1 connection of the reference it already is.
+//!
+//! With `tls CERT KEY` (PEM files) it speaks `wss://`: rustls as wsgate's
+//! TLS listener sets it up (the default provider and session cache, ALPN
+//! `http/1.1`), then the same HTTP/1.1 upgrade and echo loop. That is the
+//! TLS ceiling of BENCHMARKS.md: what TLS plus WebSocket cost without any
+//! authentication (bench-tls.sh).
 
 use std::time::Duration;
 
@@ -43,14 +49,19 @@ async fn main() -> std::io::Result<()> {
             _ => usage(),
         },
     };
-    let h2 = match args.next().as_deref() {
-        None => false,
-        Some("h2") => true,
+    let (h2, tls) = match args.next().as_deref() {
+        None => (false, None),
+        Some("h2") => (true, None),
+        Some("tls") => match (args.next(), args.next()) {
+            (Some(cert), Some(key)) => (false, Some(acceptor(&cert, &key)?)),
+            _ => usage(),
+        },
         Some(_) => usage(),
     };
     let listener = TcpListener::bind(&addr).await?;
     eprintln!(
-        "echo_server listening on ws://{}/ ({}, read buffer {} bytes)",
+        "echo_server listening on {}://{}/ ({}, read buffer {} bytes)",
+        if tls.is_some() { "wss" } else { "ws" },
         listener.local_addr()?,
         if h2 {
             "HTTP/2 extended CONNECT"
@@ -65,7 +76,20 @@ async fn main() -> std::io::Result<()> {
                 tokio::spawn(serve_h2(stream, config));
             }
             Ok((stream, _peer)) => {
-                tokio::spawn(serve(stream, config));
+                let _ = stream.set_nodelay(true);
+                match &tls {
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            if let Ok(stream) = accept.await {
+                                serve(stream, config).await;
+                            }
+                        });
+                    }
+                    None => {
+                        tokio::spawn(serve(stream, config));
+                    }
+                }
             }
             Err(e) => {
                 // E.g. EMFILE: back off instead of spinning.
@@ -76,8 +100,7 @@ async fn main() -> std::io::Result<()> {
     }
 }
 
-async fn serve(stream: TcpStream, config: WebSocketConfig) {
-    let _ = stream.set_nodelay(true);
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, config: WebSocketConfig) {
     let Ok(mut ws) =
         tokio_tungstenite::accept_hdr_async_with_config(stream, select_jwt, Some(config)).await
     else {
@@ -135,8 +158,25 @@ async fn serve_h2(stream: TcpStream, config: WebSocketConfig) {
         .await;
 }
 
+/// rustls as wsgate's listener builds it (crates/wsgate/src/tls.rs).
+fn acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(&e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(&e))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg)))
+}
+
 fn usage() -> ! {
-    eprintln!("usage: echo_server [ADDR] [READ_BUFFER_BYTES] [h2]");
+    eprintln!("usage: echo_server [ADDR] [READ_BUFFER_BYTES] [h2 | tls CERT KEY]");
     std::process::exit(2);
 }
 

@@ -23,9 +23,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 
+use crate::tls::{Conn, TlsArgs, TlsClient};
 use crate::tokens::{TokenArgs, TokenSource};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Conn>;
 
 /// Latencies are recorded in microseconds, 1 µs .. 60 s, 3 significant digits.
 pub const HIST_MAX_US: u64 = 60_000_000;
@@ -45,12 +46,24 @@ pub enum Transport {
     None,
 }
 
-/// A validated benchmark target: a `ws://` URL whose host resolves only to
-/// loopback addresses.
-#[derive(Debug, Clone)]
+/// A validated benchmark target: a `ws://` (or, where the mode has TLS
+/// flags, `wss://`) URL whose host resolves only to loopback addresses.
+#[derive(Clone)]
 pub struct Target {
     pub uri: Uri,
     pub addr: SocketAddr,
+    /// Set for `wss://`.
+    pub tls: Option<TlsClient>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("uri", &self.uri)
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -66,19 +79,31 @@ impl Target {
     /// Parses and validates `url`. Refuses anything that is not `ws://` or
     /// whose host resolves to any address outside 127.0.0.0/8 and ::1.
     pub fn parse(url: &str) -> anyhow::Result<Target> {
+        Target::parse_with(url, None)
+    }
+
+    /// [`Target::parse`], and `wss://` too when the mode has TLS flags.
+    pub fn parse_with(url: &str, tls: Option<&TlsArgs>) -> anyhow::Result<Target> {
         let uri: Uri = url
             .parse()
             .with_context(|| format!("invalid URL {url:?}"))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => bail!("{url}: wss:// is not supported (the generator speaks plain ws:// to a loopback gateway)"),
-            Some(other) => bail!("{url}: unsupported scheme {other:?}, expected ws://"),
-            None => bail!("{url}: missing scheme, expected ws://HOST:PORT/PATH"),
-        }
+        let secure = match (uri.scheme_str(), tls) {
+            (Some("ws"), _) => false,
+            (Some("wss"), Some(_)) => true,
+            (Some("wss"), None) => {
+                bail!("{url}: this mode speaks ws:// only (wss://: upgrade, echo and idle)")
+            }
+            (Some(other), _) => bail!("{url}: unsupported scheme {other:?}, expected ws://"),
+            (None, _) => bail!("{url}: missing scheme, expected ws://HOST:PORT/PATH"),
+        };
         let host = uri.host().with_context(|| format!("{url}: missing host"))?;
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let addr = resolve_loopback(url, host, port)?;
-        Ok(Target { uri, addr })
+        let tls = match tls {
+            Some(args) if secure => Some(TlsClient::new(host, args)?),
+            _ => None,
+        };
+        Ok(Target { uri, addr, tls })
     }
 }
 
@@ -365,23 +390,25 @@ pub enum Handshake {
     Rejected(StatusCode),
 }
 
-/// TCP connect + HTTP upgrade. Returns `Rejected(status)` for any non-101
-/// response; everything else that goes wrong is a `Failure`.
+/// TCP connect (+ TLS for `wss://`) + HTTP upgrade. Returns
+/// `Rejected(status)` for any non-101 response; everything else that goes
+/// wrong is a `Failure`.
 pub async fn handshake(
-    addr: SocketAddr,
+    target: &Target,
     req: Request,
     config: WebSocketConfig,
 ) -> Result<Handshake, Failure> {
-    handshake_from(addr, None, req, config).await
+    handshake_from(target, None, req, config).await
 }
 
 /// Like [`handshake`], from a chosen local (loopback) source address.
 pub async fn handshake_from(
-    addr: SocketAddr,
+    target: &Target,
     source: Option<IpAddr>,
     req: Request,
     config: WebSocketConfig,
 ) -> Result<Handshake, Failure> {
+    let addr = target.addr;
     let tcp = match source {
         None => TcpStream::connect(addr).await,
         Some(ip) => {
@@ -399,7 +426,14 @@ pub async fn handshake_from(
     .map_err(|e| Failure::from_io("connect", &e))?;
     // Latency-sensitive small writes: don't let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
-    match client_async_with_config(req, tcp, Some(config)).await {
+    let conn = match &target.tls {
+        None => Conn::Left(tcp),
+        Some(tls) => tls
+            .connect(tcp)
+            .await
+            .map_err(|e| Failure::from_io("tls", &e))?,
+    };
+    match client_async_with_config(req, conn, Some(config)).await {
         Ok((ws, _response)) => Ok(Handshake::Accepted(Box::new(ws))),
         Err(WsError::Http(response)) => Ok(Handshake::Rejected(response.status())),
         Err(e) => Err(Failure::from_ws("handshake", &e)),
@@ -440,7 +474,7 @@ pub async fn open_ws_from(
                 "the --unique token pool is used up",
             ))
         })?;
-    match tokio::time::timeout(limit, handshake_from(target.addr, source, req, config)).await {
+    match tokio::time::timeout(limit, handshake_from(target, source, req, config)).await {
         Err(_) => Err(OpenError::Failed(Failure::timeout("handshake"))),
         Ok(Err(f)) => Err(OpenError::Failed(f)),
         Ok(Ok(Handshake::Rejected(status))) => Err(OpenError::Rejected(status)),
@@ -751,6 +785,29 @@ mod tests {
         ] {
             assert!(Target::parse(url).is_err(), "{url} should be refused");
         }
+    }
+
+    #[test]
+    fn wss_needs_tls_flags_a_ca_file_and_loopback() {
+        let none = TlsArgs::default();
+        let err = |url: &str, tls: Option<&TlsArgs>| match Target::parse_with(url, tls) {
+            Ok(_) => panic!("{url} should be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err("wss://127.0.0.1:9001/ws", None).contains("ws:// only"));
+        assert!(err("wss://127.0.0.1:9001/ws", Some(&none)).contains("--ca-file"));
+        assert!(err("wss://10.0.0.1:9001/ws", Some(&none)).contains("non-loopback"));
+        let empty = std::env::temp_dir().join(format!("wsgate-bench-ca-{}", std::process::id()));
+        std::fs::write(&empty, "").ok();
+        let args = TlsArgs {
+            ca_file: Some(empty.clone()),
+            tls_resume: false,
+        };
+        assert!(err("wss://localhost:9001/ws", Some(&args)).contains("no usable certificate"));
+        std::fs::remove_file(&empty).ok();
+        // Plain targets need no TLS flags, with or without them.
+        let t = Target::parse_with("ws://127.0.0.1:9001/ws", Some(&none));
+        assert!(t.is_ok_and(|t| t.tls.is_none()));
     }
 
     #[test]

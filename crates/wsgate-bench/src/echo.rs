@@ -20,15 +20,19 @@ use crate::common::{
     status_map, Auth, ErrorTally, Failure, LatencySummary, OpenFailures, Stop, Target, Transport,
     Ws,
 };
+use crate::tls::TlsArgs;
 use crate::tokens::TokenArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct EchoArgs {
-    /// Target, e.g. ws://127.0.0.1:8080/ws (loopback only).
+    /// Target, e.g. ws://127.0.0.1:8080/ws or wss://localhost:8443/ws
+    /// (loopback only).
     #[arg(long)]
     pub url: String,
     #[command(flatten)]
     pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// How the token is sent.
     #[arg(long, value_enum, default_value_t = Transport::Bearer)]
     pub transport: Transport,
@@ -93,7 +97,7 @@ struct Report {
 }
 
 pub async fn run(args: EchoArgs, json: bool) -> anyhow::Result<i32> {
-    let target = Target::parse(&args.url)?;
+    let target = Target::parse_with(&args.url, Some(&args.tls))?;
     let auth = Auth::new(args.transport, &args.tokens, args.origin.as_deref())?;
     if args.connections == 0 || args.open_concurrency == 0 {
         bail!("--connections and --open-concurrency must be at least 1");

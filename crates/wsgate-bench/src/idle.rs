@@ -20,15 +20,19 @@ use crate::common::{
     client_config, close_ws, new_histogram, open_ws_from, record, round3, row, status_map, stopped,
     Auth, Failure, LatencySummary, OpenError, OpenFailures, Stop, Target, Transport,
 };
+use crate::tls::TlsArgs;
 use crate::tokens::TokenArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct IdleArgs {
-    /// Target, e.g. ws://127.0.0.1:8080/ws (loopback only).
+    /// Target, e.g. ws://127.0.0.1:8080/ws or wss://localhost:8443/ws
+    /// (loopback only).
     #[arg(long)]
     pub url: String,
     #[command(flatten)]
     pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// How the token is sent.
     #[arg(long, value_enum, default_value_t = Transport::Bearer)]
     pub transport: Transport,
@@ -100,7 +104,7 @@ struct Report {
 }
 
 pub async fn run(args: IdleArgs, json: bool, nofile: u64) -> anyhow::Result<i32> {
-    let target = Target::parse(&args.url)?;
+    let target = Target::parse_with(&args.url, Some(&args.tls))?;
     let auth = Rc::new(Auth::new(
         args.transport,
         &args.tokens,

@@ -14,6 +14,7 @@ mod slow;
 mod slowloris;
 mod storm;
 mod tickets;
+mod tls;
 mod tokens;
 mod upgrade;
 

@@ -847,7 +847,7 @@ async fn open_one(
     if let Some(o) = origin {
         req.headers_mut().insert(ORIGIN, o.clone());
     }
-    match timeout(limit, handshake(target.addr, req, config)).await {
+    match timeout(limit, handshake(target, req, config)).await {
         Err(_) => Err(OpenError::Failed(Failure::timeout("handshake"))),
         Ok(Err(f)) => Err(OpenError::Failed(f)),
         Ok(Ok(Handshake::Rejected(status))) => Err(OpenError::Rejected(status)),

@@ -111,7 +111,11 @@ async fn sloth(target: &Target, auth: &Auth, limit: Duration) -> Result<Ws, Fail
         .map_err(|e| Failure::from_io("connect", &e))?;
     let (ws, _) = timeout(
         limit,
-        tokio_tungstenite::client_async_with_config(req, tcp, Some(client_config(4096))),
+        tokio_tungstenite::client_async_with_config(
+            req,
+            crate::tls::Conn::Left(tcp),
+            Some(client_config(4096)),
+        ),
     )
     .await
     .map_err(|_| Failure::timeout("handshake"))?

@@ -667,7 +667,7 @@ async fn redeem(s: &Shared, uri: &Uri) -> bool {
     };
     add_origin(&mut req, s.origin.as_deref());
     let t0 = Instant::now();
-    let outcome = timeout(s.timeout, handshake(s.target.addr, req, s.config)).await;
+    let outcome = timeout(s.timeout, handshake(&s.target, req, s.config)).await;
     let latency = t0.elapsed();
     let mut ws = match outcome {
         Err(_) => {

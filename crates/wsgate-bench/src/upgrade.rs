@@ -15,6 +15,7 @@ use crate::common::{
     client_config, close_ws, error_rows, fmt_counts, new_histogram, record, round2, round3, row,
     run_length, status_map, Auth, ErrorTally, Handshake, LatencySummary, Stop, Target, Transport,
 };
+use crate::tls::TlsArgs;
 use crate::tokens::TokenArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -32,11 +33,14 @@ pub enum Expect {
 
 #[derive(clap::Args, Debug)]
 pub struct UpgradeArgs {
-    /// Target, e.g. ws://127.0.0.1:8080/ws (loopback only).
+    /// Target, e.g. ws://127.0.0.1:8080/ws or wss://localhost:8443/ws
+    /// (loopback only).
     #[arg(long)]
     pub url: String,
     #[command(flatten)]
     pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// How the token is sent.
     #[arg(long, value_enum, default_value_t = Transport::Bearer)]
     pub transport: Transport,
@@ -76,6 +80,14 @@ struct Tally {
     rejected: BTreeMap<u16, u64>,
     errors: ErrorTally,
     close_errors: ErrorTally,
+    tls: TlsTally,
+}
+
+/// How the TLS handshakes of accepted attempts went (`wss://` only).
+#[derive(Default, Serialize, Clone, Copy)]
+struct TlsTally {
+    full: u64,
+    resumed: u64,
 }
 
 #[derive(Serialize)]
@@ -100,10 +112,12 @@ struct Report {
     expect: Option<Expect>,
     expect_ok: bool,
     stopped_by: &'static str,
+    /// `wss://` only.
+    tls: Option<TlsTally>,
 }
 
 pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
-    let target = Target::parse(&args.url)?;
+    let target = Target::parse_with(&args.url, Some(&args.tls))?;
     let auth = Rc::new(Auth::new(
         args.transport,
         &args.tokens,
@@ -207,6 +221,7 @@ pub async fn run(args: UpgradeArgs, json: bool) -> anyhow::Result<i32> {
         expect: args.expect,
         expect_ok,
         stopped_by,
+        tls: target.tls.is_some().then_some(tally.tls),
     };
 
     if json {
@@ -267,6 +282,12 @@ fn print_human(r: &Report, tally: &Tally) {
         format!("{:.1} upgrades/s", r.accepted_per_s),
     );
     row("latency (→101/reject)", r.latency_us.line());
+    if let Some(t) = r.tls {
+        row(
+            "TLS handshakes",
+            format!("{} full, {} resumed", t.full, t.resumed),
+        );
+    }
     if let Some(e) = r.expect {
         row(
             "expect",
@@ -329,7 +350,7 @@ impl Worker {
             let t0 = Instant::now();
             let outcome = timeout(
                 self.timeout,
-                crate::common::handshake_from(self.target.addr, source, req, self.config),
+                crate::common::handshake_from(&self.target, source, req, self.config),
             )
             .await;
             let latency = t0.elapsed();
@@ -351,7 +372,15 @@ impl Worker {
                 }
                 Ok(Ok(Handshake::Accepted(mut ws))) => {
                     record(&self.hist, latency);
-                    self.tally.borrow_mut().accepted += 1;
+                    {
+                        let mut tally = self.tally.borrow_mut();
+                        tally.accepted += 1;
+                        match crate::tls::resumed(ws.get_ref()) {
+                            Some(true) => tally.tls.resumed += 1,
+                            Some(false) => tally.tls.full += 1,
+                            None => {}
+                        }
+                    }
                     let closed = timeout(self.timeout, close_ws(&mut ws)).await;
                     match closed {
                         Ok(Ok(())) => {}

@@ -18,9 +18,10 @@ use super::forwarded::{self, Forwarding};
 use super::{h2stream, multiplex};
 use crate::config::{AuthConfig, BackendConfig};
 use crate::error::{Error, Result};
+use crate::http_head;
 use crate::metrics::Metrics;
 use crate::readahead::{delegate_async_write, ReadAhead};
-use crate::server::head::{read_head_untimed, Head, Rewind, MAX_HEADERS};
+use crate::server::head::{read_head_untimed, Head, Rewind};
 use crate::server::upgrade::header_has_token;
 use crate::tasks::Tasks;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -716,7 +717,7 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 /// RFC 6455 4.1 from the client's side: writes `req` (its URI absolute, as
 /// built by `request`; the head carries the path) in one write, reads the
-/// answer's head with httparse, and accepts only a `101` whose `Upgrade`,
+/// answer's head (crate::http_head), and accepts only a `101` whose `Upgrade`,
 /// `Connection` and `Sec-WebSocket-Accept` match and whose subprotocol, if
 /// any, was offered. Bytes the upstream sent after its head are read
 /// first. Not hyper's client: its connection task, dispatch channel and
@@ -744,29 +745,14 @@ async fn handshake(
             return Err(fail("handshake", &"connection closed before a response"))
         }
     };
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(&buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Err(fail("handshake", &"incomplete response")),
-        Err(e) => return Err(fail("handshake", &e)),
-    };
-    if resp.code != Some(101) {
-        return Err(fail(
-            "handshake",
-            &format!("status {}", resp.code.unwrap_or_default()),
-        ));
+    let resp = http_head::parse_response(&buf).map_err(|e| fail("handshake", &e))?;
+    if resp.status != 101 {
+        return Err(fail("handshake", &format!("status {}", resp.status)));
     }
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for f in resp.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|e| fail("handshake", &e))?;
-        let value = HeaderValue::from_bytes(f.value).map_err(|e| fail("handshake", &e))?;
-        headers.append(name, value);
-    }
-    let protocol = check_upgrade(&headers, &key, offered.as_ref())?;
+    let protocol = check_upgrade(&resp.headers, &key, offered.as_ref())?;
     // Usually nothing follows the head; copied out so that the head's
     // buffer is not kept for the socket's life.
-    let rest = match buf.get(len..) {
+    let rest = match buf.get(resp.len..) {
         Some(rest) if !rest.is_empty() => bytes::Bytes::copy_from_slice(rest),
         _ => bytes::Bytes::new(),
     };

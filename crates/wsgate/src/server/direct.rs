@@ -4,7 +4,7 @@
 //! one closes it (`Connection: close`, docs/reference.md): there is no keep-alive to
 //! serve. So when the first head on the main listener is `GET <server.path>`,
 //! the head [`read_head`](super::head::read_head) already buffered is parsed
-//! once with httparse (hyper's own parser), decided exactly as on hyper's
+//! once by crate::http_head (httparse, hyper's own parser), decided exactly as on hyper's
 //! path ([`upgrade::answer`]), and the refusal (prebuilt bytes) or the `101`
 //! is written here. Skipped per upgrade: hyper's connection state and
 //! buffers, its response encoder, its upgrade channel and the task that
@@ -17,8 +17,9 @@ use super::peer::Peer;
 use super::respond;
 use super::upgrade::{self, Answer};
 use crate::app::App;
+use crate::http_head;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderValue, Request};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -94,53 +95,18 @@ fn switching(accept: &HeaderValue, protocol: Option<&HeaderValue>) -> Vec<u8> {
 }
 
 /// Parses a complete head into a request (header values and target share
-/// the head's buffer) and the bytes that followed it. Whatever hyper would
-/// have refused with an empty `400` is `400 bad_upgrade` here. A request
-/// body is refused by the upgrade checks, on both paths.
+/// the head's buffer) and the bytes that followed it
+/// ([`http_head::parse_request`]). Whatever hyper would have refused with
+/// an empty `400` is `400 bad_upgrade` here. A request body is refused by
+/// the upgrade checks, on both paths.
 pub fn parse(buf: Bytes) -> Result<(Request<()>, Bytes), Reason> {
-    let mut headers = [httparse::EMPTY_HEADER; super::head::MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(&buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) | Err(_) => return Err(Reason::BadUpgrade),
-    };
-    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
-    else {
-        return Err(Reason::BadUpgrade);
-    };
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| Reason::BadUpgrade)?;
-    let uri =
-        Uri::from_maybe_shared(buf.slice_ref(target.as_bytes())).map_err(|_| Reason::BadUpgrade)?;
-    let version = if version == 1 {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Reason::BadUpgrade)?;
-        let value = HeaderValue::from_maybe_shared(buf.slice_ref(h.value))
-            .map_err(|_| Reason::BadUpgrade)?;
-        map.append(name, value);
-    }
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = map;
-    // Nothing usually follows a head before 101; when something does (a
-    // client that did not wait), it is the first WebSocket bytes.
-    let rest = if buf.len() > len {
-        buf.slice(len..)
-    } else {
-        Bytes::new()
-    };
-    Ok((req, rest))
+    http_head::parse_request(buf).map_err(http_head::Error::reason)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Method, Version};
 
     fn parse_str(s: &str) -> Result<(Request<()>, Bytes), Reason> {
         parse(Bytes::copy_from_slice(s.as_bytes()))

@@ -1,7 +1,9 @@
 //! Reads the first request head under a deadline and a size cap before
 //! hyper sees the connection, so slow or oversized heads are refused with
-//! our own status and body, and the bytes read are replayed to hyper.
+//! our own status and body, and the bytes read are replayed to hyper. The
+//! bytes are judged by crate::http_head; this module only does the I/O.
 
+use crate::http_head::{self, Scan};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::pin::Pin;
@@ -22,39 +24,8 @@ pub enum Head {
     Closed,
 }
 
-/// Header fields a request head may carry; hyper is configured with the
-/// same cap, so a head with more is refused here, 431 with our body,
-/// rather than by hyper with an empty one.
-pub const MAX_HEADERS: usize = 100;
-
-/// Whether a complete head has more than [`MAX_HEADERS`] fields: every
-/// field ends a line, and so do the request line and the blank line.
-/// (memchr: a byte-at-a-time scan of every head was 4k instructions per
-/// upgrade, BENCHMARKS.md "direct upgrade path".)
-fn too_many_fields(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head)
-        .nth(MAX_HEADERS + 2)
-        .is_some()
-}
-
-/// Position just past `\r\n\r\n`, scanning from `from`.
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    memchr::memmem::find(&buf[start..], b"\r\n\r\n").map(|p| start + p + 4)
-}
-
-/// Whether the request line of `head` is `GET <path>[?query] ...`. Only a
-/// shortcut for refusing early: a head it misreads takes the normal path.
-pub fn is_get_of(head: &[u8], path: &str) -> bool {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    if parts.next() != Some(b"GET".as_slice()) {
-        return false;
-    }
-    let target = parts.next().unwrap_or_default();
-    let target = target.split(|b| *b == b'?').next().unwrap_or_default();
-    target == path.as_bytes()
-}
+// The bounds and the fast request-line check are the head parser's.
+pub use crate::http_head::{is_get_of, MAX_HEADERS};
 
 /// Reads until the end of the head, `max` bytes of head, or `deadline`
 /// (the connection's, from accept: see `server::serve_conn`).
@@ -78,11 +49,10 @@ pub async fn read_head_untimed<S: AsyncRead + Unpin>(io: &mut S, max: usize) -> 
             Ok(0) | Err(_) => return Head::Closed,
             Ok(_) => {}
         }
-        match head_end(&buf, scanned) {
-            Some(end) if end > max || too_many_fields(&buf[..end]) => return Head::TooLarge,
-            Some(_) => return Head::Complete(buf),
-            None if buf.len() > max => return Head::TooLarge,
-            None => {}
+        match http_head::scan(&buf, scanned, max) {
+            Scan::Complete(_) => return Head::Complete(buf),
+            Scan::TooLarge => return Head::TooLarge,
+            Scan::Partial => {}
         }
     }
 }
@@ -133,31 +103,6 @@ mod tests {
 
     fn after(d: Duration) -> Instant {
         Instant::now() + d
-    }
-
-    #[test]
-    fn request_line_target() {
-        assert!(is_get_of(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", "/ws"));
-        assert!(is_get_of(b"GET /ws?ticket=x HTTP/1.1\r\n", "/ws"));
-        for head in [
-            &b"GET /wss HTTP/1.1\r\n"[..],
-            b"GET /healthz HTTP/1.1\r\n",
-            b"POST /ws HTTP/1.1\r\n",
-            b"get /ws HTTP/1.1\r\n",
-            b"GET  /ws HTTP/1.1\r\n",
-            b"",
-            b"GET",
-        ] {
-            assert!(!is_get_of(head, "/ws"), "{}", String::from_utf8_lossy(head));
-        }
-    }
-
-    #[test]
-    fn finds_end_across_reads() {
-        let b = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest";
-        assert_eq!(head_end(b, 0), Some(27));
-        assert_eq!(head_end(b, 25), Some(27));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n", 0), None);
     }
 
     #[tokio::test]

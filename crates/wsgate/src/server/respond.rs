@@ -157,18 +157,16 @@ mod tests {
         for reason in Reason::ALL.iter().copied() {
             for presented in [false, true] {
                 let raw = reject_raw(reason, presented);
-                let mut headers = [httparse::EMPTY_HEADER; 16];
-                let mut resp = httparse::Response::new(&mut headers);
-                let len = match resp.parse(&raw) {
-                    Ok(httparse::Status::Complete(len)) => len,
+                let resp = match crate::http_head::parse_response(&raw) {
+                    Ok(resp) => resp,
                     other => panic!("{reason:?}: {other:?}"),
                 };
-                assert_eq!(resp.code, Some(reason.status().as_u16()));
+                let len = resp.len;
+                assert_eq!(resp.status, reason.status().as_u16());
                 let get = |name: &str| {
                     resp.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                        .get(name)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 };
                 let body: serde_json::Value =
                     serde_json::from_slice(&raw[len..]).expect("json body");
