@@ -29,7 +29,11 @@ pub fn init(level: &str, format: Format) {
         .with_writer(std::io::stdout);
     let _ = match format {
         Format::Json => builder.event_format(JsonLine).try_init(),
-        Format::Human => builder.try_init(),
+        // Colour codes only for a terminal: in a file, journald or a log
+        // shipper they are noise.
+        Format::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
     };
 }
 

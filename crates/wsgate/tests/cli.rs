@@ -261,3 +261,37 @@ fn dev_mode_refuses_public_listen() {
         .expect("run");
     assert!(!out.status.success());
 }
+
+/// `log.format = "human"` into a pipe (journald, a file, a shipper): text
+/// lines without ANSI colour codes.
+#[test]
+fn human_logs_carry_no_colour_codes_when_not_a_terminal() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("wsgate.toml");
+    let cfg = base_config("").replace(
+        "[log]\nlevel = \"info\"",
+        "[log]\nlevel = \"info\"\nformat = \"human\"",
+    );
+    assert!(cfg.contains("format = \"human\""));
+    std::fs::write(&p, cfg).expect("write");
+    let mut child = wsgate()
+        .args(["serve", "--config"])
+        .arg(&p)
+        .env("TEST_JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = child.kill();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    let _ = child.wait();
+    assert!(out.contains("listening"), "{out}");
+    assert!(!out.contains('\u{1b}'), "colour codes in {out:?}");
+}
