@@ -31,7 +31,8 @@ deb=$(cargo deb -p wsgate --profile "$profile" 2>/dev/null | tail -1)
 dpkg-deb --info "$deb" | grep -E "Package|Version|Depends"
 dpkg-deb --contents "$deb" | awk '{print $6}'
 # conffiles: the example config survives upgrades and local edits.
-dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/wsgate/wsgate.toml
+conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
+grep -qx /etc/wsgate/wsgate.toml <<<"$conffiles"
 
 echo "== dpkg -i"
 if ! command -v adduser >/dev/null; then
@@ -66,8 +67,10 @@ echo "== scripts/release.sh"
 NO_BUILD=1 PROFILE="$profile" ./scripts/release.sh
 (cd dist && sha256sum -c SHA256SUMS)
 tarball=$(ls dist/wsgate-*.tar.gz)
-tar -tzf "$tarball" | sort
+# Listed once: `tar | grep -q` under pipefail fails when grep stops early.
+listing=$(tar -tzf "$tarball" | sort)
+echo "$listing"
 for f in wsgate LICENSE README.md CHANGELOG.md wsgate.toml wsgate.service; do
-  tar -tzf "$tarball" | grep -q "/$f\$" || { echo "missing $f in $tarball"; exit 1; }
+  grep -qx "[^/]*/$f" <<<"$listing" || { echo "missing $f in $tarball"; exit 1; }
 done
 echo "packaging: ok"
