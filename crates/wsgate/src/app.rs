@@ -88,11 +88,7 @@ pub struct Tickets {
     pub ttl_ms: i64,
 }
 
-/// tungstenite's own read buffer on client sockets, allocated per socket
-/// and kept for its life; the `ReadAhead` (readahead.rs)
-/// in front of it makes the large socket reads. Also the most tungstenite
-/// takes per read call, so smaller means more (cheap, in-memory) calls.
-pub const CLIENT_WS_BUFFER: usize = 512;
+pub use crate::outbox::CLIENT_WS_BUFFER;
 
 /// Distinct client IPs (or IPv6 /64s) the handshake limiter tracks at most
 /// (~35 MB); beyond that new addresses are refused until idle ones expire.

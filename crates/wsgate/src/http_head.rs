@@ -1,5 +1,5 @@
 //! HTTP/1.x heads read off the wire by our own code: the first request
-//! head on a listener (server/head.rs reads it, server/direct.rs answers an
+//! head on a listener (head_io.rs reads it, server/direct.rs answers an
 //! upgrade from it) and an upstream's answer to our upgrade request
 //! (backend/upstream.rs). This module owns every byte-level step: where a
 //! head ends, its bounds (size, number of fields), the request line's fast
@@ -206,6 +206,19 @@ fn version_of(minor: u8) -> Version {
     } else {
         Version::HTTP_10
     }
+}
+
+/// True when a comma-separated header contains `token` (case-insensitive).
+pub fn header_has_token(
+    headers: &http::HeaderMap,
+    name: http::header::HeaderName,
+    token: &str,
+) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod conn;
 pub mod egress;
 pub mod error;
+pub mod head_io;
 pub mod http_head;
 pub mod init;
 pub mod keys;

@@ -30,6 +30,12 @@ use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+/// tungstenite's own read buffer on client sockets, allocated per socket
+/// and kept for its life; the `ReadAhead` (readahead.rs)
+/// in front of it makes the large socket reads. Also the most tungstenite
+/// takes per read call, so smaller means more (cheap, in-memory) calls.
+pub const CLIENT_WS_BUFFER: usize = 512;
+
 pub struct Outbox {
     queue: VecDeque<Message>,
     /// Bytes queued, or handed to the sink and not yet flushed (saturating:
@@ -50,7 +56,7 @@ const QUEUE: usize = 16;
 
 /// Messages over this grow tungstenite's write buffer past its base size
 /// (the client side's read buffer, for symmetry).
-pub const LARGE: usize = crate::app::CLIENT_WS_BUFFER;
+pub const LARGE: usize = CLIENT_WS_BUFFER;
 
 /// Looks at a stalled socket's progress per `write_timeout`: it is closed
 /// after between 1 and 1 + 1/LOOKS write timeouts without a byte written.

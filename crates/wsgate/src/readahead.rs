@@ -252,7 +252,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
 }
 
 /// `AsyncWrite` for a read-side wrapper `$ty<S>` with an `inner: S` field:
-/// writes pass straight through (`Rewind` in server/head.rs, `Tunnel` in
+/// writes pass straight through (`Rewind` in head_io.rs, `Tunnel` in
 /// backend/upstream.rs; ReadAhead notes progress, below).
 macro_rules! delegate_async_write {
     ($ty:ident) => {

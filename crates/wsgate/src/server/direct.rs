@@ -3,7 +3,7 @@
 //! A WebSocket upgrade is one request on a fresh connection, and a refused
 //! one closes it (`Connection: close`, docs/reference.md): there is no keep-alive to
 //! serve. So when the first head on the main listener is `GET <server.path>`,
-//! the head [`read_head`](super::head::read_head) already buffered is parsed
+//! the head [`read_head`](crate::head_io::read_head) already buffered is parsed
 //! once by crate::http_head (httparse, hyper's own parser), decided exactly as on hyper's
 //! path ([`upgrade::answer`]), and the refusal (prebuilt bytes) or the `101`
 //! is written here. Skipped per upgrade: hyper's connection state and
@@ -12,11 +12,11 @@
 //! and an upgrade that follows another request on a kept-alive connection,
 //! stays on hyper.
 
-use super::head::Rewind;
 use super::peer::Peer;
 use super::respond;
 use super::upgrade::{self, Answer};
 use crate::app::App;
+use crate::head_io::Rewind;
 use crate::http_head;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request};

@@ -4,7 +4,6 @@
 pub mod admin;
 pub mod dev;
 pub mod direct;
-pub mod head;
 pub mod peer;
 pub mod proxy;
 pub mod respond;
@@ -12,8 +11,8 @@ pub mod tickets;
 pub mod upgrade;
 
 use crate::app::App;
+use crate::head_io::{self as head, read_head, Head, Rewind};
 use futures_util::future::Either;
-use head::{read_head, Head, Rewind};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;

@@ -8,6 +8,7 @@ use crate::backend::forwarded::Forwarding;
 use crate::backend::upstream::{self, ClientRequest, UpstreamWs};
 use crate::clock::now_ms;
 use crate::conn::{self, SessionStart};
+use crate::http_head::header_has_token;
 use crate::readahead::ReadAhead;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -263,19 +264,6 @@ fn log_attempt(a: &Attempt, result: Result<(), Reason>, latency_us: u64) {
 /// Logs a refusal made before hyper parsed the request (oversized head).
 pub fn log_early_rejection(ip: IpAddr, reason: Reason) {
     log_attempt(&Attempt::new(ip), Err(reason), 0);
-}
-
-/// True when a comma-separated header contains `token` (case-insensitive).
-pub(crate) fn header_has_token(
-    headers: &HeaderMap,
-    name: http::header::HeaderName,
-    token: &str,
-) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
 }
 
 /// RFC 6455 4.2.1: returns the client's key when the request is an upgrade.
