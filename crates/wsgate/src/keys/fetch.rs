@@ -5,12 +5,14 @@
 //! `x5u`, `iss`) is followed. Redirects are followed only within the same
 //! scheme, host and port (a few hops); plain http only to loopback.
 
+use crate::error::{Error, Kind, Result, Side};
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -37,16 +39,18 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// `ca_file`: trust only these CAs; else the system's roots.
-    pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Fetcher, String> {
+    pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Fetcher> {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
             Some(p) => {
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
-                    .map_err(|e| format!("{}: {e}", p.display()))?
+                    .map_err(|e| Error::config_because(p.display().to_string(), e))?
                     .collect::<Result<_, _>>()
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                    .map_err(|e| Error::config_because(p.display().to_string(), e))?;
                 for c in certs {
-                    roots.add(c).map_err(|e| format!("{}: {e}", p.display()))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| Error::config_because(p.display().to_string(), e))?;
                 }
             }
             None => {
@@ -58,7 +62,9 @@ impl Fetcher {
             }
         }
         if roots.is_empty() {
-            return Err("no trusted CA certificates (system store empty; set ca_file)".into());
+            return Err(Error::config(
+                "no trusted CA certificates (system store empty; set ca_file)",
+            ));
         }
         let mut cfg = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
@@ -71,19 +77,25 @@ impl Fetcher {
     }
 
     /// GETs `url` within the timeout, following same-origin redirects only.
-    pub async fn get(&self, url: &str) -> Result<Fetched, String> {
+    pub async fn get(&self, url: &str) -> Result<Fetched> {
         tokio::time::timeout(self.timeout, self.get_inner(url))
             .await
             .map_err(|_| {
-                format!(
-                    "timed out after {}",
-                    humantime::format_duration(self.timeout)
+                Error::explain(
+                    Kind::Timeout,
+                    Side::Upstream,
+                    format!(
+                        "timed out after {}",
+                        humantime::format_duration(self.timeout)
+                    ),
                 )
             })?
     }
 
-    async fn get_inner(&self, url: &str) -> Result<Fetched, String> {
-        let mut uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    async fn get_inner(&self, url: &str) -> Result<Fetched> {
+        let mut uri: Uri = url
+            .parse()
+            .map_err(|e| Error::config_because("bad URL", e))?;
         for _ in 0..=MAX_REDIRECTS {
             let resp = self.once(&uri).await?;
             let status = resp.status();
@@ -92,19 +104,19 @@ impl Fetcher {
                     .headers()
                     .get(header::LOCATION)
                     .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| format!("{status} without a Location"))?;
+                    .ok_or_else(|| answer(format!("{status} without a Location")))?;
                 let next = resolve(&uri, loc)?;
                 if origin(&next) != origin(&uri) {
-                    return Err(format!(
+                    return Err(answer(format!(
                         "redirect to another origin refused ({status} to {})",
                         display_origin(&next)
-                    ));
+                    )));
                 }
                 uri = next;
                 continue;
             }
             if status != StatusCode::OK {
-                return Err(format!("HTTP {status}"));
+                return Err(answer(format!("HTTP {status}")));
             }
             let cache_control = resp
                 .headers()
@@ -116,36 +128,46 @@ impl Fetcher {
             let body = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the body: {e}"))?
+                .map_err(|e| Error::because(Kind::Protocol, Side::Upstream, "reading the body", e))?
                 .to_bytes();
             return Ok(Fetched {
                 body,
                 cache_control: (!cache_control.is_empty()).then_some(cache_control),
             });
         }
-        Err(format!("more than {MAX_REDIRECTS} redirects"))
+        Err(answer(format!("more than {MAX_REDIRECTS} redirects")))
     }
 
-    async fn once(&self, uri: &Uri) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let (https, host, port) = origin(uri).ok_or("URL without a host")?;
+    async fn once(&self, uri: &Uri) -> Result<http::Response<hyper::body::Incoming>> {
+        let (https, host, port) = origin(uri).ok_or_else(|| Error::config("URL without a host"))?;
         let bare = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
         if !https && !is_loopback(&bare) {
-            return Err("plain http is only allowed to loopback hosts".into());
+            return Err(Error::config(
+                "plain http is only allowed to loopback hosts",
+            ));
         }
         let tcp = TcpStream::connect((bare.as_str(), port))
             .await
-            .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+            .map_err(|e| {
+                Error::because(
+                    Kind::Connect,
+                    Side::Upstream,
+                    format!("connect {host}:{port}"),
+                    e,
+                )
+            })?;
         let _ = tcp.set_nodelay(true);
         if https {
-            let name = ServerName::try_from(bare).map_err(|e| format!("server name: {e}"))?;
+            let name =
+                ServerName::try_from(bare).map_err(|e| Error::config_because("server name", e))?;
             let tls = self
                 .tls
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS: {e}"))?;
+                .map_err(|e| Error::because(Kind::Tls, Side::Upstream, "TLS", e))?;
             request(tls, uri).await
         } else {
             request(tcp, uri).await
@@ -153,13 +175,13 @@ impl Fetcher {
     }
 }
 
-async fn request<S>(io: S, uri: &Uri) -> Result<http::Response<hyper::body::Incoming>, String>
+async fn request<S>(io: S, uri: &Uri) -> Result<http::Response<hyper::body::Incoming>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP: {e}"))?;
+        .map_err(|e| Error::because(Kind::Protocol, Side::Upstream, "HTTP", e))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -173,11 +195,11 @@ where
             concat!("wsgate/", env!("CARGO_PKG_VERSION")),
         )
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| Error::because(Kind::Protocol, Side::Upstream, "request", e))?;
     sender
         .send_request(req)
         .await
-        .map_err(|e| format!("HTTP: {e}"))
+        .map_err(|e| Error::because(Kind::Protocol, Side::Upstream, "HTTP", e))
 }
 
 /// (https?, host, port) of an absolute http(s) URI.
@@ -201,16 +223,21 @@ fn display_origin(uri: &Uri) -> String {
     }
 }
 
+/// The identity provider's answer could not be used (its side, not ours).
+fn answer(context: impl Into<Cow<'static, str>>) -> Error {
+    Error::explain(Kind::Protocol, Side::Upstream, context)
+}
+
 /// A Location against the current URI: absolute URLs and absolute paths.
-fn resolve(base: &Uri, loc: &str) -> Result<Uri, String> {
+fn resolve(base: &Uri, loc: &str) -> Result<Uri> {
     if loc.starts_with('/') && !loc.starts_with("//") {
         let mut parts = base.clone().into_parts();
-        parts.path_and_query = Some(loc.parse().map_err(|_| "bad redirect Location")?);
-        return Uri::from_parts(parts).map_err(|_| "bad redirect Location".into());
+        parts.path_and_query = Some(loc.parse().map_err(|_| answer("bad redirect Location"))?);
+        return Uri::from_parts(parts).map_err(|_| answer("bad redirect Location"));
     }
-    let u: Uri = loc.parse().map_err(|_| "bad redirect Location")?;
+    let u: Uri = loc.parse().map_err(|_| answer("bad redirect Location"))?;
     if u.scheme().is_none() {
-        return Err("relative redirect Location refused".into());
+        return Err(answer("relative redirect Location refused"));
     }
     Ok(u)
 }

@@ -166,7 +166,7 @@ impl JwksSource {
                         source = self.name.as_str(),
                         url = self.url.as_str(),
                         trigger,
-                        error = e.as_str(),
+                        error = e.to_string().as_str(),
                         keeping = self.keys().len() as u64,
                         retry_ms = retry,
                     );
@@ -178,9 +178,19 @@ impl JwksSource {
     }
 
     /// One fetch; on success installs the keys and returns the cache time.
-    async fn fetch_once(&self, fetcher: &Fetcher, bounds: CacheBounds) -> Result<i64, String> {
+    async fn fetch_once(
+        &self,
+        fetcher: &Fetcher,
+        bounds: CacheBounds,
+    ) -> crate::error::Result<i64> {
         let got = fetcher.get(&self.url).await?;
-        let parsed = parse_set(&got.body, self.pinned, self.only_kid.as_deref())?;
+        let parsed = parse_set(&got.body, self.pinned, self.only_kid.as_deref()).map_err(|e| {
+            crate::error::Error::explain(
+                crate::error::Kind::Invalid,
+                crate::error::Side::Upstream,
+                e,
+            )
+        })?;
         for why in &parsed.skipped {
             tracing::warn!(
                 event = "jwks_key_skipped",
@@ -189,7 +199,11 @@ impl JwksSource {
             );
         }
         if parsed.keys.is_empty() {
-            return Err("the set holds no usable signature key".into());
+            return Err(crate::error::Error::explain(
+                crate::error::Kind::Invalid,
+                crate::error::Side::Upstream,
+                "the set holds no usable signature key",
+            ));
         }
         let ttl = bounds.ttl_ms(got.cache_control.as_deref());
         let kids: Vec<&str> = parsed
