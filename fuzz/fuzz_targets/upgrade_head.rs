@@ -4,7 +4,8 @@
 //! whose target and header values share the head's buffer).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wsgate::server::{direct, head};
+use wsgate::head_io as head;
+use wsgate::server::direct;
 
 fuzz_target!(|data: &[u8]| {
     let picked = head::is_get_of(data, "/ws");
