@@ -66,8 +66,11 @@ fn create(path: &Path, mode: u32, contents: &[u8]) -> io::Result<Written> {
         }
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     };
-    file.write_all(contents)?;
-    file.sync_all()?;
+    // A half-written secret must not be "kept" by the next run.
+    if let Err(e) = file.write_all(contents).and_then(|()| file.sync_all()) {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
     Ok(Written::Created(path.to_path_buf()))
 }
 
